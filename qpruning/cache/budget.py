@@ -1,0 +1,113 @@
+"""From a memory budget to kept tokens and bits per layer, and the byte formula of what a row holds.
+
+A budget is either ``tokens`` (kept KV tokens per layer and head, the mean when layers differ) or ``budget``,
+a fraction of the full 16-bit cache (the paper's Appendix B; the full cache is the model's context window,
+e.g. 8k tokens for Llama-3-8B). Two accountings turn a fraction into tokens:
+
+- ``nominal`` (the paper's): ``tokens = budget * full_tokens * 16 / bits``. At 1/64 of 8k: 128 tokens at 16 bits,
+  256 at 8 bits, 512 at 4 bits. Scales and zeros are not counted (at group 64 they add ~12% at 4 bits).
+- ``exact``: the most tokens whose bytes, packed codes + 16-bit scales and zeros + the 16-bit tokens that do
+  not fill a quantization group + expected outliers, fit in ``budget`` times the full cache's bytes.
+
+Layer-wise token-precision configurations (the paper's Figure 9) give some layer ranges other bits; with a
+``budget`` their tokens follow from the same accounting, so every layer spends the same memory.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from qpruning.cache.quantizers import ALLOWED_BITS, KVQuantizer
+
+BUDGET_MODES = ("nominal", "exact")
+SIXTEEN_BIT_BYTES = 2
+OUTLIER_BYTES = 4 + 2  # int32 position + 16-bit value
+THRESHOLD_OUTLIER_ESTIMATE = 0.01  # the paper: |x| > 6 is "roughly the top 1%"
+
+
+@dataclass
+class LayerOverride:
+    """Other bits (and optionally tokens) for a range of layers.
+
+    Args:
+        layers: ``"8-15"`` (inclusive), ``"3"``, or ``[first, last]``.
+        bits: the precision of these layers.
+        tokens: their kept tokens; by default derived from the budget at these bits (requires ``budget``).
+    """
+
+    layers: str | list[int]
+    bits: int
+    tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.bits not in ALLOWED_BITS:
+            raise ValueError(f"layer override bits={self.bits} is not supported; allowed: {ALLOWED_BITS}")
+        first, last = self.range()
+        if first < 0 or last < first:
+            raise ValueError(f"layer override range {self.layers!r} is not a valid 'first-last' range")
+
+    def range(self) -> tuple[int, int]:
+        if isinstance(self.layers, str):
+            parts = self.layers.split("-")
+            if len(parts) == 1:
+                return int(parts[0]), int(parts[0])
+            return int(parts[0]), int(parts[1])
+        values = list(self.layers)
+        return (int(values[0]), int(values[-1]))
+
+    def label(self) -> str:
+        first, last = self.range()
+        return f"{self.bits}bit@{first}-{last}"
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """What one layer keeps: ``tokens`` per KV head (before a pruner's own reshaping) at ``bits``."""
+
+    bits: int
+    tokens: int | None  # None: keep every token
+
+
+def row_bytes(tokens: int, bits: int, quantizer: KVQuantizer, head_dim: int) -> int:
+    """Bytes that ``tokens`` kept tokens of one (batch item, KV head) row take, keys and values together.
+
+    Counts packed codes, 16-bit scales and zeros, and the 16-bit tokens that do not fill a per-channel group;
+    expected outliers are added by :func:`expected_outlier_bytes`.
+    """
+    if bits == 16:
+        return 2 * tokens * head_dim * SIXTEEN_BIT_BYTES
+    quantized = quantizer.with_bits(bits).quantizable(tokens)
+    tail = tokens - quantized
+    groups = quantized * head_dim // quantizer.group_size
+    per_tensor = quantized * head_dim * bits // 8 + 2 * groups * SIXTEEN_BIT_BYTES + tail * head_dim * SIXTEEN_BIT_BYTES
+    return 2 * per_tensor
+
+
+def expected_outlier_bytes(tokens: int, bits: int, quantizer: KVQuantizer, head_dim: int) -> float:
+    if bits == 16 or quantizer.outliers is None:
+        return 0.0
+    fraction = quantizer.outliers.fraction or THRESHOLD_OUTLIER_ESTIMATE
+    quantized = quantizer.with_bits(bits).quantizable(tokens)
+    return 2 * fraction * quantized * head_dim * OUTLIER_BYTES
+
+
+def tokens_for_budget(
+    budget: float, full_tokens: int, bits: int, quantizer: KVQuantizer, head_dim: int, mode: str = "nominal"
+) -> int:
+    """Kept tokens per layer and head that spend ``budget`` of a 16-bit cache of ``full_tokens`` tokens."""
+    if mode not in BUDGET_MODES:
+        raise ValueError(f"budget_mode={mode!r} is not allowed; use {' or '.join(BUDGET_MODES)}")
+    if mode == "nominal":
+        return int(math.floor(budget * full_tokens * 16 / bits + 1e-9))
+    allowance = budget * 2 * full_tokens * head_dim * SIXTEEN_BIT_BYTES
+    # Bytes grow monotonically with tokens: bisect for the largest count that fits.
+    lo, hi = 0, int(full_tokens * 16 / bits) + 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        cost = row_bytes(mid, bits, quantizer, head_dim) + expected_outlier_bytes(mid, bits, quantizer, head_dim)
+        if cost <= allowance:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo

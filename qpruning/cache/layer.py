@@ -1,0 +1,294 @@
+"""One layer of the compressed KV cache.
+
+Life of a layer:
+
+1. *plain*: during prefill it behaves exactly like transformers' ``DynamicLayer`` (full-precision
+   ``[batch, kv_heads, seq, head_dim]`` tensors, same concatenation), so that a layer that ends up uncompressed
+   reproduces the uncompressed model bit for bit;
+2. at the end of the first multi-token forward, :meth:`CompressedLayer.compress` keeps the tokens that the
+   pruner chose and stores them as segments (:mod:`qpruning.cache.segments`): the kept tokens that fill whole
+   quantization groups are quantized and packed, the few that do not stay in 16 bits;
+3. *compressed*: tokens added later (generated tokens, or a question appended after the context) wait in a
+   16-bit residual window; after each attention call, :meth:`flush` quantizes the residual a block of
+   ``residual_length`` tokens at a time and appends it to the decoded segment (KIVI's streaming scheme).
+
+The layer remembers how many tokens it has seen (``seen_tokens``), which is what ``get_seq_length`` reports:
+transformers derives positions and mask sizes from it, and decoding must continue at the original RoPE
+positions whatever the layer holds.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from transformers.cache_utils import CacheLayerMixin
+
+from qpruning.cache.context import active_cache
+from qpruning.cache.quantizers import KVQuantizer
+from qpruning.cache.segments import Segment, gather_rows
+
+BYTE_KINDS = ("packed", "scales", "zeros", "outliers", "full", "residual", "index")
+
+
+class CompressedLayer(CacheLayerMixin):
+    """A cache layer that is plain during prefill, then holds pruned and quantized segments."""
+
+    is_sliding = False
+    is_compileable = False
+    is_croppable = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen_tokens = 0
+        self.compressed = False
+        self.compression_pending = True
+        self.quantizer: KVQuantizer | None = None
+        self.storage_dtype: torch.dtype | None = None
+        self.prefix: list[Segment] = []
+        self.decoded: Segment | None = None
+        self.residual_keys: torch.Tensor | None = None
+        self.residual_values: torch.Tensor | None = None
+        self.shape: tuple[int, int, int] | None = None  # batch, kv_heads, head_dim
+        self.kept_per_row: torch.Tensor | None = None
+        self.use_kernel = False
+
+    # -- transformers' layer interface -------------------------------------------------------------------
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.dtype, self.device = key_states.dtype, key_states.device
+        self.keys = torch.tensor([], dtype=self.dtype, device=self.device)
+        self.values = torch.tensor([], dtype=self.dtype, device=self.device)
+        batch, heads, _, head_dim = key_states.shape
+        self.shape = (batch, heads, head_dim)
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        self.seen_tokens += key_states.shape[-2]
+        if not self.compressed:
+            self.keys = torch.cat([self.keys, key_states], dim=-2)
+            self.values = torch.cat([self.values, value_states], dim=-2)
+            return self.keys, self.values
+        if active_cache() is None:
+            raise RuntimeError(
+                "This layer holds a compressed KV cache, which only qpruning's attention can read: run the model "
+                "inside `with compressor.attach(model):`"
+            )
+        k = key_states.to(self.storage_dtype)
+        v = value_states.to(self.storage_dtype)
+        self.residual_keys = torch.cat([self.residual_keys, k], dim=-2)
+        self.residual_values = torch.cat([self.residual_values, v], dim=-2)
+        # The returned tensors are not read: qpruning's attention reads the segments and the residual.
+        return key_states, value_states
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        # Sized for the uncompressed geometry: plain layers use the model's mask as-is, compressed layers
+        # build their own from their row lengths.
+        return self.seen_tokens + query_length, 0
+
+    def get_seq_length(self) -> int:
+        return self.seen_tokens
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def reset(self) -> None:
+        self.__init__()
+
+    def _unsupported(self, what: str):
+        raise NotImplementedError(f"{what} is not supported on a compressed KV cache (use greedy or sampling)")
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        if self.compressed:
+            self._unsupported("Beam search")
+        super().reorder_cache(beam_idx)
+
+    def crop(self, tokens_to_remove: int) -> None:
+        self._unsupported("Cropping")
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if self.compressed:
+            self._unsupported("Expanding the batch")
+        if self.keys is not None and self.keys.numel():
+            self.keys = self.keys.repeat_interleave(repeats, dim=0)
+            self.values = self.values.repeat_interleave(repeats, dim=0)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.compressed:
+            self._unsupported("Selecting batch rows")
+        if self.keys is not None and self.keys.numel():
+            self.keys = self.keys[indices, ...]
+            self.values = self.values[indices, ...]
+
+    # -- compression -------------------------------------------------------------------------------------
+
+    @property
+    def rows(self) -> int:
+        batch, heads, _ = self.shape
+        return batch * heads
+
+    def compress(self, keep: torch.Tensor, quantizer: KVQuantizer, storage_dtype: torch.dtype) -> None:
+        """Keep the tokens of ``keep`` (``[batch, kv_heads, seq]`` bool) and quantize what fills whole groups.
+
+        Tokens keep their order within each row. Each row's first ``quantizer.quantizable(n)`` kept tokens are
+        quantized; the rest (fewer than a group, for per-channel key groups) stay in 16 bits.
+        """
+        batch, heads, seq, head_dim = self.keys.shape
+        if keep.shape != (batch, heads, seq):
+            raise ValueError(f"keep mask of shape {tuple(keep.shape)} does not match the cache {(batch, heads, seq)}")
+        self.quantizer = quantizer
+        self.storage_dtype = storage_dtype
+        lengths = keep.sum(-1)  # [batch, heads]
+        self.kept_per_row = lengths.reshape(-1).to(torch.int32)
+        segments: list[Segment] = []
+        if quantizer.enabled:
+            quantized = quantizer.quantizable(lengths)
+            rank = keep.cumsum(-1) - 1
+            in_quantized = keep & (rank < quantized.unsqueeze(-1))
+            in_full = keep & ~in_quantized
+            if int(quantized.sum()):
+                scale_dtype = storage_dtype
+                segments.append(
+                    Segment.build(
+                        quantizer.quantize_keys(self.keys[in_quantized], scale_dtype),
+                        quantizer.quantize_values(self.values[in_quantized], scale_dtype),
+                        quantized.reshape(-1),
+                    )
+                )
+            tail = lengths - quantized
+            if int(tail.sum()):
+                segments.append(
+                    Segment.build(
+                        self.keys[in_full].to(storage_dtype),
+                        self.values[in_full].to(storage_dtype),
+                        tail.reshape(-1),
+                    )
+                )
+        elif int(lengths.sum()):
+            segments.append(
+                Segment.build(
+                    self.keys[keep].to(storage_dtype), self.values[keep].to(storage_dtype), lengths.reshape(-1)
+                )
+            )
+        self.prefix = segments
+        self.decoded = None
+        self.residual_keys = self.keys.new_empty(batch, heads, 0, head_dim, dtype=storage_dtype)
+        self.residual_values = self.residual_keys.clone()
+        self.keys = self.values = None
+        self.compressed = True
+
+    def flush(self) -> None:
+        """Quantize the residual window, a block of ``residual_length`` tokens per row at a time."""
+        if not self.compressed or not self.quantizer.enabled:
+            return
+        block = self.quantizer.residual_length
+        pending = self.residual_keys.shape[2]
+        if pending < block:
+            return
+        n = pending - pending % block
+        batch, heads, _, head_dim = self.residual_keys.shape
+        keys = self.residual_keys[:, :, :n].reshape(-1, head_dim)
+        values = self.residual_values[:, :, :n].reshape(-1, head_dim)
+        lengths = torch.full((batch * heads,), n, dtype=torch.int32, device=keys.device)
+        new = Segment.build(
+            self.quantizer.quantize_keys(keys, self.storage_dtype),
+            self.quantizer.quantize_values(values, self.storage_dtype),
+            lengths,
+        )
+        self.decoded = new if self.decoded is None else self.decoded.append_uniform(new)
+        self.residual_keys = self.residual_keys[:, :, n:].contiguous()
+        self.residual_values = self.residual_values[:, :, n:].contiguous()
+
+    def segments(self) -> list[Segment]:
+        """Every segment in token order: prefix (quantized, then 16-bit tail), decoded blocks, residual."""
+        out = list(self.prefix)
+        if self.decoded is not None:
+            out.append(self.decoded)
+        pending = self.residual_keys.shape[2]
+        if pending:
+            head_dim = self.residual_keys.shape[-1]
+            lengths = torch.full((self.rows,), pending, dtype=torch.int32, device=self.residual_keys.device)
+            out.append(
+                Segment(
+                    self.residual_keys.reshape(-1, head_dim),
+                    self.residual_values.reshape(-1, head_dim),
+                    lengths,
+                    pending,
+                )
+            )
+        return out
+
+    # -- attention over the compressed layer --------------------------------------------------------------
+
+    def attend(self, query: torch.Tensor, scaling: float) -> torch.Tensor:
+        """Attention of ``query`` ``[batch, q_heads, q, head_dim]`` over the layer, which already holds the
+        ``q`` new tokens at the end of every row. Returns ``[batch, q, q_heads, head_dim]``.
+
+        Reference path: dequantize every segment into padded rows, then exact softmax attention in float32.
+        """
+        if self.use_kernel and query.is_cuda:
+            from qpruning.kernels import fused_attention
+
+            return fused_attention(self, query, scaling)
+        return reference_attention(self, query, scaling)
+
+    # -- accounting ---------------------------------------------------------------------------------------
+
+    def nbytes(self) -> dict[str, int]:
+        """Bytes held, by kind, measured from the tensors (codes, scales, zeros, outliers, 16-bit tokens...)."""
+        out = dict.fromkeys(BYTE_KINDS, 0)
+        if not self.is_initialized:
+            return out
+        if not self.compressed:
+            out["full"] = _nbytes(self.keys) + _nbytes(self.values)
+            return out
+        for segment in self.prefix + ([self.decoded] if self.decoded is not None else []):
+            for kind, n in segment.nbytes().items():
+                out[kind] += n
+        out["residual"] = _nbytes(self.residual_keys) + _nbytes(self.residual_values)
+        out["index"] += _nbytes(self.kept_per_row)
+        return out
+
+    def tokens_per_row(self) -> torch.Tensor:
+        """Tokens held by each (batch item, KV head) row, ``[rows]``."""
+        if not self.compressed:
+            batch, heads, _ = self.shape
+            return torch.full((batch * heads,), self.keys.shape[-2], dtype=torch.int64)
+        total = torch.zeros(self.rows, dtype=torch.int64, device=self.residual_keys.device)
+        for segment in self.segments():
+            total += segment.lengths.long()
+        return total
+
+
+def _nbytes(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.numel() * t.element_size()
+
+
+def reference_attention(layer: CompressedLayer, query: torch.Tensor, scaling: float) -> torch.Tensor:
+    """Exact attention over a compressed layer through dequantized, padded rows (float32 math)."""
+    batch, q_heads, q_len, head_dim = query.shape
+    _, heads, _ = layer.shape
+    group = q_heads // heads
+    keys, values, valid, lengths = gather_rows(
+        layer.segments(), torch.float32, layer.rows, head_dim, query.device
+    )
+    seq = keys.shape[1]
+    keys = keys.view(batch, heads, 1, seq, head_dim)
+    values = values.view(batch, heads, 1, seq, head_dim)
+    q = query.float().reshape(batch, heads, group, q_len, head_dim)
+    logits = torch.matmul(q, keys.transpose(-1, -2)) * scaling  # [batch, heads, group, q, seq]
+    if q_len > 1 or valid is not None:
+        # The q new tokens are the last q of every row; new token j is visible to query i when j <= i.
+        position = torch.arange(seq, device=query.device).view(1, seq)
+        new_index = position - (lengths.view(-1, 1) - q_len)  # [rows, seq]
+        allowed = new_index.view(batch, heads, 1, 1, seq) <= torch.arange(q_len, device=query.device).view(
+            1, 1, 1, q_len, 1
+        )
+        if valid is not None:
+            allowed = allowed & valid.view(batch, heads, 1, 1, seq)
+        logits = logits.masked_fill(~allowed, -math.inf)
+    probs = torch.softmax(logits, dim=-1)
+    out = torch.matmul(probs, values)  # [batch, heads, group, q, head_dim]
+    return out.reshape(batch, q_heads, q_len, head_dim).transpose(1, 2).to(query.dtype)

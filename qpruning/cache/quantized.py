@@ -1,0 +1,230 @@
+"""Grouped asymmetric min-max quantization with real packed storage (the paper's Eq. 4-5).
+
+A key or value tensor is handled as ``[n, d]``: ``n`` tokens (the rows of several heads laid end to end),
+``d = head_dim`` channels. A *group* is a run of ``group_size`` numbers that share one scale and one zero:
+
+- :attr:`GroupAxis.CHANNELS`: a group is ``group_size`` consecutive channels of one token ("per-token"
+  quantization). FlexGen quantizes keys and values this way; KIVI quantizes values this way.
+  ``scale``/``zero`` have shape ``[n, d // group_size]``.
+- :attr:`GroupAxis.TOKENS`: a group is ``group_size`` consecutive tokens of one channel ("per-channel"
+  quantization). KIVI quantizes keys this way, because key outliers live in fixed channels (KIVI, Liu et al.
+  2024, Sec. 3). ``scale``/``zero`` have shape ``[n // group_size, d]``.
+
+Codes are ``Q = round((x - z) / s)`` with ``z`` the group minimum and ``s = (max - min) / (2**bits - 1)``,
+and ``x' = Q * s + z``. Scales and zeros are stored in a 16-bit float; codes are rounded against the stored
+(rounded) scale and zero so that the 16-bit storage adds no error of its own beyond the rounding of ``z``.
+Optionally the largest-magnitude numbers (a fraction, or those above an absolute threshold) are kept exactly
+as sparse 16-bit outliers and excluded from the groups' min/max (KVQuant, Hooper et al. 2024).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+
+import torch
+
+from qpruning.cache.packing import pack, unpack
+
+
+class GroupAxis(str, enum.Enum):
+    """Which way a quantization group runs through a ``[tokens, channels]`` tensor."""
+
+    TOKENS = "tokens"
+    CHANNELS = "channels"
+
+
+@dataclass(frozen=True)
+class OutlierFilter:
+    """Numbers kept exactly, out of the quantization groups.
+
+    Exactly one of ``fraction`` (the largest-magnitude fraction of each quantized tensor, e.g. 0.01) and
+    ``threshold`` (every number with ``|x| > threshold``; the paper's Appendix B uses 6) is set.
+    """
+
+    fraction: float | None = 0.01
+    threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.fraction is None) == (self.threshold is None):
+            raise ValueError("OutlierFilter needs exactly one of fraction or threshold")
+        if self.fraction is not None and not 0.0 < self.fraction < 1.0:
+            raise ValueError(f"Outlier fraction must be in (0, 1), got {self.fraction}")
+        if self.threshold is not None and self.threshold <= 0:
+            raise ValueError(f"Outlier threshold must be positive, got {self.threshold}")
+
+    def mask(self, x: torch.Tensor) -> torch.Tensor:
+        magnitude = x.abs()
+        if self.threshold is not None:
+            return magnitude > self.threshold
+        k = math.ceil(self.fraction * x.numel())
+        if k == 0:
+            return torch.zeros_like(x, dtype=torch.bool)
+        flat = magnitude.flatten().float()
+        top = torch.topk(flat, k, sorted=False).indices
+        mask = torch.zeros_like(flat, dtype=torch.bool)
+        mask[top] = True
+        return mask.view_as(x)
+
+
+def _grouped(x: torch.Tensor, group_size: int, axis: GroupAxis) -> torch.Tensor:
+    """View ``[n, d]`` as ``[a, b, group_size]`` with groups on the last dimension (a copy for TOKENS)."""
+    n, d = x.shape
+    if axis is GroupAxis.CHANNELS:
+        return x.reshape(n, d // group_size, group_size)
+    return x.reshape(n // group_size, group_size, d).transpose(1, 2)
+
+
+def _ungrouped(g: torch.Tensor, n: int, d: int, axis: GroupAxis) -> torch.Tensor:
+    if axis is GroupAxis.CHANNELS:
+        return g.reshape(n, d)
+    return g.transpose(1, 2).reshape(n, d)
+
+
+def check_groupable(n: int, d: int, group_size: int, axis: GroupAxis) -> None:
+    if axis is GroupAxis.CHANNELS and d % group_size:
+        raise ValueError(
+            f"group_size={group_size} does not divide head_dim={d}: per-token groups run along the channels, "
+            f"so group_size must divide head_dim (allowed here: {[g for g in (32, 64, 128) if d % g == 0]})"
+        )
+    if axis is GroupAxis.TOKENS and n % group_size:
+        raise ValueError(f"{n} tokens cannot be split into per-channel groups of {group_size} tokens")
+
+
+@dataclass
+class QuantizedTensor:
+    """A ``[n, d]`` tensor held as packed codes, 16-bit scales and zeros, and optional sparse outliers."""
+
+    packed: torch.Tensor
+    scale: torch.Tensor
+    zero: torch.Tensor
+    bits: int
+    group_size: int
+    axis: GroupAxis
+    head_dim: int
+    outlier_index: torch.Tensor | None = None
+    outlier_value: torch.Tensor | None = None
+
+    @property
+    def num_tokens(self) -> int:
+        return self.packed.shape[0]
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        n, d = self.num_tokens, self.head_dim
+        codes = unpack(self.packed, self.bits).to(torch.float32)
+        grouped = _grouped(codes, self.group_size, self.axis)
+        out = grouped * self.scale.float().unsqueeze(-1) + self.zero.float().unsqueeze(-1)
+        out = _ungrouped(out, n, d, self.axis).to(dtype)
+        if self.outlier_index is not None and self.outlier_index.numel():
+            out.view(-1)[self.outlier_index.long()] = self.outlier_value.to(dtype)
+        return out
+
+    def nbytes(self) -> dict[str, int]:
+        outliers = 0
+        if self.outlier_index is not None:
+            outliers = _nbytes(self.outlier_index) + _nbytes(self.outlier_value)
+        return {
+            "packed": _nbytes(self.packed),
+            "scales": _nbytes(self.scale),
+            "zeros": _nbytes(self.zero),
+            "outliers": outliers,
+        }
+
+    @property
+    def num_outliers(self) -> int:
+        return 0 if self.outlier_index is None else int(self.outlier_index.numel())
+
+
+def _nbytes(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.numel() * t.element_size()
+
+
+def quantize(
+    x: torch.Tensor,
+    bits: int,
+    group_size: int,
+    axis: GroupAxis,
+    scale_dtype: torch.dtype = torch.float16,
+    outliers: OutlierFilter | None = None,
+    scale_zero: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> QuantizedTensor:
+    """Quantize ``x`` (``[n, d]``) to ``bits`` with min-max groups of ``group_size`` along ``axis``.
+
+    ``scale_zero`` lets another algorithm (HQQ's optimizer) choose each group's scale and zero (shaped like the
+    groups' ``[a, b]``); the codes are then computed against them in the same way.
+    """
+    if x.dim() != 2:
+        raise ValueError(f"quantize expects a [tokens, channels] tensor, got shape {tuple(x.shape)}")
+    n, d = x.shape
+    check_groupable(n, d, group_size, axis)
+    levels = (1 << bits) - 1
+    xf = x.float()
+
+    outlier_mask = outliers.mask(xf) if outliers is not None else None
+    grouped = _grouped(xf, group_size, axis)
+    if scale_zero is None:
+        if outlier_mask is not None:
+            g_mask = _grouped(outlier_mask, group_size, axis)
+            lo = grouped.masked_fill(g_mask, math.inf).amin(dim=-1)
+            hi = grouped.masked_fill(g_mask, -math.inf).amax(dim=-1)
+            # A group made only of outliers has no inliers to describe: any scale/zero will do.
+            empty = torch.isinf(lo)
+            lo = lo.masked_fill(empty, 0.0)
+            hi = hi.masked_fill(empty, 0.0)
+        else:
+            lo, hi = grouped.amin(dim=-1), grouped.amax(dim=-1)
+        scale = ((hi - lo) / levels).to(scale_dtype)
+        zero = lo.to(scale_dtype)
+    else:
+        scale, zero = (t.to(scale_dtype) for t in scale_zero)
+
+    s = scale.float().unsqueeze(-1)
+    z = zero.float().unsqueeze(-1)
+    # A constant group has scale 0: every number equals the zero, which its code 0 reproduces exactly.
+    codes = torch.where(s > 0, (grouped - z) / torch.where(s > 0, s, 1.0), 0.0)
+    codes = codes.round_().clamp_(0, levels).to(torch.uint8)
+    packed = pack(_ungrouped(codes, n, d, axis), bits)
+
+    outlier_index = outlier_value = None
+    if outlier_mask is not None:
+        flat_index = outlier_mask.flatten().nonzero().squeeze(-1)
+        outlier_index = flat_index.to(torch.int32)
+        outlier_value = x.flatten()[flat_index].to(scale_dtype)
+    return QuantizedTensor(packed, scale, zero, bits, group_size, axis, d, outlier_index, outlier_value)
+
+
+def cat_rows(parts: list[QuantizedTensor], rows: int) -> QuantizedTensor:
+    """Concatenate quantized tensors that each hold ``rows`` equal-length rows laid end to end, row by row.
+
+    Row ``r`` of the result is row ``r`` of ``parts[0]`` followed by row ``r`` of ``parts[1]``, and so on.
+    Used to append a freshly quantized block of decoded tokens to every (batch item, head) row.
+    """
+    first = parts[0]
+    d = first.head_dim
+    lengths = [p.num_tokens // rows for p in parts]
+    total = sum(lengths)
+
+    def cat(field_of):
+        tensors = [field_of(p) for p in parts]
+        views = [t.reshape(rows, -1, t.shape[-1]) for t in tensors]
+        return torch.cat(views, dim=1).reshape(-1, tensors[0].shape[-1])
+
+    packed = cat(lambda p: p.packed)
+    scale = cat(lambda p: p.scale)
+    zero = cat(lambda p: p.zero)
+    outlier_index = outlier_value = None
+    if first.outlier_index is not None:
+        indices, values = [], []
+        offset = 0
+        for part, length in zip(parts, lengths):
+            idx = part.outlier_index.long()
+            row, within = idx // (length * d), idx % (length * d)
+            indices.append(row * (total * d) + offset * d + within)
+            values.append(part.outlier_value)
+            offset += length
+        outlier_index = torch.cat(indices).to(torch.int32)
+        outlier_value = torch.cat(values)
+    return QuantizedTensor(
+        packed, scale, zero, first.bits, first.group_size, first.axis, d, outlier_index, outlier_value
+    )

@@ -1,0 +1,212 @@
+"""KV quantization methods: one small class each, differing in how keys and values are grouped.
+
+All of them quantize the tokens that pruning kept (prune first, then quantize) and the tokens generated
+while decoding, which wait in a full-precision residual window of ``residual_length`` tokens and are quantized
+a block at a time as it fills (KIVI's streaming scheme, Liu et al. 2024, Alg. 1). ``bits=16`` means no
+quantization: the kept tokens stay in 16 bits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+
+from qpruning.cache.quantized import GroupAxis, OutlierFilter, QuantizedTensor, check_groupable, quantize
+
+ALLOWED_BITS = (2, 4, 8, 16)
+ALLOWED_GROUP_SIZES = (32, 64, 128)
+
+
+@dataclass
+class KVQuantizer:
+    """Asymmetric min-max group quantization of keys and values (the paper's Eq. 4-5).
+
+    Args:
+        bits: 2, 4 or 8 bits per number, or 16 for no quantization.
+        group_size: numbers sharing one scale and zero: 32, 64 or 128 (64 in the paper, after FlexGen).
+        residual_length: decoded tokens kept in full precision before they are quantized together
+            (default: ``group_size``); a multiple of ``group_size``.
+        outliers: numbers kept exactly as sparse 16-bit outliers (``None``: no outlier filtering).
+    """
+
+    name: ClassVar[str] = "minmax"
+    key_axis: ClassVar[GroupAxis] = GroupAxis.CHANNELS
+    value_axis: ClassVar[GroupAxis] = GroupAxis.CHANNELS
+
+    bits: int = 4
+    group_size: int = 64
+    residual_length: int | None = None
+    outliers: OutlierFilter | None = None
+
+    def __post_init__(self) -> None:
+        if self.bits not in ALLOWED_BITS:
+            raise ValueError(f"bits={self.bits} is not supported; allowed: {', '.join(map(str, ALLOWED_BITS))}")
+        if self.group_size not in ALLOWED_GROUP_SIZES:
+            raise ValueError(
+                f"group_size={self.group_size} is not supported; allowed: {', '.join(map(str, ALLOWED_GROUP_SIZES))}"
+            )
+        if self.residual_length is None:
+            self.residual_length = self.group_size
+        if self.residual_length <= 0 or self.residual_length % self.group_size:
+            raise ValueError(
+                f"residual_length={self.residual_length} must be a positive multiple of group_size={self.group_size}"
+            )
+        if isinstance(self.outliers, dict):
+            self.outliers = OutlierFilter(**self.outliers)
+
+    @property
+    def enabled(self) -> bool:
+        """False for ``bits=16``: the cache then stores the kept tokens unquantized."""
+        return self.bits < 16
+
+    def with_bits(self, bits: int) -> KVQuantizer:
+        """The same method at another precision (layer-wise token-precision configurations use this)."""
+        return dataclasses.replace(self, bits=bits)
+
+    def validate_head_dim(self, head_dim: int) -> None:
+        """Raise if this quantizer cannot group a head of ``head_dim`` channels."""
+        if not self.enabled:
+            return
+        for axis in (self.key_axis, self.value_axis):
+            check_groupable(self.group_size, head_dim, self.group_size, axis)
+        if head_dim % 8:
+            raise ValueError(f"head_dim={head_dim} must be a multiple of 8 to pack {self.bits}-bit codes")
+
+    def quantizable(self, num_tokens: int) -> int:
+        """How many of ``num_tokens`` tokens of one row can be quantized now; the rest wait in 16 bits.
+
+        Per-channel groups (KIVI keys) need whole groups of ``group_size`` tokens; per-token groups take any count.
+        Keys and values are split at the same token so that a token is either quantized or not.
+        """
+        if not self.enabled:
+            return 0
+        if GroupAxis.TOKENS in (self.key_axis, self.value_axis):
+            return num_tokens - num_tokens % self.group_size
+        return num_tokens
+
+    def quantize_keys(self, x: torch.Tensor, scale_dtype: torch.dtype) -> QuantizedTensor:
+        return self._quantize(x, self.key_axis, scale_dtype)
+
+    def quantize_values(self, x: torch.Tensor, scale_dtype: torch.dtype) -> QuantizedTensor:
+        return self._quantize(x, self.value_axis, scale_dtype)
+
+    def _quantize(self, x: torch.Tensor, axis: GroupAxis, scale_dtype: torch.dtype) -> QuantizedTensor:
+        return quantize(x, self.bits, self.group_size, axis, scale_dtype, self.outliers)
+
+    def describe(self) -> str:
+        return f"{self.name} {self.bits}-bit g{self.group_size}"
+
+
+@dataclass
+class KIVI(KVQuantizer):
+    """KIVI: keys per-channel (groups of tokens within a channel), values per-token (groups of channels).
+
+    Liu et al., "KIVI: A Tuning-Free Asymmetric 2bit Quantization for KV Cache", ICML 2024. The paper's default
+    quantizer (Sec. 5) for every pruner that keeps the same tokens in all heads.
+    """
+
+    name: ClassVar[str] = "kivi"
+    key_axis: ClassVar[GroupAxis] = GroupAxis.TOKENS
+    value_axis: ClassVar[GroupAxis] = GroupAxis.CHANNELS
+
+
+@dataclass
+class FlexGen(KVQuantizer):
+    """FlexGen: keys and values both per-token, in groups of channels.
+
+    Sheng et al., "FlexGen: High-Throughput Generative Inference of Large Language Models with a Single GPU",
+    ICML 2023 (group-wise 4-bit KV compression, groups of 64). Used by the paper for Ada-KV and HeadKV.
+    """
+
+    name: ClassVar[str] = "flexgen"
+
+
+@dataclass
+class KIVIOutlier(KIVI):
+    """KIVI with ~1% outliers kept exactly in sparse 16-bit storage (the paper's Sec. 7.3, after KVQuant)."""
+
+    name: ClassVar[str] = "kivi_outlier"
+    outliers: OutlierFilter | None = field(default_factory=OutlierFilter)
+
+
+@dataclass
+class FlexGenOutlier(FlexGen):
+    """FlexGen with ~1% outliers kept exactly in sparse 16-bit storage (the paper's Sec. 7.3, after KVQuant)."""
+
+    name: ClassVar[str] = "flexgen_outlier"
+    outliers: OutlierFilter | None = field(default_factory=OutlierFilter)
+
+
+@dataclass
+class HQQ(KVQuantizer):
+    """Half-Quadratic Quantization of the groups through the ``hqq`` package (Badri & Shaji, 2023).
+
+    HQQ's optimizer chooses each group's scale and zero (``optimize=True``: a few proximal iterations that
+    minimize an Lp<1 error; off by default, it takes seconds per tensor on a CPU; with ``optimize=False`` it is
+    plain min-max). The codes are then stored in this package's packed layout so that every quantizer shares one
+    storage format and one decode path. The paper ran its grids through transformers' ``HQQQuantizedCache`` with
+    the grouping axes of KIVI or FlexGen; ``layout`` picks which (``kivi`` by default).
+    """
+
+    name: ClassVar[str] = "hqq"
+    layout: str = "kivi"
+    optimize: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.layout not in ("kivi", "flexgen"):
+            raise ValueError(f"hqq layout={self.layout!r} is not allowed; use kivi or flexgen")
+        if self.outliers is not None:
+            raise ValueError("hqq does not take outliers; use kivi_outlier or flexgen_outlier")
+
+    @property
+    def key_axis(self) -> GroupAxis:  # type: ignore[override]
+        return GroupAxis.TOKENS if self.layout == "kivi" else GroupAxis.CHANNELS
+
+    @property
+    def value_axis(self) -> GroupAxis:  # type: ignore[override]
+        return GroupAxis.CHANNELS
+
+    def _quantize(self, x: torch.Tensor, axis: GroupAxis, scale_dtype: torch.dtype) -> QuantizedTensor:
+        from hqq.core.quantize import Quantizer as HQQQuantizer
+
+        n, d = x.shape
+        check_groupable(n, d, self.group_size, axis)
+        # Lay the groups out as rows of a [groups, group_size] matrix, which HQQ quantizes along axis 1.
+        if axis is GroupAxis.CHANNELS:
+            rows = x.float().reshape(-1, self.group_size)
+            group_shape = (n, d // self.group_size)
+        else:
+            rows = x.float().reshape(n // self.group_size, self.group_size, d).transpose(1, 2)
+            group_shape = (n // self.group_size, d)
+            rows = rows.reshape(-1, self.group_size)
+        _, meta = HQQQuantizer.quantize(
+            rows,
+            nbits=self.bits,
+            channel_wise=True,
+            group_size=self.group_size,
+            optimize=self.optimize,
+            axis=1,
+            bitpack=False,
+            compute_dtype=torch.float32,
+            device=str(x.device),
+        )
+        # HQQ dequantizes as (q - z) * s; this package as q * s + zero, so zero = -z * s.
+        scale = meta["scale"].reshape(group_shape).float()
+        zero = (-meta["zero"].reshape(group_shape).float()) * scale
+        return quantize(x, self.bits, self.group_size, axis, scale_dtype, scale_zero=(scale, zero))
+
+
+QUANTIZERS: dict[str, type[KVQuantizer]] = {
+    cls.name: cls for cls in (KIVI, FlexGen, KIVIOutlier, FlexGenOutlier, HQQ)
+}
+
+
+def get_quantizer(name: str, **kwargs) -> KVQuantizer:
+    """The quantizer called ``name`` (``quant=`` in configs)."""
+    if name not in QUANTIZERS:
+        raise ValueError(f"Unknown quantizer {name!r}; allowed: {', '.join(QUANTIZERS)}")
+    return QUANTIZERS[name](**kwargs)

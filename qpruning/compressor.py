@@ -1,0 +1,315 @@
+"""Quantized pruning: prune the KV cache at the end of prefill, then quantize what is kept.
+
+The paper's method (Sec. 4): a pruner keeps ``tokens`` per layer and head, chosen on full-precision keys and
+queries, and a quantizer stores them at ``bits``; under a memory budget, fewer bits buy more tokens.
+
+Usage, from plain Python::
+
+    from qpruning import KVCompressor, SnapKV, KIVI
+    compressor = KVCompressor(pruner=SnapKV(), quantizer=KIVI(bits=4), budget=1 / 64)
+    with compressor.attach(model):
+        cache = compressor.new_cache(model)
+        out = model.generate(**inputs, past_key_values=cache, max_new_tokens=32)
+    print(cache.summary())   # bytes held, measured; kept tokens
+
+``attach`` adds a forward pre-hook to the model's decoder and switches that model's attention to qpruning's
+wrapper (:mod:`qpruning.attention`) for the duration of the ``with`` block; both are undone on exit. Inside it,
+a forward without a cache (or with an empty ``DynamicCache``, which is what ``generate`` makes) gets a fresh
+:class:`~qpruning.cache.QPrunedCache`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from qpruning import attention
+from qpruning.cache.budget import BUDGET_MODES, LayerOverride, LayerPlan, tokens_for_budget
+from qpruning.cache.cache import QPrunedCache
+from qpruning.cache.context import reset_active_cache, set_active_cache
+from qpruning.cache.quantizers import KIVI, KVQuantizer
+from qpruning.pruners.base import NoPruner, Pruner, select_tokens
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+SIXTEEN_BIT = (torch.float16, torch.bfloat16)
+STORAGE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class ModelGeometry:
+    """What the compressor needs to know of a model, read from its config."""
+
+    model_type: str
+    num_layers: int
+    kv_heads: int
+    q_heads: int
+    head_dim: int
+    context_window: int
+    sliding_layers: tuple[int, ...]
+
+    @classmethod
+    def from_config(cls, config) -> ModelGeometry:
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        return cls(
+            model_type=getattr(config, "model_type", "unknown"),
+            num_layers=config.num_hidden_layers,
+            kv_heads=getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
+            q_heads=config.num_attention_heads,
+            head_dim=head_dim,
+            context_window=getattr(config, "max_position_embeddings", 0) or 0,
+            sliding_layers=tuple(_sliding_layers(config)),
+        )
+
+
+def _sliding_layers(config) -> list[int]:
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types:
+        return [i for i, t in enumerate(layer_types) if t != "full_attention"]
+    window = getattr(config, "sliding_window", None)
+    uses = getattr(config, "use_sliding_window", True)
+    if window is not None and uses:
+        return list(range(config.num_hidden_layers))
+    return []
+
+
+@dataclass
+class KVCompressor:
+    """A pruner, a quantizer and a memory budget: the configuration of one quantized-pruning run.
+
+    Args:
+        pruner: which tokens to keep (:mod:`qpruning.pruners`).
+        quantizer: how to store them (:mod:`qpruning.cache.quantizers`); its ``bits`` is the precision.
+        tokens: kept tokens per layer and KV head (the mean when layers differ). Exactly one of ``tokens`` and
+            ``budget`` for a pruner that prunes; neither for ``NoPruner``.
+        budget: the fraction of the full 16-bit cache to spend (e.g. 1/64).
+        budget_mode: ``nominal`` (the paper's accounting) or ``exact`` (scales, zeros, outliers counted).
+        full_cache_tokens: the full cache of the budget fraction, in tokens (default: the model's context window).
+        layers: layer-wise overrides of bits (and tokens), e.g. ``[LayerOverride("8-15", bits=16)]``.
+        storage_dtype: the 16-bit dtype of what is not quantized (kept tokens at ``bits=16``, partial groups,
+            the residual window); default the model's dtype when it is 16-bit, else float16. A layer that ends up
+            uncompressed keeps the model's own tensors.
+        kernel: ``auto`` (fused Triton decode attention on CUDA when available), ``off``, or ``on``.
+    """
+
+    pruner: Pruner = field(default_factory=NoPruner)
+    quantizer: KVQuantizer = field(default_factory=lambda: KIVI(bits=16))
+    tokens: int | None = None
+    budget: float | None = None
+    budget_mode: str = "nominal"
+    full_cache_tokens: int | None = None
+    layers: list[LayerOverride] = field(default_factory=list)
+    storage_dtype: str | None = None
+    kernel: str = "auto"
+
+    def __post_init__(self) -> None:
+        self.layers = [o if isinstance(o, LayerOverride) else LayerOverride(**o) for o in (self.layers or [])]
+        if self.budget_mode not in BUDGET_MODES:
+            raise ValueError(f"budget_mode={self.budget_mode!r} is not allowed; use {' or '.join(BUDGET_MODES)}")
+        if self.storage_dtype is not None and self.storage_dtype not in STORAGE_DTYPES:
+            raise ValueError(f"storage_dtype={self.storage_dtype!r} is not allowed; use {', '.join(STORAGE_DTYPES)}")
+        if self.kernel not in ("auto", "on", "off"):
+            raise ValueError(f"kernel={self.kernel!r} is not allowed; use auto, on or off")
+        if self.pruner.prunes:
+            if (self.tokens is None) == (self.budget is None):
+                raise ValueError(
+                    f"pruner={self.pruner.name} needs exactly one of tokens (kept tokens per layer, e.g. 512) "
+                    "or budget (a fraction of the full 16-bit cache, e.g. 0.015625 for 1/64)"
+                )
+        elif self.tokens is not None or self.budget is not None:
+            logger.warning("pruner=none keeps every token: tokens/budget are ignored")
+            self.tokens = self.budget = None
+        if self.tokens is not None and self.tokens <= 0:
+            raise ValueError(f"tokens must be positive, got {self.tokens}")
+        if self.budget is not None and not 0.0 < self.budget <= 1.0:
+            raise ValueError(f"budget must be a fraction in (0, 1], got {self.budget}")
+        if any(o.tokens is None for o in self.layers) and self.budget is None and self.pruner.prunes:
+            raise ValueError("layer overrides without tokens need budget= to derive their tokens from their bits")
+
+    # -- planning and validation --------------------------------------------------------------------------
+
+    def plan(self, config) -> list[LayerPlan]:
+        """Bits and kept tokens for every layer of a model with ``config``; raises on anything invalid.
+
+        Cheap (reads the config only), so runs call it before loading any weights.
+        """
+        geometry = config if isinstance(config, ModelGeometry) else ModelGeometry.from_config(config)
+        if geometry.model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(
+                f"model_type={geometry.model_type!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+            )
+        if geometry.sliding_layers:
+            raise ValueError(
+                f"This model has sliding-window attention in layers {list(geometry.sliding_layers)[:8]}...: a "
+                "sliding window already evicts tokens, and qpruning compresses full-attention layers only. Use a "
+                "model without sliding windows (e.g. Mistral-7B-Instruct-v0.2, not v0.1)."
+            )
+        if geometry.q_heads % geometry.kv_heads:
+            raise ValueError(f"{geometry.q_heads} query heads are not a multiple of {geometry.kv_heads} KV heads")
+        bits_per_layer = [self.quantizer.bits] * geometry.num_layers
+        tokens_per_layer: list[int | None] = [self.tokens] * geometry.num_layers
+        for override in self.layers:
+            first, last = override.range()
+            if last >= geometry.num_layers:
+                raise ValueError(
+                    f"layer override {override.layers!r} goes past the model's {geometry.num_layers} layers "
+                    f"(0-{geometry.num_layers - 1})"
+                )
+            for layer in range(first, last + 1):
+                bits_per_layer[layer] = override.bits
+                if override.tokens is not None:
+                    tokens_per_layer[layer] = override.tokens
+        full_tokens = self.full_cache_tokens or geometry.context_window
+        plans = []
+        for layer, bits in enumerate(bits_per_layer):
+            quantizer = self.quantizer.with_bits(bits)
+            quantizer.validate_head_dim(geometry.head_dim)
+            tokens = tokens_per_layer[layer]
+            if self.budget is not None and not any(
+                o.tokens is not None and o.range()[0] <= layer <= o.range()[1] for o in self.layers
+            ):
+                if not full_tokens:
+                    raise ValueError("budget= needs full_cache_tokens (the model config has no context window)")
+                tokens = tokens_for_budget(
+                    self.budget, full_tokens, bits, self.quantizer, geometry.head_dim, self.budget_mode
+                )
+            if not self.pruner.prunes:
+                tokens = None
+            elif tokens < self.pruner.min_budget():
+                raise ValueError(
+                    f"layer {layer} keeps {tokens} tokens, fewer than {self.pruner.name}'s window of "
+                    f"{self.pruner.window} tokens that are always kept: raise tokens/budget or lower the window"
+                )
+            plans.append(LayerPlan(bits=bits, tokens=tokens))
+        return plans
+
+    def validate(self, config) -> list[LayerPlan]:
+        """Alias of :meth:`plan`, for readability at call sites that only check."""
+        return self.plan(config)
+
+    def describe(self) -> str:
+        budget = f"tokens={self.tokens}" if self.tokens is not None else f"budget={self.budget}"
+        return f"{self.pruner.describe()} + {self.quantizer.describe()} ({budget}, {self.budget_mode})"
+
+    # -- runtime ------------------------------------------------------------------------------------------
+
+    def new_cache(self, model) -> QPrunedCache:
+        """An empty compressed cache for ``model`` (validated against its config)."""
+        cache = QPrunedCache(model.config.num_hidden_layers, compressor=self)
+        cache.plans = self.plan(model.config)
+        return cache
+
+    @contextlib.contextmanager
+    def attach(self, model) -> Iterator[KVCompressor]:
+        """Within the block, ``model`` compresses its cache with this compressor (see the module docstring)."""
+        plans = self.plan(model.config)
+        config = model.config
+        previous = config._attn_implementation
+        name = attention.register(previous)
+        decoder = model.get_decoder()
+        tokens: list = []
+
+        def before(module, args, kwargs):
+            cache = kwargs.get("past_key_values")
+            use_cache = kwargs.get("use_cache")
+            if use_cache is None:
+                use_cache = getattr(config, "use_cache", True)
+            if cache is None or (not isinstance(cache, QPrunedCache) and cache.get_seq_length() == 0):
+                if not use_cache:
+                    tokens.append(set_active_cache(None))
+                    return args, kwargs
+                cache = QPrunedCache(config.num_hidden_layers, compressor=self)
+                cache.plans = plans
+                kwargs["past_key_values"] = cache
+            elif not isinstance(cache, QPrunedCache):
+                raise TypeError(
+                    f"A {type(cache).__name__} that already holds tokens cannot be compressed; start from an empty "
+                    "cache or compressor.new_cache(model)"
+                )
+            if cache.compressor is None:
+                cache.compressor = self
+                cache.plans = plans
+            cache.record_attention_mask(kwargs.get("attention_mask"))
+            tokens.append(set_active_cache(cache))
+            self.last_cache = cache
+            return args, kwargs
+
+        def after(module, args, kwargs, output):
+            reset_active_cache(tokens.pop())
+            return output
+
+        handles = [
+            decoder.register_forward_pre_hook(before, with_kwargs=True),
+            decoder.register_forward_hook(after, with_kwargs=True, always_call=True),
+        ]
+        config._attn_implementation = name
+        try:
+            yield self
+        finally:
+            config._attn_implementation = previous
+            for handle in handles:
+                handle.remove()
+
+    def storage_dtype_for(self, dtype: torch.dtype) -> torch.dtype:
+        if self.storage_dtype is not None:
+            return STORAGE_DTYPES[self.storage_dtype]
+        return dtype if dtype in SIXTEEN_BIT else torch.float16
+
+    def layer_budgets(self, cache: QPrunedCache, seq_len: int) -> Sequence[int | None]:
+        """Per-layer token budgets for this prompt length (computed once per prefill)."""
+        cached = getattr(cache, "_budgets", None)
+        if cached is not None and cached[0] == seq_len:
+            return cached[1]
+        plans = cache.plans
+        if self.pruner.prunes:
+            budgets = self.pruner.layer_budgets([p.tokens for p in plans], seq_len)
+        else:
+            budgets = [None] * len(plans)
+        cache._budgets = (seq_len, budgets)
+        return budgets
+
+    def compress_layer(self, cache: QPrunedCache, layer_idx: int, query, key, value, scaling: float) -> None:
+        """Prune and quantize one layer at the end of prefill, from its full-precision queries and keys."""
+        layer = cache.layers[layer_idx]
+        layer.compression_pending = False
+        batch, heads, seq, _ = key.shape
+        key_valid = cache.key_valid
+        if key_valid is not None and key_valid.shape[-1] != seq:
+            key_valid = key_valid[:, -seq:]
+        bits = cache.plans[layer_idx].bits
+        budget = self.layer_budgets(cache, seq)[layer_idx]
+        longest = seq if key_valid is None else int(key_valid.sum(-1).max())
+        if budget is None or budget >= longest:
+            if bits == 16 and key_valid is None:
+                return  # nothing to remove, nothing to quantize: the layer stays exactly as the model made it
+            keep = torch.ones(batch, heads, seq, dtype=torch.bool, device=key.device)
+            if key_valid is not None:
+                keep &= key_valid.unsqueeze(1)
+        else:
+            scores = self.pruner.score(query, key, key_valid, scaling)
+            counts = self.pruner.allocate(scores, budget, key_valid, layer_idx)
+            keep = select_tokens(scores, counts, key_valid, min(self.pruner.window, seq))
+        layer.compress(keep, self.quantizer.with_bits(bits), self.storage_dtype_for(key.dtype))
+        layer.use_kernel = self._use_kernel(key)
+        if layer_idx == len(cache.layers) - 1 and logger.isEnabledFor(logging.DEBUG):
+            summary = cache.summary()
+            logger.debug(
+                "compressed %d tokens: %.1f kept per layer and head, %d bytes (%.3f of 16-bit)",
+                seq, summary["kept_tokens"], summary["kv_bytes"], summary["kv_ratio"],
+            )
+
+    def _use_kernel(self, key: torch.Tensor) -> bool:
+        if self.kernel == "off" or not key.is_cuda:
+            return False
+        from qpruning import kernels
+
+        if not kernels.available():
+            if self.kernel == "on":
+                raise RuntimeError("kernel=on but Triton is not available: pip install triton")
+            return False
+        return True

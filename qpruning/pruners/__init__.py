@@ -1,0 +1,23 @@
+"""Token pruners: one module per method. ``get_pruner(name, **params)`` builds one from a config name."""
+
+from __future__ import annotations
+
+from qpruning.pruners.base import NoPruner, Pruner, select_tokens
+from qpruning.pruners.h2o import H2O
+from qpruning.pruners.pyramidkv import PyramidKV
+from qpruning.pruners.snapkv import SnapKV
+from qpruning.pruners.streamingllm import StreamingLLM
+
+PRUNERS: dict[str, type[Pruner]] = {
+    cls.name: cls for cls in (NoPruner, StreamingLLM, H2O, SnapKV, PyramidKV)
+}
+
+
+def get_pruner(name: str, **params) -> Pruner:
+    """The pruner called ``name`` (``pruner=`` in configs), with its parameters."""
+    if name not in PRUNERS:
+        raise ValueError(f"Unknown pruner {name!r}; allowed: {', '.join(PRUNERS)}")
+    return PRUNERS[name](**params)
+
+
+__all__ = ["PRUNERS", "H2O", "NoPruner", "Pruner", "PyramidKV", "SnapKV", "StreamingLLM", "get_pruner", "select_tokens"]

@@ -1,0 +1,165 @@
+"""What every pruner shares: the scoring interface, budgets, and the mechanics of choosing tokens.
+
+A pruner looks at one layer at the end of prefill and decides which tokens each KV head keeps. It is split
+into three steps so that methods differ only where they really differ:
+
+1. :meth:`Pruner.layer_budgets` turns the per-layer token budgets of the plan into the budgets this method
+   uses (PyramidKV reshapes them into a pyramid; the others keep them);
+2. :meth:`Pruner.score` rates every token of every KV head (higher = more worth keeping), from the layer's
+   full-precision queries and keys: pruning sees unquantized states and runs before quantization;
+3. :meth:`Pruner.allocate` splits a layer's budget among its heads (uniform here; Ada-KV and HeadKV give
+   heads different counts), and :func:`select_tokens` turns scores and counts into a keep mask.
+
+The cache code (:mod:`qpruning.cache.layer`) then cuts and stores what was kept. With grouped-query attention,
+scores are computed per query head and averaged over the query heads that share a KV head: the cache is never
+expanded to query heads.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+# The largest attention-probability block (in float32 numbers) a scorer materializes at once: queries are
+# processed in chunks so that a 32k-token prompt never needs an L x L matrix per head.
+SCORE_BLOCK_NUMBERS = 1 << 26
+
+
+@dataclass
+class Pruner(ABC):
+    """Base of all pruners.
+
+    Args:
+        window: the last ``window`` prompt tokens are always kept (the paper's Appendix B: 32 for StreamingLLM,
+            H2O and SnapKV; 8 for PyramidKV, Ada-KV and HeadKV).
+    """
+
+    name: ClassVar[str] = "base"
+    window: int = 32
+
+    def __post_init__(self) -> None:
+        if self.window < 0:
+            raise ValueError(f"{self.name}: window must be >= 0, got {self.window}")
+
+    @property
+    def prunes(self) -> bool:
+        return True
+
+    def min_budget(self) -> int:
+        """The smallest per-layer budget that this pruner accepts (the kept window must fit)."""
+        return max(self.window, 1)
+
+    def layer_budgets(self, budgets: Sequence[int], seq_len: int) -> list[int]:
+        """Per-layer token budgets for a prompt of ``seq_len`` tokens (identity: the plan's budgets)."""
+        return list(budgets)
+
+    @abstractmethod
+    def score(
+        self, query: torch.Tensor, key: torch.Tensor, key_valid: torch.Tensor | None, scaling: float
+    ) -> torch.Tensor:
+        """Scores ``[batch, kv_heads, seq]`` (float32, higher = keep) from post-RoPE ``query``
+        ``[batch, q_heads, seq, head_dim]`` and ``key`` ``[batch, kv_heads, seq, head_dim]``.
+
+        ``key_valid`` ``[batch, seq]`` marks real (non-padding) tokens, or is ``None`` when nothing is padded.
+        """
+
+    def allocate(
+        self, scores: torch.Tensor, budget: int, key_valid: torch.Tensor | None, layer_idx: int = 0
+    ) -> torch.Tensor:
+        """Tokens each KV head keeps, ``[batch, kv_heads]``: the layer budget for every head, at most the
+        row's real tokens."""
+        batch, heads, seq = scores.shape
+        real = _real_lengths(key_valid, batch, seq, scores.device)
+        counts = torch.full((batch, heads), budget, dtype=torch.long, device=scores.device)
+        return torch.minimum(counts, real.unsqueeze(1))
+
+    def describe(self) -> str:
+        return f"{self.name}(window={self.window})"
+
+
+@dataclass
+class NoPruner(Pruner):
+    """Keep every token (quantization alone, or the uncompressed baseline)."""
+
+    name: ClassVar[str] = "none"
+    window: int = 0
+
+    @property
+    def prunes(self) -> bool:
+        return False
+
+    def min_budget(self) -> int:
+        return 0
+
+    def score(self, query, key, key_valid, scaling):
+        batch, heads, seq, _ = key.shape
+        return torch.zeros(batch, heads, seq, dtype=torch.float32, device=key.device)
+
+
+def _real_lengths(key_valid: torch.Tensor | None, batch: int, seq: int, device) -> torch.Tensor:
+    if key_valid is None:
+        return torch.full((batch,), seq, dtype=torch.long, device=device)
+    return key_valid.sum(-1).long()
+
+
+def select_tokens(
+    scores: torch.Tensor, counts: torch.Tensor, key_valid: torch.Tensor | None, window: int
+) -> torch.Tensor:
+    """The keep mask ``[batch, kv_heads, seq]``: per row, the last ``window`` tokens and then the best-scored
+    ones until the row holds ``counts[b, h]`` tokens. Padding is never kept.
+
+    Prompts are left-padded, so the last ``window`` positions are real tokens.
+    """
+    batch, heads, seq = scores.shape
+    scores = scores.float().clone()
+    if window:
+        scores[..., max(seq - window, 0) :] = math.inf
+    if key_valid is not None:
+        # After the window: a row shorter than the window must not keep the padding in front of it.
+        scores.masked_fill_(~key_valid.unsqueeze(1), -math.inf)
+    kmax = int(counts.max()) if counts.numel() else 0
+    keep = torch.zeros(batch, heads, seq, dtype=torch.bool, device=scores.device)
+    if kmax == 0:
+        return keep
+    top = scores.topk(kmax, dim=-1).indices
+    take = torch.arange(kmax, device=scores.device) < counts.unsqueeze(-1)
+    keep.scatter_(-1, top, take)
+    return keep
+
+
+def grouped_attention_probs(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    scaling: float,
+    query_positions: torch.Tensor,
+    key_valid: torch.Tensor | None,
+) -> torch.Tensor:
+    """Causal attention probabilities of some queries over all keys, in float32.
+
+    ``query`` ``[batch, q_heads, n, d]`` sits at absolute ``query_positions`` ``[n]``; ``key`` is
+    ``[batch, kv_heads, seq, d]``. Returns ``[batch, kv_heads, group, n, seq]`` where ``group`` is the number
+    of query heads sharing a KV head: the cache is never expanded to query heads.
+    """
+    batch, q_heads, n, d = query.shape
+    kv_heads, seq = key.shape[1], key.shape[2]
+    group = q_heads // kv_heads
+    q = query.float().view(batch, kv_heads, group, n, d)
+    logits = torch.matmul(q, key.float().unsqueeze(2).transpose(-1, -2)) * scaling
+    allowed = torch.arange(seq, device=key.device).unsqueeze(0) <= query_positions.unsqueeze(1)  # [n, seq]
+    allowed = allowed.view(1, 1, 1, n, seq)
+    if key_valid is not None:
+        allowed = allowed & key_valid.view(batch, 1, 1, 1, seq)
+    logits = logits.masked_fill(~allowed, -math.inf)
+    probs = torch.softmax(logits, dim=-1)
+    # A padded query row attends to nothing: its NaNs (softmax of all -inf) become zeros.
+    return torch.nan_to_num(probs, nan=0.0)
+
+
+def query_chunk_size(batch: int, q_heads: int, seq: int) -> int:
+    """Queries per chunk so that one ``[batch, q_heads, chunk, seq]`` block stays under SCORE_BLOCK_NUMBERS."""
+    return max(1, min(seq, SCORE_BLOCK_NUMBERS // max(1, batch * q_heads * seq)))

@@ -1,0 +1,59 @@
+"""SnapKV: the last prompt tokens "vote" for the tokens worth keeping.
+
+Li et al., "SnapKV: LLM Knows What You are Looking for Before Generation", NeurIPS 2024. The attention of the
+observation window (the last ``window`` queries of the prompt) over the earlier tokens is summed over the
+window, smoothed with a 1-D pooling of ``kernel_size`` so that neighbours of important tokens come along, and the
+top tokens are kept with the window itself. Defaults as in KVCache-Factory (window 32, kernel 7, max pooling),
+the code base the paper used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from qpruning.pruners.base import Pruner, grouped_attention_probs
+
+
+@dataclass
+class SnapKV(Pruner):
+    """Observation-window voting with pooling.
+
+    Args:
+        window: the observation window, also kept as the most recent tokens.
+        kernel_size: the pooling kernel (odd).
+        pooling: ``max`` or ``avg``.
+    """
+
+    name: ClassVar[str] = "snapkv"
+    window: int = 32
+    kernel_size: int = 7
+    pooling: str = "max"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.window < 1:
+            raise ValueError(f"{self.name}: the observation window must be >= 1, got {self.window}")
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise ValueError(f"{self.name}: kernel_size must be a positive odd number, got {self.kernel_size}")
+        if self.pooling not in ("max", "avg"):
+            raise ValueError(f"{self.name}: pooling must be max or avg, got {self.pooling!r}")
+
+    def score(self, query, key, key_valid, scaling):
+        batch, q_heads, seq, _ = query.shape
+        kv_heads = key.shape[1]
+        window = min(self.window, seq)
+        positions = torch.arange(seq - window, seq, device=key.device)
+        probs = grouped_attention_probs(query[:, :, seq - window :], key, scaling, positions, key_valid)
+        votes = probs.sum(dim=3)  # [batch, kv_heads, group, seq]
+        group = votes.shape[2]
+        flat = votes.reshape(batch * kv_heads * group, 1, seq)
+        pad = self.kernel_size // 2
+        if self.pooling == "max":
+            pooled = F.max_pool1d(flat, self.kernel_size, stride=1, padding=pad)
+        else:
+            pooled = F.avg_pool1d(flat, self.kernel_size, stride=1, padding=pad, count_include_pad=False)
+        return pooled.view(batch, kv_heads, group, seq).mean(dim=2)
