@@ -92,8 +92,9 @@ class KVCompressor:
         full_cache_tokens: the full cache of the budget fraction, in tokens (default: the model's context window).
         layers: layer-wise overrides of bits (and tokens), e.g. ``[LayerOverride("8-15", bits=16)]``.
         storage_dtype: the 16-bit dtype of what is not quantized (kept tokens at ``bits=16``, partial groups,
-            the residual window); default the model's dtype when it is 16-bit, else float16. A layer that ends up
-            uncompressed keeps the model's own tensors.
+            the residual window), and of scales and zeros; default the model's dtype when it is 16-bit, else
+            float16. ``model`` keeps the model's dtype even when it is float32 (for exact comparisons in tests).
+            A layer that ends up uncompressed keeps the model's own tensors.
         kernel: ``auto`` (fused Triton decode attention on CUDA when available), ``off``, or ``on``.
     """
 
@@ -111,8 +112,10 @@ class KVCompressor:
         self.layers = [o if isinstance(o, LayerOverride) else LayerOverride(**o) for o in (self.layers or [])]
         if self.budget_mode not in BUDGET_MODES:
             raise ValueError(f"budget_mode={self.budget_mode!r} is not allowed; use {' or '.join(BUDGET_MODES)}")
-        if self.storage_dtype is not None and self.storage_dtype not in STORAGE_DTYPES:
-            raise ValueError(f"storage_dtype={self.storage_dtype!r} is not allowed; use {', '.join(STORAGE_DTYPES)}")
+        if self.storage_dtype is not None and self.storage_dtype not in (*STORAGE_DTYPES, "model"):
+            raise ValueError(
+                f"storage_dtype={self.storage_dtype!r} is not allowed; use model, {', '.join(STORAGE_DTYPES)} or null"
+            )
         if self.kernel not in ("auto", "on", "off"):
             raise ValueError(f"kernel={self.kernel!r} is not allowed; use auto, on or off")
         if self.pruner.prunes:
@@ -256,6 +259,8 @@ class KVCompressor:
                 handle.remove()
 
     def storage_dtype_for(self, dtype: torch.dtype) -> torch.dtype:
+        if self.storage_dtype == "model":
+            return dtype
         if self.storage_dtype is not None:
             return STORAGE_DTYPES[self.storage_dtype]
         return dtype if dtype in SIXTEEN_BIT else torch.float16

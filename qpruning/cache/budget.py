@@ -101,13 +101,13 @@ def tokens_for_budget(
     if mode == "nominal":
         return int(math.floor(budget * full_tokens * 16 / bits + 1e-9))
     allowance = budget * 2 * full_tokens * head_dim * SIXTEEN_BIT_BYTES
-    # Bytes grow monotonically with tokens: bisect for the largest count that fits.
-    lo, hi = 0, int(full_tokens * 16 / bits) + 1
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        cost = row_bytes(mid, bits, quantizer, head_dim) + expected_outlier_bytes(mid, bits, quantizer, head_dim)
+    # Every token costs at least its packed codes, so the nominal count is an upper bound. Bytes are not
+    # monotonic in tokens (a token that completes a per-channel group moves the group's 16-bit tail into
+    # packed codes), so scan down from the bound instead of bisecting.
+    tokens = int(math.floor(budget * full_tokens * 16 / bits + 1e-9))
+    while tokens > 0:
+        cost = row_bytes(tokens, bits, quantizer, head_dim) + expected_outlier_bytes(tokens, bits, quantizer, head_dim)
         if cost <= allowance:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
+            break
+        tokens -= 1
+    return tokens

@@ -46,14 +46,22 @@ class SnapKV(Pruner):
         batch, q_heads, seq, _ = query.shape
         kv_heads = key.shape[1]
         window = min(self.window, seq)
-        positions = torch.arange(seq - window, seq, device=key.device)
-        probs = grouped_attention_probs(query[:, :, seq - window :], key, scaling, positions, key_valid)
-        votes = probs.sum(dim=3)  # [batch, kv_heads, group, seq]
+        prefix = seq - window
+        positions = torch.arange(prefix, seq, device=key.device)
+        probs = grouped_attention_probs(query[:, :, prefix:], key, scaling, positions, key_valid)
+        # As in the reference code, votes and pooling cover the tokens before the window only: the window is
+        # kept anyway, and its (large) self-attention must not spill over to its neighbours through pooling.
+        votes = probs[..., :prefix].sum(dim=3)  # [batch, kv_heads, group, prefix]
         group = votes.shape[2]
-        flat = votes.reshape(batch * kv_heads * group, 1, seq)
+        flat = votes.reshape(batch * kv_heads * group, 1, prefix)
         pad = self.kernel_size // 2
-        if self.pooling == "max":
+        if prefix == 0:
+            pooled = flat
+        elif self.pooling == "max":
             pooled = F.max_pool1d(flat, self.kernel_size, stride=1, padding=pad)
         else:
-            pooled = F.avg_pool1d(flat, self.kernel_size, stride=1, padding=pad, count_include_pad=False)
-        return pooled.view(batch, kv_heads, group, seq).mean(dim=2)
+            # count_include_pad as in the reference code: the edges average in zeros.
+            pooled = F.avg_pool1d(flat, self.kernel_size, stride=1, padding=pad)
+        scores = pooled.view(batch, kv_heads, group, prefix).mean(dim=2)
+        forced = torch.full((batch, kv_heads, window), float("inf"), device=key.device)
+        return torch.cat([scores, forced], dim=-1)

@@ -1,0 +1,46 @@
+"""Shared fixtures: tiny random models (built from a config, no download) and the embedded SmolLM2."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+# No test may reach the network: W&B stays offline and the hub is never asked.
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+TINY_ARCHITECTURES = ("llama", "mistral", "qwen2")
+
+
+@pytest.fixture(scope="session")
+def tiny_models():
+    """A cache of tiny random models by architecture: ``tiny_models("llama") -> (model, tokenizer)``."""
+    from qpruning.models import tiny_model
+
+    built: dict[str, tuple] = {}
+
+    def get(architecture: str = "llama"):
+        if architecture not in built:
+            built[architecture] = tiny_model(architecture)
+        return built[architecture]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real SmolLM2-135M-Instruct (float32, CPU): ``(model, tokenizer)``."""
+    from qpruning.models import ModelSpec
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    return ModelSpec(name="smollm2_135m", name_or_path="embedded:smollm2_135m").load()
+
+
+@pytest.fixture
+def rng():
+    """A fresh, seeded generator per test: every test draws its own random inputs."""
+    return torch.Generator().manual_seed(1234)
