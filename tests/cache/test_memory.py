@@ -68,7 +68,7 @@ def test_decoded_tokens_are_counted_in_the_residual_then_in_packed_blocks(rng):
 
     token = set_active_cache(object())  # update() of a compressed layer requires a running qpruning forward
     try:
-        for step in range(40):
+        for _ in range(40):
             layer.update(torch.randn(BATCH, HEADS, 1, DIM, generator=rng), torch.randn(BATCH, HEADS, 1, DIM, generator=rng))
             layer.flush()
     finally:
