@@ -3,14 +3,51 @@
 The runner only talks to :class:`Benchmark`: it asks for samples, encodes each one into token ids that fit the
 model's window, generates, and hands the generated text back for scoring. Everything benchmark-specific
 (official templates, metrics, data loading, generators) lives in the benchmark's own module.
+
+The runner's loop, in full::
+
+    bench = get_benchmark(cfg.benchmark.name, **cfg.benchmark)   # qpruning.benchmarks
+    bench.validate(context_window)                                # before loading the model
+    for sample in bench.samples(tokenizer):
+        try:
+            ids = bench.encode(sample, tokenizer, bench.max_input_tokens(sample, context_window))
+            out = model.generate(ids, **bench.generation_kwargs(sample, tokenizer))
+            prediction = bench.postprocess(sample, tokenizer.decode(new_tokens, skip_special_tokens=True))
+            score = bench.score(sample, prediction)
+            extra = {**sample.extra, **bench.details(sample, prediction)}
+        except SampleError as err:                                # recorded as status "failed", run goes on
+            ...
+    metrics = bench.aggregate(records)
+
+Errors: :class:`BenchmarkConfigError` (a configuration the benchmark cannot run: unknown dataset or task names,
+a length the model cannot hold), :class:`DataNotFoundError` (data missing; the message says how to get it) and
+:class:`SampleError` (one sample cannot be built or scored; the runner records it as failed and goes on).
 """
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+class BenchmarkConfigError(ValueError):
+    """A benchmark configuration that cannot run (unknown names, impossible lengths). Raised before any model work."""
+
+
+class DataNotFoundError(FileNotFoundError):
+    """Benchmark data is missing and cannot be fetched; the message names the files and how to get them."""
+
+
+class SampleError(RuntimeError):
+    """One sample cannot be built or scored (tokenizer error, empty answer...).
+
+    The runner records the sample with ``status="failed"`` and ``error=str(exc)`` and goes on with the next one.
+    """
 
 
 @dataclass
@@ -53,6 +90,91 @@ def truncate_middle(token_ids: Sequence[int], max_tokens: int) -> list[int]:
     return token_ids[:half] + token_ids[len(token_ids) - (max_tokens - half) :]
 
 
+def has_chat_template(tokenizer) -> bool:
+    """Whether the tokenizer carries a chat template (base models and tiny test tokenizers may not)."""
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def render_prompt(tokenizer, user_text: str, chat_template: bool = True, assistant_prefix: str = "") -> str:
+    """The prompt text: ``user_text`` wrapped in the tokenizer's chat template (one user turn and the generation
+    prompt) when ``chat_template`` is true and the tokenizer has one, followed by ``assistant_prefix`` (RULER's
+    answer prefix, which the official code appends after the model template)."""
+    if chat_template and has_chat_template(tokenizer):
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": user_text}], tokenize=False, add_generation_prompt=True
+        )
+    else:
+        text = user_text
+    return text + assistant_prefix
+
+
+def tokenize_prompt(tokenizer, text: str, chat_template: bool = True) -> list[int]:
+    """Token ids of a rendered prompt.
+
+    A chat-rendered prompt already holds the model's special tokens (e.g. Llama-3's ``<|begin_of_text|>``), so it
+    is tokenized without adding them again; a plain prompt gets the tokenizer's usual BOS, as in LongBench's
+    ``pred.py`` (``tokenizer(prompt)``).
+    """
+    add_special = not (chat_template and has_chat_template(tokenizer))
+    try:
+        return list(tokenizer(text, add_special_tokens=add_special)["input_ids"])
+    except Exception as exc:  # a tokenizer failure is a per-sample failure, not a crash of the run
+        raise SampleError(f"tokenizer failed on the prompt: {type(exc).__name__}: {exc}") from exc
+
+
+def encode_prompt(
+    tokenizer,
+    user_text: str,
+    max_input_tokens: int,
+    chat_template: bool = True,
+    assistant_prefix: str = "",
+) -> list[int]:
+    """Render and tokenize a prompt, truncating ``user_text`` in the middle until the whole prompt fits.
+
+    LongBench's rule (``pred.py``): tokenize the prompt, keep the first and last halves of the tokens, decode both
+    halves and build the (chat) prompt from the decoded text. Decoding and re-encoding can shift the count by a
+    token or two, so the budget is tightened and retried until the final ids fit; a last resort cuts the final
+    ids in the middle.
+    """
+    if max_input_tokens <= 0:
+        raise SampleError(f"no room for the prompt: max_input_tokens={max_input_tokens}")
+    ids = tokenize_prompt(
+        tokenizer, render_prompt(tokenizer, user_text, chat_template, assistant_prefix), chat_template
+    )
+    if len(ids) <= max_input_tokens:
+        return ids
+    try:
+        user_ids = list(tokenizer(user_text, add_special_tokens=False)["input_ids"])
+    except Exception as exc:
+        raise SampleError(f"tokenizer failed on the prompt: {type(exc).__name__}: {exc}") from exc
+    overhead = len(ids) - len(user_ids)
+    budget = max_input_tokens - overhead
+    for _ in range(4):
+        if budget <= 1:
+            break
+        half = budget // 2
+        text = tokenizer.decode(user_ids[:half], skip_special_tokens=True) + tokenizer.decode(
+            user_ids[len(user_ids) - (budget - half) :], skip_special_tokens=True
+        )
+        ids = tokenize_prompt(
+            tokenizer, render_prompt(tokenizer, text, chat_template, assistant_prefix), chat_template
+        )
+        if len(ids) <= max_input_tokens:
+            return ids
+        budget -= len(ids) - max_input_tokens
+    if budget <= 1:
+        raise SampleError(
+            f"the prompt template alone ({overhead} tokens) does not fit in max_input_tokens={max_input_tokens}"
+        )
+    return truncate_middle(ids, max_input_tokens)
+
+
+def newline_token_ids(tokenizer) -> list[int]:
+    """The id of ``"\\n"`` as LongBench's ``pred.py`` finds it (``tokenizer.encode("\\n")[-1]``)."""
+    ids = tokenizer("\n", add_special_tokens=False)["input_ids"]
+    return [ids[-1]] if ids else []
+
+
 class Benchmark(ABC):
     """A benchmark: a deterministic list of samples, their prompts, and their metric.
 
@@ -66,12 +188,48 @@ class Benchmark(ABC):
         """Yield the samples, deterministically for a given configuration and seed."""
 
     @abstractmethod
-    def encode(self, sample: Sample, tokenizer, max_input_tokens: int, chat_template: bool = True) -> list[int]:
+    def encode(
+        self, sample: Sample, tokenizer, max_input_tokens: int, chat_template: bool = True
+    ) -> list[int]:
         """The prompt's token ids, truncated in the middle to at most ``max_input_tokens``."""
 
     @abstractmethod
     def score(self, sample: Sample, prediction: str) -> float:
         """The sample's score on a 0-100 scale."""
+
+    # -- optional hooks, with defaults that suit most benchmarks ------------------------------------------------
+
+    def validate(self, context_window: int) -> None:
+        """Raise :class:`BenchmarkConfigError` if this configuration cannot run in ``context_window`` tokens.
+
+        Called by the runner before it loads the model, so that a bad configuration fails in a second.
+        """
+        if context_window <= 0:
+            raise BenchmarkConfigError(f"context_window must be positive, got {context_window}")
+
+    def max_input_tokens(self, sample: Sample, context_window: int) -> int:
+        """The prompt budget: the window minus the room reserved for the sample's generation."""
+        return context_window - sample.max_new_tokens
+
+    def generation_kwargs(self, sample: Sample, tokenizer) -> dict[str, Any]:
+        """Keyword arguments for ``model.generate``: greedy decoding of ``sample.max_new_tokens`` tokens.
+
+        Benchmarks whose official code stops at a newline add the newline token to ``eos_token_id``.
+        """
+        return {"max_new_tokens": sample.max_new_tokens, "do_sample": False, "num_beams": 1}
+
+    def postprocess(self, sample: Sample, text: str) -> str:
+        """The prediction as the official scorer sees it, from the decoded generation. Default: unchanged."""
+        return text
+
+    def details(self, sample: Sample, prediction: str) -> dict[str, Any]:
+        """Secondary per-sample metrics for the record's ``extra`` (NIAH: ``contains``). Default: none."""
+        return {}
+
+    @property
+    def benchmark_length(self) -> int | None:
+        """The target length in tokens for generated benchmarks (``metrics.json``'s ``benchmark_length``)."""
+        return None
 
     def aggregate(self, records: list[dict[str, Any]]) -> dict[str, Any]:
         """Summaries of per-sample records (each has ``task``, ``score`` and ``length``).
