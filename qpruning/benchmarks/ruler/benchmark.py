@@ -1,0 +1,263 @@
+"""RULER as a :class:`~qpruning.benchmarks.base.Benchmark`: 13 tasks generated at any length for a tokenizer."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from tqdm.auto import tqdm
+
+from ..base import (
+    Benchmark,
+    BenchmarkConfigError,
+    DataNotFoundError,
+    Sample,
+    SampleError,
+    encode_prompt,
+    render_prompt,
+    tokenize_prompt,
+)
+from ..common import stable_seed
+from . import generators as gen
+from . import qa as qa_data
+from .constants import ALL_TASKS, BASE_TASK_METRIC, BASE_TASKS, QA_TASKS, TASKS
+from .metrics import METRICS, postprocess_pred
+
+logger = logging.getLogger(__name__)
+
+MIN_LENGTH = 256
+FIT_TOLERANCE = 0.02
+VT_ICL_TOKENS = 500  # variable_tracking.py: the in-context example is generated with max_seq_length=500
+
+
+@dataclass
+class Ruler(Benchmark):
+    """RULER (NVIDIA/RULER): synthetic retrieval, multi-hop tracing, aggregation and QA at a chosen length.
+
+    Every sample is generated for the tokenizer at hand so that its prompt (chat template and answer prefix
+    included) plus the task's generation length is at most ``length`` tokens and within 2% of it: RULER's
+    accounting, where ``max_seq_length`` covers input and output. The prompt is the task template filled with
+    the haystack, as one user turn, and the answer prefix appended after the generation prompt (RULER's
+    ``prepare.py`` appends it after the model template). Scores: ``string_match_all`` (niah, vt, cwe, fwe) or
+    ``string_match_part`` (qa) on the post-processed prediction, 0-100.
+
+    Args:
+        length: target length in tokens (4096, 8192, 16384, ...: the paper's RULER-4k/8k/16k).
+        tasks: task names; ``None`` means all 13. qa_1/qa_2 need SQuAD/HotpotQA files (``qa_data_dir``) and are
+            skipped with one logged message when they cannot be found. The paper's own code runs the 11 others
+            (``qpruning.benchmarks.ruler.PAPER_TASKS``).
+        num_samples: samples per task (RULER's default is 500).
+        seed: the generation seed: the same seed gives byte-identical prompts.
+        chat_template: wrap the prompt in the tokenizer's chat template (and fit the length with it).
+        include_generation: count the task's generation length inside ``length`` (RULER); false fits the prompt
+            alone to ``length``.
+        max_new_tokens: override the official generation lengths (niah 128, vt 30, cwe 120, fwe 50, qa 32); the
+            paper's code uses 64 for every task.
+        qa_data_dir: folder with ``squad.json`` and ``hotpotqa.json`` (``scripts/download_ruler_qa.py``).
+        hub_timeout: seconds to wait for the hub before declaring it unreachable (qa data only).
+    """
+
+    length: int = 4096
+    tasks: list[str] | None = None
+    num_samples: int = 500
+    seed: int = 42
+    chat_template: bool = True
+    include_generation: bool = True
+    max_new_tokens: int | None = None
+    qa_data_dir: str | None = None
+    hub_timeout: float = 3.0
+
+    name: ClassVar[str] = "ruler"
+
+    def __post_init__(self) -> None:
+        # dataset -> (qas, docs), or None when its data is missing; an attribute, not a config field
+        self._qa_cache: dict[str, Any] = {}
+        if self.tasks is None:
+            self.tasks = list(ALL_TASKS)
+        elif isinstance(self.tasks, str):
+            self.tasks = [self.tasks]
+        self.tasks = list(self.tasks)
+        unknown = [t for t in self.tasks if t not in TASKS]
+        if unknown:
+            raise BenchmarkConfigError(
+                f"Unknown RULER task(s) {', '.join(map(repr, unknown))}; valid: {', '.join(ALL_TASKS)}"
+            )
+        if not self.tasks:
+            raise BenchmarkConfigError(f"RULER tasks is empty; valid: {', '.join(ALL_TASKS)}")
+        if int(self.length) < MIN_LENGTH:
+            raise BenchmarkConfigError(
+                f"RULER length must be at least {MIN_LENGTH} tokens, got {self.length}"
+            )
+        self.length = int(self.length)
+        if self.num_samples < 1:
+            raise BenchmarkConfigError(f"num_samples must be positive, got {self.num_samples}")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise BenchmarkConfigError(f"max_new_tokens must be positive or null, got {self.max_new_tokens}")
+
+    @property
+    def benchmark_length(self) -> int:
+        return self.length
+
+    def tokens_to_generate(self, task: str) -> int:
+        """The generation length of ``task``: RULER's per base task unless ``max_new_tokens`` overrides it."""
+        if self.max_new_tokens is not None:
+            return self.max_new_tokens
+        return BASE_TASKS[TASKS[task]["task"]]["tokens_to_generate"]
+
+    def validate(self, context_window: int) -> None:
+        super().validate(context_window)
+        worst = max(self.tokens_to_generate(t) for t in self.tasks)
+        need = self.length if self.include_generation else self.length + worst
+        if need > context_window:
+            raise BenchmarkConfigError(
+                f"RULER length {self.length} needs {need} tokens (prompt + up to {worst} generated), more than the "
+                f"model's context window of {context_window} tokens; use length <= "
+                f"{context_window if self.include_generation else context_window - worst}."
+            )
+
+    # -- qa data -------------------------------------------------------------------------------------------------
+
+    def _qa(self, task: str):
+        dataset = TASKS[task]["args"]["dataset"]
+        if dataset not in self._qa_cache:
+            try:
+                self._qa_cache[dataset] = qa_data.load(dataset, self.qa_data_dir, self.hub_timeout)
+            except DataNotFoundError as exc:
+                logger.warning("RULER %s skipped: %s", task, exc)
+                self._qa_cache[dataset] = None
+        return self._qa_cache[dataset]
+
+    def available_tasks(self) -> list[str]:
+        """The configured tasks minus qa tasks whose data cannot be found (logged once each)."""
+        return [t for t in self.tasks if t not in QA_TASKS or self._qa(t) is not None]
+
+    # -- generation ----------------------------------------------------------------------------------------------
+
+    def _count(self, tokenizer, built: gen.Built) -> int:
+        text = render_prompt(tokenizer, built.user_text, self.chat_template, built.answer_prefix)
+        return len(tokenize_prompt(tokenizer, text, self.chat_template))
+
+    def _builder(self, task: str, tokenizer):
+        """``(build(size, seed, index) -> Built, lowest size)`` for ``task``."""
+        base, args = TASKS[task]["task"], dict(TASKS[task]["args"])
+        if base == "niah":
+            lowest = max(args["num_needle_k"], args["num_needle_q"]) * args["num_needle_v"]
+            return (lambda size, seed, index: gen.build_niah(size, seed, **args)), max(1, lowest)
+        if base == "variable_tracking":
+            icl_sizes: dict[int, int] = {}
+
+            def build_vt(size: int, seed: int, index: int) -> gen.Built:
+                if seed not in icl_sizes:
+                    icl_sizes[seed], _ = gen.fit_size(
+                        lambda n: len(
+                            tokenizer(
+                                gen.vt_icl_text(n, seed, args["num_chains"], args["num_hops"]),
+                                add_special_tokens=False,
+                            )["input_ids"]
+                        ),
+                        VT_ICL_TOKENS,
+                        lowest=(min(10, args["num_hops"]) + 1) * args["num_chains"],
+                        start=20,
+                    )
+                return gen.build_vt(
+                    size, seed, args["num_chains"], args["num_hops"], icl_size=icl_sizes[seed]
+                )
+
+            return build_vt, (args["num_hops"] + 1) * args["num_chains"]
+        if base == "common_words_extraction":
+            return (
+                lambda size, seed, index: gen.build_cwe(
+                    size, seed, args["freq_cw"], args["freq_ucw"], args["num_cw"], self.length
+                )
+            ), args["num_cw"] + 1
+        if base == "freq_words_extraction":
+            vocab_size = max(8, self._prompt_target(task) // 50)
+            return (lambda size, seed, index: gen.build_fwe(size, seed, args["alpha"], vocab_size)), 1
+        if base == "qa":
+            qas, docs = self._qa(task)
+            return (lambda size, seed, index: gen.build_qa(size, seed, qas, docs, index)), max(
+                len(qa["context"]) for qa in qas
+            )
+        raise BenchmarkConfigError(f"no generator for RULER base task {base!r}")
+
+    def _prompt_target(self, task: str) -> int:
+        return self.length - self.tokens_to_generate(task) if self.include_generation else self.length
+
+    def task_samples(self, task: str, tokenizer) -> Iterator[Sample]:
+        """The ``num_samples`` samples of one task."""
+        build, lowest = self._builder(task, tokenizer)
+        target = self._prompt_target(task)
+        new_tokens = self.tokens_to_generate(task)
+        previous: int | None = None
+        for index in tqdm(
+            range(self.num_samples), desc=f"RULER {task} @{self.length}", disable=None, leave=False
+        ):
+            seed = stable_seed("ruler", self.seed, task, index)
+            size, tokens = gen.fit_size(
+                lambda n, seed=seed, index=index: self._count(tokenizer, build(n, seed, index)),
+                target,
+                lowest,
+                start=previous,
+            )
+            previous = size
+            built = build(size, seed, index)
+            total = tokens + (new_tokens if self.include_generation else 0)
+            within = total >= (1 - FIT_TOLERANCE) * self.length
+            if not within:
+                logger.warning(
+                    "RULER %s sample %d: %d tokens, more than %.0f%% below the target %d (one haystack unit is "
+                    "too coarse)", task, index, total, 100 * FIT_TOLERANCE, self.length
+                )  # fmt: skip
+            if not built.answers:
+                raise SampleError(f"RULER {task} sample {index} has no answer")
+            yield Sample(
+                id=f"{task}-{self.length}-{index}",
+                task=task,
+                context=built.user_text,
+                input="",
+                answers=built.answers,
+                max_new_tokens=new_tokens,
+                length=self.length,
+                extra={
+                    "base_task": TASKS[task]["task"],
+                    "answer_prefix": built.answer_prefix,
+                    "target_length": self.length,
+                    "prompt_tokens": tokens,
+                    "haystack_size": size,
+                    "fit_within_tolerance": within,
+                    "seed": self.seed,
+                    **built.info,
+                },
+            )
+
+    def samples(self, tokenizer) -> Iterator[Sample]:
+        """Task by task, ``num_samples`` each, deterministic for (seed, task, index, tokenizer, chat_template)."""
+        if tokenizer is None:
+            raise BenchmarkConfigError("RULER needs the model's tokenizer to fit its samples to the length")
+        for task in self.available_tasks():
+            yield from self.task_samples(task, tokenizer)
+
+    # -- prompts and scores ----------------------------------------------------------------------------------------
+
+    def encode(
+        self, sample: Sample, tokenizer, max_input_tokens: int, chat_template: bool = True
+    ) -> list[int]:
+        return encode_prompt(
+            tokenizer,
+            sample.context,
+            max_input_tokens,
+            chat_template and self.chat_template,
+            assistant_prefix=sample.extra.get("answer_prefix", ""),
+        )
+
+    def postprocess(self, sample: Sample, text: str) -> str:
+        return postprocess_pred(text)
+
+    def score(self, sample: Sample, prediction: str) -> float:
+        """``string_match_all`` or ``string_match_part`` of this one prediction (0-100)."""
+        if not sample.answers:
+            raise SampleError(f"sample {sample.id} has no reference answer")
+        metric = METRICS[BASE_TASK_METRIC[TASKS[sample.task]["task"]]]
+        return metric([prediction], [sample.answers])
