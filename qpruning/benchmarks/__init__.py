@@ -1,0 +1,112 @@
+"""Benchmarks: Needle-in-a-Haystack, RULER, LongBench, LongBench-E, and the Figure 1 cross-entropy.
+
+``get_benchmark(name, **config)`` builds one from its config name (``benchmark=`` in Hydra); the names are the
+keys of :data:`BENCHMARKS`. Names ending in ``_small`` are quick variants: the same classes with small presets
+that the given config overrides. See ``docs/benchmarks.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from .base import Benchmark, BenchmarkConfigError, DataNotFoundError, Sample, SampleError, truncate_middle
+from .crossentropy import CrossEntropy, continuation_cross_entropy
+from .longbench import LongBench, LongBenchE
+from .niah import NeedleInAHaystack
+from .ruler import Ruler
+
+BENCHMARKS: dict[str, tuple[type[Benchmark], dict[str, Any]]] = {
+    "niah": (NeedleInAHaystack, {}),
+    "ruler": (Ruler, {}),
+    "longbench": (LongBench, {}),
+    "longbench_e": (LongBenchE, {}),
+    "crossentropy": (CrossEntropy, {}),
+    # Quick variants: minutes on a CPU with SmolLM2-135M.
+    "niah_small": (NeedleInAHaystack, {"lengths": [1000, 2000, 3500], "depths": [0, 50, 100]}),
+    "ruler_8k": (Ruler, {"length": 8192}),
+    "ruler_16k": (Ruler, {"length": 16384}),
+    "ruler_small": (
+        Ruler,
+        {"length": 4096, "num_samples": 2, "tasks": ["niah_single_1", "niah_multikey_1", "vt", "cwe", "fwe"]},
+    ),
+    "longbench_small": (LongBench, {"limit": 5}),
+    "longbench_e_small": (LongBenchE, {"limit": 5}),
+    "crossentropy_small": (CrossEntropy, {"length": 1024, "continuation_tokens": 64, "num_samples": 4}),
+}
+"""Config name -> (benchmark class, preset fields)."""
+
+IGNORED_KEYS = frozenset({"_target_"})
+
+
+def benchmark_fields(name: str) -> dict[str, Any]:
+    """The config fields of benchmark ``name`` with their defaults (presets applied): what a
+    ``conf/benchmark/<name>.yaml`` holds."""
+    cls, preset = _lookup(name)
+    values = {}
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        if f.default is not dataclasses.MISSING:
+            values[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            values[f.name] = f.default_factory()
+    values.update(preset)
+    return values
+
+
+def _lookup(name: str) -> tuple[type[Benchmark], dict[str, Any]]:
+    if name not in BENCHMARKS:
+        raise BenchmarkConfigError(f"Unknown benchmark {name!r}; valid: {', '.join(BENCHMARKS)}")
+    return BENCHMARKS[name]
+
+
+def get_benchmark(name: str, **config: Any) -> Benchmark:
+    """The benchmark called ``name`` with its config fields (a ``_target_`` key is ignored).
+
+    Hydra configs call it as ``_target_: qpruning.benchmarks.get_benchmark`` with ``name`` and the fields.
+
+    Raises:
+        BenchmarkConfigError: unknown benchmark, unknown field, or a value the benchmark rejects; the message
+            lists what is valid.
+    """
+    cls, preset = _lookup(name)
+    config = {k: v for k, v in config.items() if k not in IGNORED_KEYS}
+    valid = [f.name for f in dataclasses.fields(cls) if f.init]
+    unknown = sorted(set(config) - set(valid))
+    if unknown:
+        raise BenchmarkConfigError(
+            f"Unknown field(s) {', '.join(unknown)} for benchmark {name!r}; valid: {', '.join(valid)}"
+        )
+    # Hydra hands over ListConfig/DictConfig values: turn them into plain Python containers.
+    config = {k: _plain(v) for k, v in config.items()}
+    return cls(**{**preset, **config})
+
+
+def _plain(value: Any) -> Any:
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+    except ImportError:  # pragma: no cover - omegaconf is a dependency, but the library works without it
+        return value
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+__all__ = [
+    "BENCHMARKS",
+    "Benchmark",
+    "BenchmarkConfigError",
+    "CrossEntropy",
+    "DataNotFoundError",
+    "LongBench",
+    "LongBenchE",
+    "NeedleInAHaystack",
+    "Ruler",
+    "Sample",
+    "SampleError",
+    "benchmark_fields",
+    "continuation_cross_entropy",
+    "get_benchmark",
+    "truncate_middle",
+]
