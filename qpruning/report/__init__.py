@@ -1,0 +1,36 @@
+"""Result folders -> pandas -> the paper's tables and figures (``python -m qpruning.report``).
+
+Public API:
+
+- :func:`collect_runs` (``collect.py``): walk folders, one row per run folder, complete / partial / duplicate.
+- :func:`load_paper` (``paper.py``): the paper's published numbers from ``results/paper/*.csv``.
+- ``tables.py``: ``table1`` ... ``table4`` -> :class:`ReportTable`; ``write_table`` (CSV, Markdown, LaTeX).
+- ``figures.py``: ``figure1_crossentropy`` ... ``figure10_quant``, ``niah_heatmaps`` -> PNG.
+- :func:`build_report` (``build.py``): all of it into a folder with ``index.md``; :func:`push_to_wandb`.
+
+Nothing here imports Hydra or torch; ``docs/report.md`` describes inputs, outputs and rules.
+"""
+
+from .build import Report, build_report, push_to_wandb
+from .collect import KEY_FIELDS, Collection, collect_runs, read_predictions
+from .figures import FigureResult
+from .paper import PaperNumbers, load_paper
+from .tables import ReportTable, read_throughput, to_latex, to_markdown, write_table
+
+__all__ = [
+    "KEY_FIELDS",
+    "Collection",
+    "FigureResult",
+    "PaperNumbers",
+    "Report",
+    "ReportTable",
+    "build_report",
+    "collect_runs",
+    "load_paper",
+    "push_to_wandb",
+    "read_predictions",
+    "read_throughput",
+    "to_latex",
+    "to_markdown",
+    "write_table",
+]
