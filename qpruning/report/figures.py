@@ -1028,8 +1028,14 @@ def niah_heatmaps(runs: pd.DataFrame, out_dir: str | Path) -> list[FigureResult]
             fig.supxlabel("Context length (tokens)")
             fig.supylabel("Needle depth (% of the context)")
             if image is not None:
+                shrink = 0.9 if nrows <= 2 else 0.5
                 fig.colorbar(
-                    image, ax=axes, label=SCORE_LABEL, shrink=min(1.0, 0.5 + 0.15 * nrows), aspect=25
+                    image,
+                    ax=axes,
+                    label=SCORE_LABEL,
+                    shrink=shrink,
+                    aspect=max(20, 10 * nrows * shrink),
+                    pad=0.02,
                 )
             _suptitle(
                 fig,
