@@ -191,3 +191,48 @@ def test_templates_are_the_official_ones():
     assert DATASET2PROMPT["lcc"] == "Please complete the code given below. \n{context}Next line of code:\n"
     assert DATASET2PROMPT["trec"].endswith("{context}\n{input}")
     assert DATASET2PROMPT["passage_count"].endswith("The final answer is: ")
+
+
+def test_hub_download_falls_back_to_the_repository_zip(monkeypatch, tmp_path, longbench_dir):
+    import zipfile
+
+    import huggingface_hub
+
+    from qpruning.benchmarks.longbench import data as lb_data
+
+    archive = tmp_path / "data.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.write(longbench_dir / "trec.jsonl", "data/trec.jsonl")
+        zf.write(longbench_dir / "trec_e.jsonl", "data/trec_e.jsonl")
+
+    def no_script(*args, **kwargs):
+        raise RuntimeError("Dataset scripts are no longer supported")
+
+    monkeypatch.setattr(lb_data, "_download_with_datasets", no_script)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: str(archive))
+    written = lb_data.download(["trec", "lcc"], e=False, out_dir=tmp_path / "out")
+    assert list(written) == ["trec"]  # lcc is not in this zip
+    assert lb_data.read_jsonl(written["trec"])[0]["answers"] == ["Individual"]
+
+
+def test_reachable_hub_fills_the_cache_once_and_samples_follow(monkeypatch, longbench_dir, isolated_cache):
+    import shutil
+
+    from qpruning.benchmarks.longbench import data as lb_data
+
+    calls = []
+
+    def fake_download(datasets, e=False, out_dir=None):
+        calls.append(list(datasets))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return {d: shutil.copy(longbench_dir / lb_data.file_name(d, e), out_dir) for d in datasets}
+
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(lb_data, "hub_reachable", lambda timeout, repo=None: True)
+    monkeypatch.setattr(lb_data, "download", fake_download)
+    bench = LongBench(datasets=["trec", "lcc"])
+    assert [s.task for s in bench.samples(None)] == ["trec", "lcc"]
+    assert [s.task for s in bench.samples(None)] == ["trec", "lcc"]  # second time: from the cache
+    assert calls == [["trec", "lcc"]]
+    assert (isolated_cache / "longbench" / "trec.jsonl").is_file()

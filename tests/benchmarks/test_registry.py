@@ -20,12 +20,11 @@ from qpruning.benchmarks.base import Sample, encode_prompt, truncate_middle
 
 
 def test_the_config_names_of_the_conventions_are_registered():
-    assert {"niah", "ruler", "longbench", "longbench_e", "crossentropy"} <= set(BENCHMARKS)
-    assert all(
-        name.endswith("_small")
-        for name in BENCHMARKS
-        if name not in {"niah", "ruler", "longbench", "longbench_e", "crossentropy"}
-    )
+    assert set(BENCHMARKS) == {
+        "niah", "ruler", "longbench", "longbench_e", "crossentropy",
+        "niah_small", "ruler_8k", "ruler_16k", "ruler_small", "longbench_small", "longbench_e_small",
+        "crossentropy_small",
+    }  # fmt: skip
 
 
 def test_unknown_benchmark_names_list_the_valid_ones():

@@ -229,3 +229,45 @@ def test_bad_configurations_say_what_is_allowed():
 
 def test_paper_tasks_are_the_eleven_synthetic_ones():
     assert len(ALL_TASKS) == 13 and len(PAPER_TASKS) == 11 and "qa_1" not in PAPER_TASKS
+
+
+def test_hub_rows_convert_to_the_official_squad_and_hotpotqa_schemas():
+    from qpruning.benchmarks.ruler import qa
+
+    squad_rows = [
+        {
+            "id": "1",
+            "title": "T",
+            "context": "Para A.",
+            "question": "Q1?",
+            "answers": {"text": ["A"], "answer_start": [5]},
+        },
+        {
+            "id": "2",
+            "title": "T",
+            "context": "Para A.",
+            "question": "Q2?",
+            "answers": {"text": [], "answer_start": []},
+        },
+        {
+            "id": "3",
+            "title": "T",
+            "context": "Para B.",
+            "question": "Q3?",
+            "answers": {"text": ["B"], "answer_start": [5]},
+        },
+    ]
+    official = qa._squad_rows_to_official(squad_rows)
+    assert official["data"][0]["paragraphs"][0]["qas"][1]["is_impossible"] is True
+    hotpot_rows = [
+        {
+            "id": "h",
+            "question": "Q?",
+            "answer": "A",
+            "context": {"title": ["T1", "T2"], "sentences": [["S1.", " S2."], ["S3."]]},
+        }
+    ]
+    assert qa._hotpot_rows_to_official(hotpot_rows)[0]["context"] == [
+        ["T1", ["S1.", " S2."]],
+        ["T2", ["S3."]],
+    ]
