@@ -24,7 +24,7 @@ SYNTHETIC = [t for t in ALL_TASKS if not t.startswith("qa")]
 
 
 def _one_per_task(tokenizer, length, tasks=SYNTHETIC, **kwargs):
-    bench = Ruler(length=length, tasks=list(tasks), num_samples=1, seed=7, **kwargs)
+    bench = Ruler(length=length, tasks=list(tasks), num_samples=1, seed=7, cache_samples=False, **kwargs)
     return bench, {s.task: s for s in bench.samples(tokenizer)}
 
 
@@ -175,7 +175,7 @@ def test_same_seed_gives_byte_identical_prompts_and_another_seed_does_not(tokeni
     tasks = ["niah_single_2", "niah_multikey_2", "vt", "cwe", "fwe"]
 
     def prompts(seed):
-        bench = Ruler(length=2048, tasks=tasks, num_samples=2, seed=seed)
+        bench = Ruler(length=2048, tasks=tasks, num_samples=2, seed=seed, cache_samples=False)
         return [
             (s.id, tokenizer.decode(bench.encode(s, tokenizer, 10**9)), s.answers)
             for s in bench.samples(tokenizer)
@@ -271,3 +271,22 @@ def test_hub_rows_convert_to_the_official_squad_and_hotpotqa_schemas():
         ["T1", ["S1.", " S2."]],
         ["T2", ["S3."]],
     ]
+
+
+def test_generated_samples_are_cached_on_disk_and_read_back(tokenizer, isolated_cache, monkeypatch):
+    first = Ruler(length=1024, tasks=["niah_single_1", "vt"], num_samples=2, seed=5)
+    generated = list(first.samples(tokenizer))
+    files = sorted((isolated_cache / "ruler_samples").glob("*.jsonl"))
+    assert [f.name.split("-")[0] for f in files] == ["niah_single_1", "vt"]
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("should have been read from the cache")
+
+    again = Ruler(length=1024, tasks=["niah_single_1", "vt"], num_samples=2, seed=5)
+    monkeypatch.setattr(again, "task_samples", no_generation)
+    assert list(again.samples(tokenizer)) == generated
+    other_seed = Ruler(length=1024, tasks=["vt"], num_samples=2, seed=6)
+    assert other_seed.cache_path("vt", tokenizer) != first.cache_path("vt", tokenizer)
+    assert Ruler(length=1024, tasks=["vt"], num_samples=2, seed=5, chat_template=False).cache_path(
+        "vt", tokenizer
+    ) != first.cache_path("vt", tokenizer)

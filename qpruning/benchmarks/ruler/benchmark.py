@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import logging
+import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 from tqdm.auto import tqdm
 
+from .. import common
 from ..base import (
     Benchmark,
     BenchmarkConfigError,
@@ -30,6 +36,59 @@ logger = logging.getLogger(__name__)
 MIN_LENGTH = 256
 FIT_TOLERANCE = 0.02
 VT_ICL_TOKENS = 500  # variable_tracking.py: the in-context example is generated with max_seq_length=500
+GENERATOR_VERSION = 1  # bump when a change to the generators changes samples: invalidates cached samples
+
+
+def _package_version(name: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+@functools.lru_cache(maxsize=8)
+def _fingerprint_of(serialized: str, chat_template: str) -> str:
+    return hashlib.sha256((serialized + "\0" + chat_template).encode("utf-8")).hexdigest()
+
+
+def _tokenizer_fingerprint(tokenizer) -> str:
+    """A hash of the tokenizer's full definition (vocabulary, merges, normalizers) and its chat template."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        serialized = backend.to_str()
+    else:  # a slow or custom tokenizer: its class, name and vocabulary
+        vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+        serialized = json.dumps(
+            [type(tokenizer).__name__, getattr(tokenizer, "name_or_path", ""), sorted(vocab.items())]
+        )
+    return _fingerprint_of(serialized, str(getattr(tokenizer, "chat_template", "") or ""))
+
+
+def _read_samples(path: Path, expected: int) -> list[Sample] | None:
+    if not path.is_file():
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            samples = [Sample(**json.loads(line)) for line in handle if line.strip()]
+    except (OSError, ValueError, TypeError) as exc:
+        logger.warning("ignoring unreadable cached RULER samples %s (%s)", path, exc)
+        return None
+    return samples if len(samples) == expected else None
+
+
+def _write_samples(path: Path, samples: list[Sample]) -> None:
+    """Write atomically (temp file, then rename), so parallel jobs never read a half-written file."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "w", encoding="utf-8") as handle:
+            for sample in samples:
+                handle.write(json.dumps(asdict(sample), ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:  # a read-only cache only costs regeneration next time
+        logger.warning("could not cache RULER samples in %s (%s)", path, exc)
 
 
 @dataclass
@@ -57,6 +116,8 @@ class Ruler(Benchmark):
             paper's code uses 64 for every task.
         qa_data_dir: folder with ``squad.json`` and ``hotpotqa.json`` (``scripts/download_ruler_qa.py``).
         hub_timeout: seconds to wait for the hub before declaring it unreachable (qa data only).
+        cache_samples: keep generated samples in the qpruning cache (``data/ruler_samples``) and read them back
+            when the same configuration and tokenizer come again: a sweep generates each task once.
     """
 
     length: int = 4096
@@ -68,6 +129,7 @@ class Ruler(Benchmark):
     max_new_tokens: int | None = None
     qa_data_dir: str | None = None
     hub_timeout: float = 3.0
+    cache_samples: bool = True
 
     name: ClassVar[str] = "ruler"
 
@@ -146,24 +208,23 @@ class Ruler(Benchmark):
             lowest = max(args["num_needle_k"], args["num_needle_q"]) * args["num_needle_v"]
             return (lambda size, seed, index: gen.build_niah(size, seed, **args)), max(1, lowest)
         if base == "variable_tracking":
-            icl_sizes: dict[int, int] = {}
+            icl_size: list[int] = []  # fitted once per task, on the first sample, as RULER makes one example
 
             def build_vt(size: int, seed: int, index: int) -> gen.Built:
-                if seed not in icl_sizes:
-                    icl_sizes[seed], _ = gen.fit_size(
-                        lambda n: len(
-                            tokenizer(
-                                gen.vt_icl_text(n, seed, args["num_chains"], args["num_hops"]),
-                                add_special_tokens=False,
-                            )["input_ids"]
-                        ),
-                        VT_ICL_TOKENS,
-                        lowest=(min(10, args["num_hops"]) + 1) * args["num_chains"],
-                        start=20,
+                if not icl_size:
+                    icl_size.append(
+                        gen.fit_size(
+                            lambda n: len(
+                                tokenizer(
+                                    gen.vt_icl_text(n, seed, args["num_chains"], args["num_hops"]),
+                                    add_special_tokens=False,
+                                )["input_ids"]
+                            ),
+                            VT_ICL_TOKENS,
+                            lowest=(min(10, args["num_hops"]) + 1) * args["num_chains"],
+                        ).size
                     )
-                return gen.build_vt(
-                    size, seed, args["num_chains"], args["num_hops"], icl_size=icl_sizes[seed]
-                )
+                return gen.build_vt(size, seed, args["num_chains"], args["num_hops"], icl_size=icl_size[0])
 
             return build_vt, (args["num_hops"] + 1) * args["num_chains"]
         if base == "common_words_extraction":
@@ -190,18 +251,20 @@ class Ruler(Benchmark):
         build, lowest = self._builder(task, tokenizer)
         target = self._prompt_target(task)
         new_tokens = self.tokens_to_generate(task)
-        previous: int | None = None
+        previous: gen.Fit | None = None
         for index in tqdm(
             range(self.num_samples), desc=f"RULER {task} @{self.length}", disable=None, leave=False
         ):
             seed = stable_seed("ruler", self.seed, task, index)
-            size, tokens = gen.fit_size(
+            fit = gen.fit_size(
                 lambda n, seed=seed, index=index: self._count(tokenizer, build(n, seed, index)),
                 target,
                 lowest,
-                start=previous,
+                start=previous.size if previous else None,
+                slope=previous.slope if previous else None,
             )
-            previous = size
+            previous = fit
+            size, tokens = fit.size, fit.tokens
             built = build(size, seed, index)
             total = tokens + (new_tokens if self.include_generation else 0)
             within = total >= (1 - FIT_TOLERANCE) * self.length
@@ -233,11 +296,49 @@ class Ruler(Benchmark):
             )
 
     def samples(self, tokenizer) -> Iterator[Sample]:
-        """Task by task, ``num_samples`` each, deterministic for (seed, task, index, tokenizer, chat_template)."""
+        """Task by task, ``num_samples`` each, deterministic for (seed, task, index, tokenizer, chat_template).
+
+        With ``cache_samples``, a task's samples are read back from the qpruning cache when an identical
+        configuration was generated before with the same tokenizer (see :meth:`cache_path`).
+        """
         if tokenizer is None:
             raise BenchmarkConfigError("RULER needs the model's tokenizer to fit its samples to the length")
         for task in self.available_tasks():
-            yield from self.task_samples(task, tokenizer)
+            if not self.cache_samples:
+                yield from self.task_samples(task, tokenizer)
+                continue
+            path = self.cache_path(task, tokenizer)
+            cached = _read_samples(path, self.num_samples)
+            if cached is not None:
+                logger.info("RULER %s @%d: %d samples from %s", task, self.length, len(cached), path)
+                yield from cached
+                continue
+            generated = list(self.task_samples(task, tokenizer))
+            _write_samples(path, generated)
+            yield from generated
+
+    def cache_path(self, task: str, tokenizer) -> Path:
+        """``<qpruning cache>/data/ruler_samples/<key>.jsonl``: the key hashes everything that shapes the samples
+        (generator version, task, length, count, seed, chat template, accounting, generation length, the
+        tokenizer's vocabulary and chat template, the wonderwords version, the qa source file)."""
+        parts: dict[str, Any] = {
+            "version": GENERATOR_VERSION,
+            "task": task,
+            "length": self.length,
+            "num_samples": self.num_samples,
+            "seed": self.seed,
+            "chat_template": self.chat_template,
+            "include_generation": self.include_generation,
+            "tokens_to_generate": self.tokens_to_generate(task),
+            "tokenizer": _tokenizer_fingerprint(tokenizer),
+            "wonderwords": _package_version("wonderwords"),
+        }
+        if task in QA_TASKS:
+            dataset = TASKS[task]["args"]["dataset"]
+            source = qa_data.find(dataset, self.qa_data_dir)
+            parts["qa_source"] = [str(source), source.stat().st_size] if source else None
+        key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode("utf-8")).hexdigest()[:24]
+        return common.data_cache_dir("ruler_samples") / f"{task}-{self.length}-{key}.jsonl"
 
     # -- prompts and scores ----------------------------------------------------------------------------------------
 

@@ -412,14 +412,29 @@ def build_qa(size: int, seed: int, qas: list[dict[str, Any]], docs: list[str], i
 # -- size search ----------------------------------------------------------------------------------------------------
 
 
-def fit_size(
-    count: Callable[[int], int], target: int, lowest: int, start: int | None = None
-) -> tuple[int, int]:
-    """The largest size ``n >= lowest`` with ``count(n) <= target``, and ``count(n)``.
+@dataclass(frozen=True)
+class Fit:
+    """The result of :func:`fit_size`: the haystack size, its token count, and tokens per haystack unit."""
 
-    ``count`` is the token count of the sample built with ``n`` haystack units; it grows with ``n`` (up to small
-    wiggles from random insert positions). Gallops from ``start`` (a previous answer) to bracket the answer, then
-    bisects. Raises :class:`SampleError` when even ``lowest`` does not fit.
+    size: int
+    tokens: int
+    slope: float
+
+
+def fit_size(
+    count: Callable[[int], int],
+    target: int,
+    lowest: int,
+    start: int | None = None,
+    slope: float | None = None,
+) -> Fit:
+    """The largest size ``n >= lowest`` with ``count(n) <= target``, with ``count(n)``.
+
+    ``count`` is the token count of the sample built with ``n`` haystack units; it grows about linearly with
+    ``n`` (up to small wiggles from random insert positions). The search jumps near the answer with a linear
+    prediction from ``start`` (a previous sample's size) and ``slope`` (tokens per unit; estimated when not
+    given), then gallops to bracket the answer and bisects: 2-4 token counts per sample once ``start`` and
+    ``slope`` come from the previous sample. Raises :class:`SampleError` when even ``lowest`` does not fit.
     """
     cache: dict[int, int] = {}
 
@@ -433,6 +448,17 @@ def fit_size(
             f"the smallest haystack ({lowest} units) already takes {c(lowest)} tokens > {target}"
         )
     n = max(lowest, start or lowest)
+    for _ in range(2):  # two secant steps
+        if not slope or slope <= 0:
+            probe = n + max(16, n - lowest) if n == lowest else n
+            slope = (c(probe) - c(lowest)) / max(probe - lowest, 1)
+            if slope <= 0:
+                break
+        predicted = max(lowest, n + int((target - c(n)) / slope))
+        if predicted == n:
+            break
+        n = predicted
+        slope = None if n == lowest else (c(n) - c(lowest)) / (n - lowest)
     if c(n) <= target:
         good, step = n, 1
         while True:
@@ -455,4 +481,5 @@ def fit_size(
             good = mid
         else:
             bad = mid
-    return good, c(good)
+    final_slope = (c(good) - c(lowest)) / (good - lowest) if good > lowest else float(slope or 1.0)
+    return Fit(good, c(good), final_slope)
