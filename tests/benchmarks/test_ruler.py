@@ -290,3 +290,15 @@ def test_generated_samples_are_cached_on_disk_and_read_back(tokenizer, isolated_
     assert Ruler(length=1024, tasks=["vt"], num_samples=2, seed=5, chat_template=False).cache_path(
         "vt", tokenizer
     ) != first.cache_path("vt", tokenizer)
+
+
+def test_a_sample_that_cannot_be_generated_is_kept_and_fails_with_its_reason(tokenizer):
+    # cwe at 256k tokens needs more distinct words than wonderwords has: the sample is yielded, marked, and
+    # encode() raises SampleError with the reason, so the runner records it as failed and goes on.
+    from qpruning.benchmarks import SampleError
+
+    bench = Ruler(length=262144, tasks=["cwe"], num_samples=1, cache_samples=False)
+    (sample,) = list(bench.samples(tokenizer))
+    assert sample.id == "cwe-262144-0" and sample.answers == []
+    with pytest.raises(SampleError, match="distinct words"):
+        bench.encode(sample, tokenizer, 10**9)

@@ -256,16 +256,24 @@ class Ruler(Benchmark):
             range(self.num_samples), desc=f"RULER {task} @{self.length}", disable=None, leave=False
         ):
             seed = stable_seed("ruler", self.seed, task, index)
-            fit = gen.fit_size(
-                lambda n, seed=seed, index=index: self._count(tokenizer, build(n, seed, index)),
-                target,
-                lowest,
-                start=previous.size if previous else None,
-                slope=previous.slope if previous else None,
-            )
+            try:
+                fit = gen.fit_size(
+                    lambda n, seed=seed, index=index: self._count(tokenizer, build(n, seed, index)),
+                    target,
+                    lowest,
+                    start=previous.size if previous else None,
+                    slope=previous.slope if previous else None,
+                )
+                size, tokens = fit.size, fit.tokens
+                built = build(size, seed, index)
+                if not built.answers:
+                    raise SampleError(f"RULER {task} sample {index} has no answer")
+            except SampleError as exc:
+                # Keep the sample, marked: encode() raises with the reason, so the runner records it as failed.
+                logger.warning("RULER %s sample %d cannot be generated: %s", task, index, exc)
+                yield self._failed_sample(task, index, new_tokens, str(exc))
+                continue
             previous = fit
-            size, tokens = fit.size, fit.tokens
-            built = build(size, seed, index)
             total = tokens + (new_tokens if self.include_generation else 0)
             within = total >= (1 - FIT_TOLERANCE) * self.length
             if not within:
@@ -273,8 +281,6 @@ class Ruler(Benchmark):
                     "RULER %s sample %d: %d tokens, more than %.0f%% below the target %d (one haystack unit is "
                     "too coarse)", task, index, total, 100 * FIT_TOLERANCE, self.length
                 )  # fmt: skip
-            if not built.answers:
-                raise SampleError(f"RULER {task} sample {index} has no answer")
             yield Sample(
                 id=f"{task}-{self.length}-{index}",
                 task=task,
@@ -294,6 +300,23 @@ class Ruler(Benchmark):
                     **built.info,
                 },
             )
+
+    def _failed_sample(self, task: str, index: int, new_tokens: int, error: str) -> Sample:
+        return Sample(
+            id=f"{task}-{self.length}-{index}",
+            task=task,
+            context="",
+            input="",
+            answers=[],
+            max_new_tokens=new_tokens,
+            length=self.length,
+            extra={
+                "base_task": TASKS[task]["task"],
+                "target_length": self.length,
+                "seed": self.seed,
+                "error": error,
+            },
+        )
 
     def samples(self, tokenizer) -> Iterator[Sample]:
         """Task by task, ``num_samples`` each, deterministic for (seed, task, index, tokenizer, chat_template).
@@ -345,6 +368,9 @@ class Ruler(Benchmark):
     def encode(
         self, sample: Sample, tokenizer, max_input_tokens: int, chat_template: bool = True
     ) -> list[int]:
+        """The chat prompt with the answer prefix; a sample that could not be generated raises :class:`SampleError`."""
+        if sample.extra.get("error"):
+            raise SampleError(sample.extra["error"])
         return encode_prompt(
             tokenizer,
             sample.context,

@@ -21,7 +21,7 @@ Deliberate differences from the official scripts, none of which changes what a t
 - few-shot blocks (vt, cwe) use the bare task template and go inside the user turn, before the question,
   because the chat template is applied by the tokenizer rather than written into RULER's template string;
 - cwe raises :class:`SampleError` when a length needs more distinct words than ``wonderwords`` has (about
-  8,000: beyond ~64k tokens), where RULER switches to a word list that is not available offline;
+  8,000: beyond ~128k tokens with SmolLM2's tokenizer), where RULER switches to a word list that is not available offline;
 - fwe searches its word count by bisection instead of RULER's coarse linear scan (steps of length/32).
 """
 
