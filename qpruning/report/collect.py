@@ -276,6 +276,17 @@ def _display_path(path: Path) -> str:
         return str(path)
 
 
+def _benchmark_name(benchmark: Any, config: Any) -> Any:
+    """The configured benchmark name when it refines the recorded one: the runner records the benchmark's family
+    (``niah``) while the configuration says which variant ran (``niah_small``, ``ruler_8k``). A quick variant
+    must not be compared with the paper, and a partial run (named from its configuration) must meet its twin."""
+    group = config.get("benchmark") if isinstance(config, Mapping) else None
+    name = group.get("name") if isinstance(group, Mapping) else None
+    if not isinstance(name, str) or labels.is_missing(benchmark) or name == benchmark:
+        return benchmark
+    return name if labels.benchmark_family(name) == labels.benchmark_family(benchmark) else benchmark
+
+
 def _read_run(run_dir: Path, problems: list[str]) -> dict[str, Any]:
     metrics_path = run_dir / METRICS_FILE
     predictions_path = run_dir / PREDICTIONS_FILE
@@ -309,6 +320,7 @@ def _read_run(run_dir: Path, problems: list[str]) -> dict[str, Any]:
                 record[name] = value
     if status == "partial" and isinstance(hydra_config, Mapping):
         record["config"] = hydra_config
+    record["benchmark"] = _benchmark_name(record.get("benchmark"), record.get("config"))
     overrides = None
     if status == "partial" and (run_dir / HYDRA_OVERRIDES).is_file():
         overrides = _read_yaml(run_dir / HYDRA_OVERRIDES)

@@ -159,7 +159,9 @@ class ReportTable:
                 # ranked on the values as shown, so that two cells printed alike get the same mark
                 digits = self.col_decimals.get(c, self.decimals)
                 present = {
-                    r: round(float(values[(r, c)]), digits) for r in rows if not is_missing(values.get((r, c)))
+                    r: round(float(values[(r, c)]), digits)
+                    for r in rows
+                    if not is_missing(values.get((r, c)))
                 }
                 if len(present) < 2:
                     continue

@@ -293,7 +293,7 @@ def write_run(
         by_task.setdefault(r["task"], []).append(r["score"])
     task_scores = {t: sum(v) / len(v) for t, v in by_task.items()}
     metrics: dict[str, Any] = {
-        "benchmark": spec.benchmark,
+        "benchmark": family,  # as the runner does: the family; the variant is in config.benchmark.name
         "benchmark_length": spec.benchmark_length,
         "model": spec.model,
         "pruner": spec.pruner,

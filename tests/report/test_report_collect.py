@@ -159,3 +159,14 @@ def test_a_result_file_can_be_given_instead_of_a_folder(tmp_path):
 def test_empty_input_gives_an_empty_collection(tmp_path):
     c = collect_runs([tmp_path])
     assert c.all_runs.empty and c.runs.empty and c.partial.empty and c.duplicates.empty
+
+
+def test_the_configured_benchmark_variant_refines_the_recorded_family(tmp_path):
+    # the runner writes benchmark="niah" in metrics.json and the variant in config.benchmark.name
+    spec = RunSpec("niah_small", model="smollm2_135m", pruner="snapkv", budget=1 / 16, bits=4, samples=6)
+    folder = write_run(tmp_path / "done", spec)
+    assert json.loads((folder / "metrics.json").read_text())["benchmark"] == "niah"
+    write_run(tmp_path / "crashed", RunSpec(**{**spec.__dict__, "complete": False}))
+    c = collect_runs([tmp_path])
+    assert c.runs.iloc[0]["benchmark"] == "niah_small" and c.runs.iloc[0]["family"] == "niah"
+    assert c.partial.iloc[0]["benchmark"] == "niah_small" and bool(c.partial.iloc[0]["superseded"])

@@ -110,6 +110,12 @@ def test_figure10_needs_two_strategies_and_draws_the_16bit_reference(figures, tm
     assert "Grey" in result.caption
     write_run(tmp_path / "runs" / "a", RunSpec("longbench", pruner="snapkv", tokens=512, bits=4, samples=4))
     assert figure10_quant(collect_runs([tmp_path / "runs"]).runs, tmp_path / "out") is None
+    # Table 1's Ada-KV runs use FlexGen where SnapKV uses KIVI: two strategies, but not for the same pruner
+    write_run(
+        tmp_path / "runs" / "b",
+        RunSpec("longbench", pruner="adakv", quant="flexgen", tokens=512, bits=4, samples=4),
+    )
+    assert figure10_quant(collect_runs([tmp_path / "runs"]).runs, tmp_path / "out") is None
 
 
 def test_figure1_separates_the_three_method_families(figures):

@@ -248,5 +248,10 @@ def test_write_table_writes_csv_markdown_latex_and_cells(runs, paper, tmp_path):
     assert {"value", "samples", "run_path", "paper", "diff"} <= set(cells.columns)
     assert (cells["samples"] > 0).all()
     tex = paths["tex"].read_text()
-    assert r"\begin{table}" in tex and "booktabs" in tex and r"\label{tab:table1}" in tex and "Llama-3-8B-Instruct" in tex
+    assert (
+        r"\begin{table}" in tex
+        and "booktabs" in tex
+        and r"\label{tab:table1}" in tex
+        and "Llama-3-8B-Instruct" in tex
+    )
     assert "Token=128" in paths["md"].read_text()
