@@ -34,6 +34,9 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
+CHAT_DATE_STRING = "26 Jul 2024"
+"""The date Llama-3.1/3.2 chat templates fall back to; passed so that prompts do not depend on the day."""
+
 
 class BenchmarkConfigError(ValueError):
     """A benchmark configuration that cannot run (unknown names, impossible lengths). Raised before any model work."""
@@ -100,8 +103,13 @@ def render_prompt(tokenizer, user_text: str, chat_template: bool = True, assista
     prompt) when ``chat_template`` is true and the tokenizer has one, followed by ``assistant_prefix`` (RULER's
     answer prefix, which the official code appends after the model template)."""
     if chat_template and has_chat_template(tokenizer):
+        # Llama-3.1/3.2 templates write today's date into the system turn unless `date_string` is given: pin it
+        # to the templates' own fallback so that prompts (and cached RULER samples) do not change from day to day.
         text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": user_text}], tokenize=False, add_generation_prompt=True
+            [{"role": "user", "content": user_text}],
+            tokenize=False,
+            add_generation_prompt=True,
+            date_string=CHAT_DATE_STRING,
         )
     else:
         text = user_text

@@ -89,3 +89,15 @@ def test_encode_prompt_without_room_for_the_template_is_a_sample_error(tokenizer
 def test_sample_schema_round_trips_to_a_dict():
     sample = Sample(id="x", task="t", context="c", input="i", answers=["a"], max_new_tokens=4, length=10)
     assert sample.to_dict()["extra"] == {} and sample.to_dict()["answers"] == ["a"]
+
+
+def test_chat_prompts_do_not_depend_on_the_date(tokenizer, monkeypatch):
+    from qpruning.benchmarks.base import render_prompt
+
+    # The Llama-3.1/3.2 pattern: today's date unless the caller passes date_string.
+    template = (
+        '{%- if not date_string is defined %}{%- set date_string = strftime_now("%d %b %Y") %}{%- endif %}'
+        "Today Date: {{ date_string }}\n{{ messages[0]['content'] }}"
+    )
+    monkeypatch.setattr(tokenizer, "chat_template", template)
+    assert render_prompt(tokenizer, "hello", True, " A:") == "Today Date: 26 Jul 2024\nhello A:"
