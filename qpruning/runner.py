@@ -146,15 +146,12 @@ class Runner:
         self.benchmark.validate(self.model.context_window)
         return model_config
 
-    def run(self) -> dict[str, Any]:
-        """Run (or finish) the benchmark; returns the metrics."""
-        if self.metrics_path.exists():
-            logger.info("%s is complete already: nothing to do", self.output_dir)
-            return json.loads(self.metrics_path.read_text())
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+    def prepare(self):
+        """Everything before the weights: validation, the tokenizer, the samples (data must be present).
+
+        Returns ``(tokenizer, samples)``. A bad configuration or missing data fails here, in seconds.
+        """
         self.validate()
-        logger.info("Run %s: %s on %s, %s", self.output_dir, self.labels.benchmark, self.model.name,
-                    self.compressor.describe())
         tokenizer = self.model.load_tokenizer()
         samples = list(self.benchmark.samples(tokenizer))
         if self.limit is not None:
@@ -164,6 +161,17 @@ class Runner:
         ids = [s.id for s in samples]
         if len(set(ids)) != len(ids):
             raise ValueError(f"benchmark {self.labels.benchmark} produced duplicate sample ids")
+        return tokenizer, samples
+
+    def run(self) -> dict[str, Any]:
+        """Run (or finish) the benchmark; returns the metrics."""
+        if self.metrics_path.exists():
+            logger.info("%s is complete already: nothing to do", self.output_dir)
+            return json.loads(self.metrics_path.read_text())
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        _, samples = self.prepare()
+        logger.info("Run %s: %s on %s, %s", self.output_dir, self.labels.benchmark, self.model.name,
+                    self.compressor.describe())
         records = {r["id"]: r for r in read_predictions(self.predictions_path)}
         todo = [s for s in samples if s.id not in records]
         if records:
@@ -180,9 +188,9 @@ class Runner:
         metrics = self._metrics(ordered, time.time() - started)
         write_json_atomic(self.metrics_path, metrics)
         self.run_logger.finish(metrics, ordered)
-        logger.info("%s: score %.2f over %d samples (%d failed); KV %.1f%% of 16-bit",
-                    self.labels.benchmark, metrics["score"] if metrics["score"] is not None else float("nan"),
-                    metrics["samples"], metrics["failed"], 100 * (metrics["kv_ratio"] or float("nan")))
+        score = metrics["score"] if metrics["score"] is not None else float("nan")
+        logger.info("%s: score %.2f over %d samples (%d failed)", self.labels.benchmark, score,
+                    metrics["samples"], metrics["failed"])
         return metrics
 
     def _run_samples(self, model, tokenizer, samples) -> None:
