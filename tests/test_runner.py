@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
+from slurm_cluster import SlurmCluster, run_bounded, slurm_cluster_fixture  # noqa: F401  (the fixture)
 
 from qpruning.benchmarks import Sample, SampleError
 from qpruning.benchmarks.niah import NeedleInAHaystack
 from qpruning.runner import append_record, read_predictions
-from slurm_cluster import SlurmCluster, run_bounded, slurm_cluster_fixture  # noqa: F401  (the fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = [
