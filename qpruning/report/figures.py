@@ -1026,9 +1026,18 @@ def niah_heatmaps(runs: pd.DataFrame, out_dir: str | Path) -> list[FigureResult]
                     ax.set_yticks(range(0, len(depths), dstep), [f"{v:g}%" for v in depths[::dstep]])
                     head = f"budget {labels.budget_label(rv)} · " if mode == "budget" else ""
                     kept = labels.tokens_label(run["tokens_nominal"])
+                    nominal, effective = run["tokens_nominal"], run["tokens_effective"]
+                    # inputs shorter than the budget keep fewer tokens than asked for: say so
+                    fewer = (
+                        f" · {labels.tokens_label(round(float(effective)))} kept"
+                        if not is_missing(effective)
+                        and not is_missing(nominal)
+                        and effective < 0.95 * nominal
+                        else ""
+                    )
                     ax.set_title(
                         f"{head}{labels.setting_label(bits)}: {kept} tokens, {int(bits)}-bit\n"
-                        f"average {float(np.nanmean(values)):.1f}"
+                        f"average {float(np.nanmean(values)):.1f}{fewer}"
                     )
             fig.supxlabel("Context length (tokens)")
             fig.supylabel("Needle depth (% of the context)")

@@ -113,6 +113,14 @@ def _n(value: Any) -> Any:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
 
 
+def _relative(path: Path) -> str:
+    """A path relative to the working directory when it is below it (reports are committed and moved)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def _samples_summary(samples: pd.Series, unit: str = "per cell") -> str:
     values = pd.to_numeric(samples, errors="coerce").dropna()
     if values.empty:
@@ -259,7 +267,7 @@ def write_index(
         f"{len(duplicates)} duplicate(s) not used), **{len(partial)} partial** (not used, listed below).",
         "",
         (
-            "Paper numbers: `" + str(paper_dir) + "` (typed from the paper; see its README)."
+            "Paper numbers: `" + _relative(paper_dir) + "` (typed from the paper; see its README)."
             if paper_dir
             else "Paper numbers: not loaded (no comparison columns)."
         ),

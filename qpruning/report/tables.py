@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import numbers
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -206,7 +207,7 @@ class ReportTable:
             self,
             name=f"{self.name}_vs_paper",
             title=f"{self.title}: ours, the paper's, and the difference",
-            caption=self.caption
+            caption=re.sub(r"\s*Bold:[^.]*\.(\s*[Uu]nderlined:[^.]*\.)?", "", self.caption)
             + " Rows: our value, the paper's published value, and ours minus the paper's; "
             "only rows with at least one matching published cell are shown.",
             cells=cells.drop(columns=["paper", "diff"], errors="ignore"),
@@ -703,7 +704,8 @@ def table2(
         caption=(
             "LongBench task-category scores and RULER-8k (0-100) per token-precision setting at a fixed memory "
             f"budget; pruner: {', '.join(labels.pruner_label(p) for p in pruners)}; KIVI; group size 64. "
-            "Token: kept tokens the budget resolved to. Bold: best per column and model."
+            "Token: the budget's nominal kept tokens (budget x full cache x 16 / bits). "
+            "Bold: best per column and model."
         ),
         cells=cells,
         row_keys=row_keys,
@@ -967,7 +969,7 @@ def table4(
         name="table4",
         title="Table 4: decoding throughput and KV memory per token-precision setting",
         caption=(
-            "Decoding throughput (tokens/s) at each batch size and KV cache memory per batch item (MB = 10^6 "
+            "Decoding throughput (tokens/s) at each batch size and KV cache memory per batch item (MB = 1,000,000 "
             "bytes) from the throughput benchmark CSV files, with LongBench / NIAH averages (0-100) of the "
             "matching runs. The paper measured Mistral-7B-v0.2 with SnapKV + KIVI on one A100."
         ),
