@@ -3,46 +3,49 @@
 Reproduces and extends "More Tokens, Lower Precision: Towards the Optimal Token-Precision Trade-off in KV Cache
 Compression" (Zhang et al., EMNLP Findings 2025): prune the KV cache to a token budget, quantize what is kept,
 and compare token-precision trade-offs at equal memory.
+
+The public names below are imported lazily (PEP 562), so that ``import qpruning.report`` or the CLI's ``--help``
+do not pay for torch and transformers.
 """
 
-from qpruning.cache import (
-    HQQ,
-    KIVI,
-    FlexGen,
-    FlexGenOutlier,
-    GroupAxis,
-    KIVIOutlier,
-    KVQuantizer,
-    OutlierFilter,
-    QPrunedCache,
-    get_quantizer,
-)
-from qpruning.cache.budget import LayerOverride, LayerPlan, tokens_for_budget
-from qpruning.compressor import KVCompressor
-from qpruning.pruners import H2O, NoPruner, Pruner, PyramidKV, SnapKV, StreamingLLM, get_pruner
+from importlib import import_module
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "H2O",
-    "HQQ",
-    "KIVI",
-    "FlexGen",
-    "FlexGenOutlier",
-    "GroupAxis",
-    "KIVIOutlier",
-    "KVCompressor",
-    "KVQuantizer",
-    "LayerOverride",
-    "LayerPlan",
-    "NoPruner",
-    "OutlierFilter",
-    "Pruner",
-    "PyramidKV",
-    "QPrunedCache",
-    "SnapKV",
-    "StreamingLLM",
-    "get_pruner",
-    "get_quantizer",
-    "tokens_for_budget",
-]
+_EXPORTS = {
+    "HQQ": "qpruning.cache",
+    "KIVI": "qpruning.cache",
+    "FlexGen": "qpruning.cache",
+    "FlexGenOutlier": "qpruning.cache",
+    "GroupAxis": "qpruning.cache",
+    "KIVIOutlier": "qpruning.cache",
+    "KVQuantizer": "qpruning.cache",
+    "OutlierFilter": "qpruning.cache",
+    "QPrunedCache": "qpruning.cache",
+    "get_quantizer": "qpruning.cache",
+    "LayerOverride": "qpruning.cache.budget",
+    "LayerPlan": "qpruning.cache.budget",
+    "tokens_for_budget": "qpruning.cache.budget",
+    "KVCompressor": "qpruning.compressor",
+    "H2O": "qpruning.pruners",
+    "NoPruner": "qpruning.pruners",
+    "Pruner": "qpruning.pruners",
+    "PyramidKV": "qpruning.pruners",
+    "SnapKV": "qpruning.pruners",
+    "StreamingLLM": "qpruning.pruners",
+    "get_pruner": "qpruning.pruners",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'qpruning' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -52,6 +52,7 @@ class RunLabels:
     budget_mode: str = "nominal"
     layer_config: str | None = None
     experiment: str | None = None
+    benchmark_variant: str | None = None
 
 
 def read_predictions(path: Path) -> list[dict[str, Any]]:
@@ -395,6 +396,7 @@ def runner_from_config(cfg, output_dir: str | Path) -> Runner:
         budget_mode=compressor.budget_mode,
         layer_config=cfg.get("layer_config"),
         experiment=cfg.get("experiment_name"),
+        benchmark_variant=cfg.benchmark.name,
     )
     run_logger = instantiate(cfg.logger, _convert_="all") if cfg.get("logger") else NullLogger()
     return Runner(
