@@ -37,7 +37,7 @@ class Variant:
     v_outliers: bool = False
     head_dim: int = 128
     group: int = 4  # query heads per KV head
-    dot: int = 1  # DOT_BF16
+    dot: str = "bf16"  # the dot= option of attend_segments
     storage: str = "bf16"
     fold_k: bool = False
 
@@ -51,8 +51,8 @@ class Variant:
             parts.append("outliers")
         if self.fold_k:
             parts.append("foldk")
-        if self.dot != 1:
-            parts.append(f"dot{self.dot}")
+        if self.dot != "bf16":
+            parts.append(self.dot)
         if self.storage != "bf16":
             parts.append(self.storage)
         parts.append(f"d{self.head_dim}g{self.group}")
@@ -71,7 +71,8 @@ def default_variants() -> list[Variant]:
     out.append(Variant(2, 1, 1, 32, 32, k_outliers=True, v_outliers=True))
     out.append(Variant(4, 2, 1, 64, 64, group=8))
     out.append(Variant(4, 2, 1, 64, 64, head_dim=64))
-    out.append(Variant(4, 2, 1, 64, 64, dot=0))
+    out.append(Variant(4, 2, 1, 64, 64, dot="fp32"))
+    out.append(Variant(4, 2, 1, 64, 64, dot="tf32"))
     out.append(Variant(4, 2, 1, 64, 64, fold_k=True))
     out.append(Variant(4, 2, 1, 64, 64, storage="fp16"))
     return out
@@ -92,9 +93,10 @@ def compile_variant(v: Variant, arch: int, block_n: int | None = None, num_warps
     from qpruning.kernels import decode_attention as da
 
     layout = da.Layout(v.bits, v.k_axis, v.v_axis, v.k_group, v.v_group, v.head_dim)
+    dot, precision = da.DOT_MODES[v.dot]
     constexprs, warps = da.kernel_config(
-        layout, v.group, uniform=v.uniform, k_outliers=v.k_outliers, v_outliers=v.v_outliers, dot=v.dot,
-        fold_k=v.fold_k, block_n=block_n or da.BLOCK_N, num_warps=num_warps,
+        layout, v.group, uniform=v.uniform, k_outliers=v.k_outliers, v_outliers=v.v_outliers, dot=dot,
+        precision=precision, fold_k=v.fold_k, block_n=block_n or da.BLOCK_N, num_warps=num_warps,
     )
     store = "*" + v.storage
     code = "*u8" if v.bits < 16 else store

@@ -49,11 +49,18 @@ AXIS_CHANNELS = 1  # per-token groups of channels: scale/zero [n, head_dim // gr
 AXIS_TOKENS = 2  # per-channel groups of tokens: scale/zero [n // group, head_dim]
 
 # Operand precision of the kernel's matmuls (the DOT constexpr).
-DOT_FP32 = 0  # float32 operands (TF32 tensor cores on a GPU, exact under the interpreter)
+DOT_FP32 = 0  # float32 operands
 DOT_BF16 = 1  # bfloat16 operands, float32 accumulation (the GPU default)
 DOT_BF16_EMULATED = 2  # operands rounded to bfloat16, multiplied in float32 (the interpreter's stand-in for 1)
 
-DOT_MODES = {"fp32": DOT_FP32, "bf16": DOT_BF16, "bf16_emulated": DOT_BF16_EMULATED}
+# ``dot=`` option -> (DOT, tl.dot's input_precision). "fp32" is exact float32 everywhere (FMA on a GPU: a
+# correctness mode for tests), "tf32" uses TF32 tensor cores on a GPU; the interpreter ignores the precision.
+DOT_MODES = {
+    "fp32": (DOT_FP32, "ieee"),
+    "tf32": (DOT_FP32, "tf32"),
+    "bf16": (DOT_BF16, "tf32"),
+    "bf16_emulated": (DOT_BF16_EMULATED, "ieee"),
+}
 
 BLOCK_G_MIN = 16  # tl.dot needs M >= 16 on GPUs: the group of query heads is padded to 16
 BLOCK_O = 16  # outliers handled per step of the sparse correction
@@ -128,10 +135,66 @@ def _outlier_delta(
 
 
 @triton.jit
-def _scatter(w_op, o_ch, omask, c, J: tl.constexpr, P: tl.constexpr, DOT: tl.constexpr):
+def _scatter(w_op, o_ch, omask, c, J: tl.constexpr, P: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr):
     """``w[:, o]`` added to byte column ``o_ch[o] // P`` of bit plane ``J`` (a one-hot matmul)."""
     hit = (o_ch[:, None] // P == c[None, :]) & ((o_ch % P) == J)[:, None] & omask[:, None]
-    return tl.dot(w_op, _operand(hit.to(tl.float32), DOT))
+    return tl.dot(w_op, _operand(hit.to(tl.float32), DOT), input_precision=PRECISION)
+
+
+@triton.jit
+def _channel_planes(row_ptr, c, cmask, P: tl.constexpr, BLOCK_C: tl.constexpr, EVEN_C: tl.constexpr):
+    """A per-channel vector (``[P * BLOCK_C]`` channels at ``row_ptr``) split into its ``P`` bit planes, float32.
+
+    Plane ``j`` holds channels ``c * P + j``. With ``EVEN_C`` the row is loaded contiguously (vectorized) and split
+    in registers; otherwise each plane is gathered with a stride of ``P``. Unused planes are copies of plane 0.
+    """
+    if EVEN_C:
+        x = tl.load(row_ptr + tl.arange(0, BLOCK_C * P)).to(tl.float32)
+        if P == 1:
+            v0 = x
+            v1 = x
+            v2 = x
+            v3 = x
+        elif P == 2:
+            v0, v1 = tl.split(tl.reshape(x, [BLOCK_C, 2]))
+            v2 = v0
+            v3 = v0
+        else:
+            even, odd = tl.split(tl.reshape(x, [BLOCK_C, 2, 2]))  # channels 4c + {0, 2} and 4c + {1, 3}
+            v0, v2 = tl.split(even)
+            v1, v3 = tl.split(odd)
+    else:
+        v0 = tl.load(row_ptr + c * P, mask=cmask, other=0.0).to(tl.float32)
+        v1 = v0
+        v2 = v0
+        v3 = v0
+        if P > 1:
+            v1 = tl.load(row_ptr + c * P + 1, mask=cmask, other=0.0).to(tl.float32)
+        if P > 2:
+            v2 = tl.load(row_ptr + c * P + 2, mask=cmask, other=0.0).to(tl.float32)
+            v3 = tl.load(row_ptr + c * P + 3, mask=cmask, other=0.0).to(tl.float32)
+    return v0, v1, v2, v3
+
+
+@triton.jit
+def _group_tile(
+    s_ptr, first, nn, nmask, c, tmask,
+    NG: tl.constexpr, GB: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BROADCAST: tl.constexpr,
+):
+    """Scales (or zeros) of per-token groups of channels as a ``[BLOCK_N, BLOCK_C]`` float32 tile.
+
+    Token ``n`` has ``NG`` groups; byte column ``c`` of every bit plane lies in group ``c // GB`` (``GB`` byte
+    columns per group and plane). With ``BROADCAST`` (byte columns a power of two) the ``[BLOCK_N, NG]`` numbers
+    are loaded once and broadcast over their columns; otherwise gathered per column.
+    """
+    if BROADCAST:
+        gi = tl.arange(0, NG)
+        small = tl.load(s_ptr + first * NG + nn[:, None] * NG + gi[None, :], mask=nmask[:, None], other=0.0)
+        wide = tl.broadcast_to(small.to(tl.float32)[:, :, None], [BLOCK_N, NG, GB])
+        return tl.reshape(wide, [BLOCK_N, BLOCK_C])
+    else:
+        sidx = first * NG + nn[:, None] * NG + (c // GB)[None, :]
+        return tl.load(s_ptr + sidx, mask=tmask, other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -146,7 +209,7 @@ def _decode_segment_kernel(
     K_AXIS: tl.constexpr, V_AXIS: tl.constexpr, K_GROUP: tl.constexpr, V_GROUP: tl.constexpr,
     UNIFORM: tl.constexpr, K_OUTLIERS: tl.constexpr, V_OUTLIERS: tl.constexpr, DOT: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_O: tl.constexpr,
-    EVEN_C: tl.constexpr, FOLD_K: tl.constexpr,
+    EVEN_C: tl.constexpr, FOLD_K: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """Partial attention of one (row, split) of one segment; see the module docstring.
 
@@ -218,56 +281,41 @@ def _decode_segment_kernel(
         if K_AXIS == 2:
             # Per-channel groups of tokens (KIVI keys): the block lies in one group (BLOCK_N divides it), so
             # each channel has one scale and zero for the whole block.
-            ks_row = ks_ptr + (first // K_GROUP) * D
-            kz_row = kz_ptr + (first // K_GROUP) * D
-            s0 = tl.load(ks_row + c * P, mask=cmask, other=0.0).to(tl.float32)
-            z0 = tl.load(kz_row + c * P, mask=cmask, other=0.0).to(tl.float32)
+            s0, s1, s2, s3 = _channel_planes(ks_ptr + (first // K_GROUP) * D, c, cmask, P, BLOCK_C, EVEN_C)
+            z0, z1, z2, z3 = _channel_planes(kz_ptr + (first // K_GROUP) * D, c, cmask, P, BLOCK_C, EVEN_C)
             if FOLD_K:
                 # Folded into the query: q . (code * s + z) = (q * s) . code + q . z.
-                scores = tl.dot(_operand(q0 * s0[None, :], DOT), tl.trans(_tile(kb, 0, 0, 0, BITS, False, DOT)))
+                scores = tl.dot(_operand(q0 * s0[None, :], DOT), tl.trans(_tile(kb, 0, 0, 0, BITS, False, DOT)), input_precision=PRECISION)
                 bias = tl.sum(q0 * z0[None, :], axis=1)
                 if P > 1:
-                    s1 = tl.load(ks_row + c * P + 1, mask=cmask, other=0.0).to(tl.float32)
-                    z1 = tl.load(kz_row + c * P + 1, mask=cmask, other=0.0).to(tl.float32)
-                    scores += tl.dot(_operand(q1 * s1[None, :], DOT), tl.trans(_tile(kb, 0, 0, 1, BITS, False, DOT)))
+                    scores += tl.dot(_operand(q1 * s1[None, :], DOT), tl.trans(_tile(kb, 0, 0, 1, BITS, False, DOT)), input_precision=PRECISION)
                     bias += tl.sum(q1 * z1[None, :], axis=1)
                 if P > 2:
-                    s2 = tl.load(ks_row + c * P + 2, mask=cmask, other=0.0).to(tl.float32)
-                    z2 = tl.load(kz_row + c * P + 2, mask=cmask, other=0.0).to(tl.float32)
-                    s3 = tl.load(ks_row + c * P + 3, mask=cmask, other=0.0).to(tl.float32)
-                    z3 = tl.load(kz_row + c * P + 3, mask=cmask, other=0.0).to(tl.float32)
-                    scores += tl.dot(_operand(q2 * s2[None, :], DOT), tl.trans(_tile(kb, 0, 0, 2, BITS, False, DOT)))
-                    scores += tl.dot(_operand(q3 * s3[None, :], DOT), tl.trans(_tile(kb, 0, 0, 3, BITS, False, DOT)))
+                    scores += tl.dot(_operand(q2 * s2[None, :], DOT), tl.trans(_tile(kb, 0, 0, 2, BITS, False, DOT)), input_precision=PRECISION)
+                    scores += tl.dot(_operand(q3 * s3[None, :], DOT), tl.trans(_tile(kb, 0, 0, 3, BITS, False, DOT)), input_precision=PRECISION)
                     bias += tl.sum(q2 * z2[None, :], axis=1) + tl.sum(q3 * z3[None, :], axis=1)
                 scores += bias[:, None]
             else:
                 # Dequantized in registers, the per-channel scale and zero broadcast over the block's tokens.
-                scores = tl.dot(a0, tl.trans(_tile(kb, s0[None, :], z0[None, :], 0, BITS, True, DOT)))
+                scores = tl.dot(a0, tl.trans(_tile(kb, s0[None, :], z0[None, :], 0, BITS, True, DOT)), input_precision=PRECISION)
                 if P > 1:
-                    s1 = tl.load(ks_row + c * P + 1, mask=cmask, other=0.0).to(tl.float32)
-                    z1 = tl.load(kz_row + c * P + 1, mask=cmask, other=0.0).to(tl.float32)
-                    scores += tl.dot(a1, tl.trans(_tile(kb, s1[None, :], z1[None, :], 1, BITS, True, DOT)))
+                    scores += tl.dot(a1, tl.trans(_tile(kb, s1[None, :], z1[None, :], 1, BITS, True, DOT)), input_precision=PRECISION)
                 if P > 2:
-                    s2 = tl.load(ks_row + c * P + 2, mask=cmask, other=0.0).to(tl.float32)
-                    z2 = tl.load(kz_row + c * P + 2, mask=cmask, other=0.0).to(tl.float32)
-                    s3 = tl.load(ks_row + c * P + 3, mask=cmask, other=0.0).to(tl.float32)
-                    z3 = tl.load(kz_row + c * P + 3, mask=cmask, other=0.0).to(tl.float32)
-                    scores += tl.dot(a2, tl.trans(_tile(kb, s2[None, :], z2[None, :], 2, BITS, True, DOT)))
-                    scores += tl.dot(a3, tl.trans(_tile(kb, s3[None, :], z3[None, :], 3, BITS, True, DOT)))
+                    scores += tl.dot(a2, tl.trans(_tile(kb, s2[None, :], z2[None, :], 2, BITS, True, DOT)), input_precision=PRECISION)
+                    scores += tl.dot(a3, tl.trans(_tile(kb, s3[None, :], z3[None, :], 3, BITS, True, DOT)), input_precision=PRECISION)
         elif K_AXIS == 1:
             # Per-token groups of channels (FlexGen keys): byte column c of every plane is in channel group
             # c // (K_GROUP // P), so one [BLOCK_N, BLOCK_C] scale tile serves all planes.
-            sidx = first * (D // K_GROUP) + nn[:, None] * (D // K_GROUP) + (c // (K_GROUP // P))[None, :]
-            ks = tl.load(ks_ptr + sidx, mask=tmask, other=0.0).to(tl.float32)
-            kz = tl.load(kz_ptr + sidx, mask=tmask, other=0.0).to(tl.float32)
-            scores = tl.dot(a0, tl.trans(_tile(kb, ks, kz, 0, BITS, True, DOT)))
+            ks = _group_tile(ks_ptr, first, nn, nmask, c, tmask, D // K_GROUP, K_GROUP // P, BLOCK_N, BLOCK_C, EVEN_C)
+            kz = _group_tile(kz_ptr, first, nn, nmask, c, tmask, D // K_GROUP, K_GROUP // P, BLOCK_N, BLOCK_C, EVEN_C)
+            scores = tl.dot(a0, tl.trans(_tile(kb, ks, kz, 0, BITS, True, DOT)), input_precision=PRECISION)
             if P > 1:
-                scores += tl.dot(a1, tl.trans(_tile(kb, ks, kz, 1, BITS, True, DOT)))
+                scores += tl.dot(a1, tl.trans(_tile(kb, ks, kz, 1, BITS, True, DOT)), input_precision=PRECISION)
             if P > 2:
-                scores += tl.dot(a2, tl.trans(_tile(kb, ks, kz, 2, BITS, True, DOT)))
-                scores += tl.dot(a3, tl.trans(_tile(kb, ks, kz, 3, BITS, True, DOT)))
+                scores += tl.dot(a2, tl.trans(_tile(kb, ks, kz, 2, BITS, True, DOT)), input_precision=PRECISION)
+                scores += tl.dot(a3, tl.trans(_tile(kb, ks, kz, 3, BITS, True, DOT)), input_precision=PRECISION)
         else:
-            scores = tl.dot(a0, tl.trans(_tile(kb, 0, 0, 0, BITS, False, DOT)))
+            scores = tl.dot(a0, tl.trans(_tile(kb, 0, 0, 0, BITS, False, DOT)), input_precision=PRECISION)
 
         if K_OUTLIERS:
             # Sparse correction: q[c] * (x - dequant(x)) for every key outlier (token, c) of this block.
@@ -282,7 +330,7 @@ def _decode_segment_kernel(
                 delta = _outlier_delta(o_tok, o_ch, o_val, omask, k_ptr, ks_ptr, kz_ptr, P, BITS, K_AXIS, K_GROUP, D, DB)
                 q_at = tl.load(q_row + o_ch[None, :], mask=gmask[:, None] & omask[None, :], other=0.0).to(tl.float32)
                 hit = ((o_tok - first).to(tl.int32)[:, None] == nn[None, :]) & omask[:, None]
-                scores += tl.dot(_operand(q_at * delta[None, :], DOT), _operand(hit.to(tl.float32), DOT))
+                scores += tl.dot(_operand(q_at * delta[None, :], DOT), _operand(hit.to(tl.float32), DOT), input_precision=PRECISION)
 
         # ---- online softmax (base 2) --------------------------------------------------------------------
         scores = tl.where(nmask[None, :], scores * qk_scale, float("-inf"))
@@ -302,35 +350,26 @@ def _decode_segment_kernel(
         vb = tl.load(v_ptr + first * DB + tile, mask=tmask, other=0)
         if V_AXIS == 2:
             # Per-channel groups of tokens: p @ (code * s + z) = (p @ code) * s + sum(p) * z.
-            vs_row = vs_ptr + (first // V_GROUP) * D
-            vz_row = vz_ptr + (first // V_GROUP) * D
-            vs0 = tl.load(vs_row + c * P, mask=cmask, other=0.0).to(tl.float32)
-            vz0 = tl.load(vz_row + c * P, mask=cmask, other=0.0).to(tl.float32)
-            acc0 += tl.dot(p_op, _tile(vb, 0, 0, 0, BITS, False, DOT)) * vs0[None, :] + p_sum[:, None] * vz0[None, :]
+            vs0, vs1, vs2, vs3 = _channel_planes(vs_ptr + (first // V_GROUP) * D, c, cmask, P, BLOCK_C, EVEN_C)
+            vz0, vz1, vz2, vz3 = _channel_planes(vz_ptr + (first // V_GROUP) * D, c, cmask, P, BLOCK_C, EVEN_C)
+            acc0 += tl.dot(p_op, _tile(vb, 0, 0, 0, BITS, False, DOT), input_precision=PRECISION) * vs0[None, :] + p_sum[:, None] * vz0[None, :]
             if P > 1:
-                vs1 = tl.load(vs_row + c * P + 1, mask=cmask, other=0.0).to(tl.float32)
-                vz1 = tl.load(vz_row + c * P + 1, mask=cmask, other=0.0).to(tl.float32)
-                acc1 += tl.dot(p_op, _tile(vb, 0, 0, 1, BITS, False, DOT)) * vs1[None, :] + p_sum[:, None] * vz1[None, :]
+                acc1 += tl.dot(p_op, _tile(vb, 0, 0, 1, BITS, False, DOT), input_precision=PRECISION) * vs1[None, :] + p_sum[:, None] * vz1[None, :]
             if P > 2:
-                vs2 = tl.load(vs_row + c * P + 2, mask=cmask, other=0.0).to(tl.float32)
-                vz2 = tl.load(vz_row + c * P + 2, mask=cmask, other=0.0).to(tl.float32)
-                vs3 = tl.load(vs_row + c * P + 3, mask=cmask, other=0.0).to(tl.float32)
-                vz3 = tl.load(vz_row + c * P + 3, mask=cmask, other=0.0).to(tl.float32)
-                acc2 += tl.dot(p_op, _tile(vb, 0, 0, 2, BITS, False, DOT)) * vs2[None, :] + p_sum[:, None] * vz2[None, :]
-                acc3 += tl.dot(p_op, _tile(vb, 0, 0, 3, BITS, False, DOT)) * vs3[None, :] + p_sum[:, None] * vz3[None, :]
+                acc2 += tl.dot(p_op, _tile(vb, 0, 0, 2, BITS, False, DOT), input_precision=PRECISION) * vs2[None, :] + p_sum[:, None] * vz2[None, :]
+                acc3 += tl.dot(p_op, _tile(vb, 0, 0, 3, BITS, False, DOT), input_precision=PRECISION) * vs3[None, :] + p_sum[:, None] * vz3[None, :]
         elif V_AXIS == 1:
             # Per-token groups of channels (KIVI and FlexGen values): one scale tile for all planes.
-            sidx = first * (D // V_GROUP) + nn[:, None] * (D // V_GROUP) + (c // (V_GROUP // P))[None, :]
-            vs = tl.load(vs_ptr + sidx, mask=tmask, other=0.0).to(tl.float32)
-            vz = tl.load(vz_ptr + sidx, mask=tmask, other=0.0).to(tl.float32)
-            acc0 += tl.dot(p_op, _tile(vb, vs, vz, 0, BITS, True, DOT))
+            vs = _group_tile(vs_ptr, first, nn, nmask, c, tmask, D // V_GROUP, V_GROUP // P, BLOCK_N, BLOCK_C, EVEN_C)
+            vz = _group_tile(vz_ptr, first, nn, nmask, c, tmask, D // V_GROUP, V_GROUP // P, BLOCK_N, BLOCK_C, EVEN_C)
+            acc0 += tl.dot(p_op, _tile(vb, vs, vz, 0, BITS, True, DOT), input_precision=PRECISION)
             if P > 1:
-                acc1 += tl.dot(p_op, _tile(vb, vs, vz, 1, BITS, True, DOT))
+                acc1 += tl.dot(p_op, _tile(vb, vs, vz, 1, BITS, True, DOT), input_precision=PRECISION)
             if P > 2:
-                acc2 += tl.dot(p_op, _tile(vb, vs, vz, 2, BITS, True, DOT))
-                acc3 += tl.dot(p_op, _tile(vb, vs, vz, 3, BITS, True, DOT))
+                acc2 += tl.dot(p_op, _tile(vb, vs, vz, 2, BITS, True, DOT), input_precision=PRECISION)
+                acc3 += tl.dot(p_op, _tile(vb, vs, vz, 3, BITS, True, DOT), input_precision=PRECISION)
         else:
-            acc0 += tl.dot(p_op, _tile(vb, 0, 0, 0, BITS, False, DOT))
+            acc0 += tl.dot(p_op, _tile(vb, 0, 0, 0, BITS, False, DOT), input_precision=PRECISION)
 
         if V_OUTLIERS:
             # Sparse correction: p[token] * (x - dequant(x)) into channel c, for every value outlier of the block.
@@ -344,14 +383,14 @@ def _decode_segment_kernel(
                 o_val = tl.load(vo_val_ptr + oi, mask=omask, other=0.0).to(tl.float32)
                 delta = _outlier_delta(o_tok, o_ch, o_val, omask, v_ptr, vs_ptr, vz_ptr, P, BITS, V_AXIS, V_GROUP, D, DB)
                 hit = (nn[:, None] == (o_tok - first).to(tl.int32)[None, :]) & omask[None, :]
-                p_at = tl.dot(p_op, _operand(hit.to(tl.float32), DOT))  # [BLOCK_G, BLOCK_O]: p at each outlier
+                p_at = tl.dot(p_op, _operand(hit.to(tl.float32), DOT), input_precision=PRECISION)  # [BLOCK_G, BLOCK_O]: p at each outlier
                 w_op = _operand(p_at * delta[None, :], DOT)
-                acc0 += _scatter(w_op, o_ch, omask, c, 0, P, DOT)
+                acc0 += _scatter(w_op, o_ch, omask, c, 0, P, DOT, PRECISION)
                 if P > 1:
-                    acc1 += _scatter(w_op, o_ch, omask, c, 1, P, DOT)
+                    acc1 += _scatter(w_op, o_ch, omask, c, 1, P, DOT, PRECISION)
                 if P > 2:
-                    acc2 += _scatter(w_op, o_ch, omask, c, 2, P, DOT)
-                    acc3 += _scatter(w_op, o_ch, omask, c, 3, P, DOT)
+                    acc2 += _scatter(w_op, o_ch, omask, c, 2, P, DOT, PRECISION)
+                    acc3 += _scatter(w_op, o_ch, omask, c, 3, P, DOT, PRECISION)
 
     # ---- partial results: [rows, G, S_total] max and sum, [rows, G, S_total, D] weighted values ------------
     slot = (row64 * G + g) * S_total + split_base + split
@@ -529,6 +568,7 @@ def kernel_config(
     k_outliers: bool = False,
     v_outliers: bool = False,
     dot: int = DOT_BF16,
+    precision: str = "tf32",
     fold_k: bool = False,
     block_n: int = BLOCK_N,
     num_warps: int | None = None,
@@ -554,7 +594,7 @@ def kernel_config(
         K_AXIS=layout.k_axis, V_AXIS=layout.v_axis, K_GROUP=layout.k_group, V_GROUP=layout.v_group,
         UNIFORM=uniform, K_OUTLIERS=k_outliers, V_OUTLIERS=v_outliers, DOT=dot,
         BLOCK_G=max(BLOCK_G_MIN, triton.next_power_of_2(group)), BLOCK_N=block_n, BLOCK_C=block_c,
-        BLOCK_O=BLOCK_O, EVEN_C=block_c == layout.byte_cols, FOLD_K=fold_k,
+        BLOCK_O=BLOCK_O, EVEN_C=block_c == layout.byte_cols, FOLD_K=fold_k, PRECISION=precision,
     )
     return constexprs, num_warps
 
@@ -611,7 +651,7 @@ def attend_segments(
 
     Options (the defaults are the tuned path): ``split_tokens`` forces the tokens per split; ``dot`` is the
     matmul operand precision, ``bf16`` (GPU default), ``bf16_emulated`` (interpreter default: the same rounding,
-    float32 matmul) or ``fp32`` (TF32 on a GPU, exact under the interpreter); ``fold_k`` folds per-channel key
+    float32 matmul), ``fp32`` (exact float32 everywhere, slow on a GPU: for tests) or ``tf32``; ``fold_k`` folds per-channel key
     scales into the query instead of dequantizing the key tile (see ``docs/kernels.md``); ``block_n`` and
     ``num_warps`` override the block heuristics.
     """
@@ -628,7 +668,7 @@ def attend_segments(
     device = query.device
     if dot is None:
         dot = "bf16" if device.type == "cuda" and not interpreting() else "bf16_emulated"
-    dot_mode = DOT_MODES[dot]
+    dot_mode, precision = DOT_MODES[dot]
 
     launches = []
     for seg in segments:
@@ -637,7 +677,7 @@ def attend_segments(
         v_out, v_csr = _csr_args(seg.values, seg.lengths)
         constexprs, warps = kernel_config(
             segment_layout(seg, head_dim), group, uniform=uniform, k_outliers=k_out, v_outliers=v_out,
-            dot=dot_mode, fold_k=fold_k, block_n=block_n, num_warps=num_warps,
+            dot=dot_mode, precision=precision, fold_k=fold_k, block_n=block_n, num_warps=num_warps,
         )
         max_length = seg.uniform_length if uniform else _ragged_rows(seg.lengths)[1]
         split, splits = split_rows(max_length, rows, constexprs["BLOCK_N"], device, split_tokens)
