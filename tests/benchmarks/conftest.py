@@ -1,7 +1,7 @@
 """Fixtures of the benchmark tests: SmolLM2's tokenizer, the fixture folders, an isolated data cache.
 
-Tests marked ``slow`` (real SmolLM2 generation) are skipped unless selected with ``-m slow`` (or any ``-m``
-expression naming slow) or ``QPRUNING_RUN_SLOW=1``.
+Tests marked ``slow`` (real SmolLM2 generation) run with the rest (``make test``, CI); ``make test-fast``
+leaves them out (``-m "not slow"``).
 """
 
 from __future__ import annotations
@@ -13,16 +13,6 @@ import pytest
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 HERE = Path(__file__).resolve().parent
-
-
-def pytest_collection_modifyitems(config, items):
-    markexpr = config.getoption("markexpr", default="") or ""
-    if "slow" in markexpr or os.environ.get("QPRUNING_RUN_SLOW") == "1":
-        return
-    skip = pytest.mark.skip(reason="slow: run with -m slow (or QPRUNING_RUN_SLOW=1)")
-    for item in items:
-        if "slow" in item.keywords and HERE in Path(str(item.fspath)).resolve().parents:
-            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
