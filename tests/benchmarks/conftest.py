@@ -6,7 +6,6 @@ leaves them out (``-m "not slow"``).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
