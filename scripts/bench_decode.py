@@ -71,6 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--copy-mib", type=int, default=None, help="size of the bandwidth copy (default 2048; CPU 256)")
     parser.add_argument("--split-tokens", type=int, default=None, help="force the fused kernel's tokens per split")
     parser.add_argument("--fold-k", action="store_true", help="fused kernel: fold KIVI key scales into the query")
+    parser.add_argument("--block-n", type=int, default=64, help="fused kernel: tokens per block")
+    parser.add_argument("--num-warps", type=int, default=None, help="fused kernel: warps (default: heuristic)")
+    parser.add_argument("--maxnreg", type=int, default=None, help="fused kernel: register cap (0: none)")
     parser.add_argument("--interpret", action="store_true", help="set TRITON_INTERPRET=1 (CPU: run the kernel)")
     parser.add_argument("--out", default=None, help="output prefix (default results/bench/decode-<device>)")
     parser.add_argument("--seed", type=int, default=0)
@@ -189,7 +192,10 @@ def measure_shape(torch, ctx: dict, batch: int, t16: int) -> list[dict]:
     plain = Segment(k16.view(-1, d), v16.view(-1, d), torch.full_like(lengths, t16), t16)
     bytes16 = 2 * k16.numel() * k16.element_size()
     bytesq = sum(quantized.nbytes()[kind] for kind in ("packed", "scales", "zeros"))
-    options = {"split_tokens": args.split_tokens, "fold_k": args.fold_k}
+    options = {
+        "split_tokens": args.split_tokens, "fold_k": args.fold_k, "block_n": args.block_n,
+        "num_warps": args.num_warps, "maxnreg": args.maxnreg,
+    }
 
     def sdpa16():
         return F.scaled_dot_product_attention(q, k16, v16, scale=scaling, enable_gqa=True)

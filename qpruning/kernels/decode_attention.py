@@ -67,6 +67,7 @@ BLOCK_O = 16  # outliers handled per step of the sparse correction
 TARGET_PROGRAMS_PER_SM = 4  # split rows until a launch has about this many programs per SM
 BLOCK_N = 64  # tokens per block (at most one per-channel group of tokens)
 MERGE_WARPS = 2
+MAXNREG = 128  # register cap of 8-warp programs (two per SM)
 MERGE_BLOCK_S = 16  # splits merged per step
 
 
@@ -572,14 +573,17 @@ def kernel_config(
     fold_k: bool = False,
     block_n: int = BLOCK_N,
     num_warps: int | None = None,
-) -> tuple[dict, int]:
-    """The segment kernel's constexprs and ``num_warps`` for one layout (launches and ``compile_check`` share it).
+    maxnreg: int | None = None,
+) -> tuple[dict, dict]:
+    """The segment kernel's constexprs and launch options (``num_warps``, ``maxnreg``) for one layout; launches
+    and ``compile_check`` share it.
 
     Heuristics, no autotuning: blocks of ``BLOCK_N`` tokens (no more than a per-channel group of tokens, so that a
     block shares one scale/zero per channel), the group of query heads padded to 16 (``tl.dot``'s minimum), the
-    byte columns padded to a power of two (at least 16), 8 warps for 64-token blocks and 4 below: the choice
-    that keeps the variants at about 100-140 registers per thread with no spills on sm_80/sm_90 (see
-    ``compile_check``).
+    byte columns padded to a power of two (at least 16), 8 warps for 64-token blocks and 4 below, and with 8
+    warps a cap of 128 registers per thread (two programs per SM instead of one) where it causes no spills on
+    sm_80/sm_90 (``compile_check``: bf16 operands, no outliers, no ``fold_k``, not 2 bits). ``maxnreg=0``
+    lifts the cap.
     """
     for axis, g in ((layout.k_axis, layout.k_group), (layout.v_axis, layout.v_group)):
         if axis == AXIS_TOKENS:
@@ -589,6 +593,14 @@ def kernel_config(
     block_c = max(16, triton.next_power_of_2(layout.byte_cols))
     if num_warps is None:
         num_warps = 8 if block_n >= 64 else 4
+    if maxnreg is None:
+        # Only for the bf16 path without outliers and with 1 or 2 planes: the outlier correction needs ~180
+        # registers, 2-bit codes (4 planes), float32 operands and fold_k spill at 128.
+        capped = dot == DOT_BF16 and not (k_outliers or v_outliers or fold_k) and layout.bits != 2
+        maxnreg = MAXNREG if num_warps == 8 and capped else 0
+    launch = {"num_warps": num_warps}
+    if maxnreg:
+        launch["maxnreg"] = maxnreg
     constexprs = dict(
         D=layout.head_dim, DB=layout.byte_cols, P=layout.planes, BITS=layout.bits,
         K_AXIS=layout.k_axis, V_AXIS=layout.v_axis, K_GROUP=layout.k_group, V_GROUP=layout.v_group,
@@ -596,7 +608,7 @@ def kernel_config(
         BLOCK_G=max(BLOCK_G_MIN, triton.next_power_of_2(group)), BLOCK_N=block_n, BLOCK_C=block_c,
         BLOCK_O=BLOCK_O, EVEN_C=block_c == layout.byte_cols, FOLD_K=fold_k, PRECISION=precision,
     )
-    return constexprs, num_warps
+    return constexprs, launch
 
 
 def split_rows(
@@ -643,6 +655,7 @@ def attend_segments(
     fold_k: bool = False,
     block_n: int = BLOCK_N,
     num_warps: int | None = None,
+    maxnreg: int | None = None,
 ) -> torch.Tensor:
     """Decode attention of ``query`` ``[batch, q_heads, 1, head_dim]`` over ``segments`` (in any order).
 
@@ -652,8 +665,8 @@ def attend_segments(
     Options (the defaults are the tuned path): ``split_tokens`` forces the tokens per split; ``dot`` is the
     matmul operand precision, ``bf16`` (GPU default), ``bf16_emulated`` (interpreter default: the same rounding,
     float32 matmul), ``fp32`` (exact float32 everywhere, slow on a GPU: for tests) or ``tf32``; ``fold_k`` folds per-channel key
-    scales into the query instead of dequantizing the key tile (see ``docs/kernels.md``); ``block_n`` and
-    ``num_warps`` override the block heuristics.
+    scales into the query instead of dequantizing the key tile (see ``docs/kernels.md``); ``block_n``,
+    ``num_warps`` and ``maxnreg`` (0: no register cap) override the heuristics of :func:`kernel_config`.
     """
     batch, q_heads, q_len, head_dim = query.shape
     if q_len != 1:
@@ -675,13 +688,14 @@ def attend_segments(
         uniform = seg.uniform_length is not None
         k_out, k_csr = _csr_args(seg.keys, seg.lengths)
         v_out, v_csr = _csr_args(seg.values, seg.lengths)
-        constexprs, warps = kernel_config(
+        constexprs, launch = kernel_config(
             segment_layout(seg, head_dim), group, uniform=uniform, k_outliers=k_out, v_outliers=v_out,
             dot=dot_mode, precision=precision, fold_k=fold_k, block_n=block_n, num_warps=num_warps,
+            maxnreg=maxnreg,
         )
         max_length = seg.uniform_length if uniform else _ragged_rows(seg.lengths)[1]
         split, splits = split_rows(max_length, rows, constexprs["BLOCK_N"], device, split_tokens)
-        launches.append((seg, constexprs, warps, k_csr, v_csr, split, splits))
+        launches.append((seg, constexprs, launch, k_csr, v_csr, split, splits))
     s_total = sum(launch[-1] for launch in launches)
 
     q = query.reshape(rows * group, head_dim)
@@ -692,7 +706,7 @@ def attend_segments(
     acc = torch.empty(rows, group, s_total, head_dim, dtype=torch.float32, device=device)
     qk_scale = float(scaling) * LOG2E
     base = 0
-    for seg, constexprs, warps, k_csr, v_csr, split, splits in launches:
+    for seg, constexprs, launch, k_csr, v_csr, split, splits in launches:
         k, ks, kz = _parts(seg.keys, q)
         v, vs, vz = _parts(seg.values, q)
         lengths = seg.lengths if seg.lengths.dtype == torch.int32 else seg.lengths.to(torch.int32)
@@ -700,7 +714,7 @@ def attend_segments(
         _decode_segment_kernel[(rows, splits)](
             q, k, v, ks, kz, vs, vz, lengths, offsets, *k_csr, *v_csr, m, lse, acc,
             group, seg.uniform_length or 0, split, base, s_total, qk_scale,
-            **constexprs, num_warps=warps,
+            **constexprs, **launch,
         )
         base += splits
     out = torch.empty(batch, 1, q_heads, head_dim, dtype=query.dtype, device=device)

@@ -29,10 +29,9 @@ def test_default_kivi_4bit_kernel_compiles_for_h100_without_spills():
     code = (
         "from qpruning.kernels.compile_check import Variant, compile_variant, compile_merge, resource_usage\n"
         "u = resource_usage(compile_variant(Variant(4, 2, 1, 64, 64), 90))\n"
-        "assert u.get('local', 0) == 0 and u.get('stack', 0) == 0, u\n"
-        "assert u['reg'] <= 168 and u['shared'] <= 227 * 1024, u\n"
+        "assert u['spill'] == 0 and u['reg'] <= 128 and u['shared'] <= 227 * 1024, u\n"
         "m = resource_usage(compile_merge(90))\n"
-        "assert m.get('local', 0) == 0, m\n"
+        "assert m['spill'] == 0, m\n"
         "print('ok', u)\n"
     )
     done = run_without_interpreter(code, timeout=600)
@@ -40,6 +39,6 @@ def test_default_kivi_4bit_kernel_compiles_for_h100_without_spills():
 
 
 @pytest.mark.slow
-def test_every_kernel_variant_compiles_for_a100_and_h100_without_spills():
+def test_every_kernel_variant_compiles_for_a100_and_h100():
     done = run_without_interpreter("from qpruning.kernels.compile_check import main; raise SystemExit(main())", 1800)
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
