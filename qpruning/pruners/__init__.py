@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from qpruning.pruners.adakv import AdaKV
 from qpruning.pruners.base import NoPruner, Pruner, select_tokens
 from qpruning.pruners.h2o import H2O
 from qpruning.pruners.pyramidkv import PyramidKV
@@ -9,7 +10,7 @@ from qpruning.pruners.snapkv import SnapKV
 from qpruning.pruners.streamingllm import StreamingLLM
 
 PRUNERS: dict[str, type[Pruner]] = {
-    cls.name: cls for cls in (NoPruner, StreamingLLM, H2O, SnapKV, PyramidKV)
+    cls.name: cls for cls in (NoPruner, StreamingLLM, H2O, SnapKV, PyramidKV, AdaKV)
 }
 
 
@@ -20,4 +21,15 @@ def get_pruner(name: str, **params) -> Pruner:
     return PRUNERS[name](**params)
 
 
-__all__ = ["PRUNERS", "H2O", "NoPruner", "Pruner", "PyramidKV", "SnapKV", "StreamingLLM", "get_pruner", "select_tokens"]
+__all__ = [
+    "PRUNERS",
+    "H2O",
+    "AdaKV",
+    "NoPruner",
+    "Pruner",
+    "PyramidKV",
+    "SnapKV",
+    "StreamingLLM",
+    "get_pruner",
+    "select_tokens",
+]
