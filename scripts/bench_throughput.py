@@ -278,7 +278,9 @@ def markdown(rows, args, device, command, date, on_gpu, interpreted, note) -> st
         f"- device: {device}; date: {date}",
         f"- SnapKV + KIVI (groups of {args.group_size}), budget {args.budget:g} of a {args.full_cache_tokens}-token "
         f"16-bit cache; prompt {args.prompt} random tokens; {args.steps} timed greedy decode steps after "
-        f"{args.warmup_steps} untimed; random bf16 weights with the real dimensions; median of {args.repeats} run(s)",
+        f"{args.warmup_steps} untimed; random bf16 weights, "
+        + ("tiny 2-layer configs of the architectures (--small)" if args.small else "the models' real dimensions")
+        + f"; median of {args.repeats} run(s)",
         "- tokens/s = batch x steps / seconds; KV MB per item = measured bytes after prefill / batch (10^6 bytes)",
     ]
     if note:

@@ -11,6 +11,7 @@ with ``TRITON_INTERPRET=0`` the same tests check the compiled kernels. Two preci
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -188,6 +189,31 @@ def test_result_does_not_depend_on_the_split(split_tokens, block_n):
     query = random_query(layer, 2)
     ref = reference_attention(layer, query, HEAD_DIM**-0.5)
     out = da.attend_layer(layer, query, HEAD_DIM**-0.5, dot="fp32", split_tokens=split_tokens, block_n=block_n)
+    assert relative_error(out, ref) < EXACT
+
+
+def test_rows_without_tokens_in_a_segment_weigh_nothing():
+    # A ragged 16-bit segment where some rows hold no token at all, beside a uniform residual window.
+    from qpruning.cache.segments import Segment, gather_rows
+
+    g = torch.Generator().manual_seed(3)
+    batch, kv_heads, group, d = 2, 2, 2, HEAD_DIM
+    rows = batch * kv_heads
+    lengths = torch.tensor([0, 70, 0, 9], dtype=torch.int32)
+    n = int(lengths.sum())
+    ragged = Segment.build(torch.randn(n, d, generator=g).half(), torch.randn(n, d, generator=g).half(), lengths)
+    window = Segment.build(
+        torch.randn(rows * 2, d, generator=g).half(), torch.randn(rows * 2, d, generator=g).half(),
+        torch.full((rows,), 2, dtype=torch.int32),
+    )
+    segments = [Segment(*(t.to(DEVICE) if isinstance(t, torch.Tensor) else t for t in (s.keys, s.values)),
+                        s.lengths.to(DEVICE), s.uniform_length) for s in (ragged, window)]
+    query = torch.randn(batch, kv_heads * group, 1, d, generator=g).to(DEVICE)
+    keys, values, valid, _ = gather_rows(segments, torch.float32, rows, d, DEVICE)
+    logits = torch.einsum("rgd,rtd->rgt", query.reshape(rows, group, d).float(), keys) * d**-0.5
+    logits = logits.masked_fill(~valid[:, None, :], -math.inf)
+    ref = torch.einsum("rgt,rtd->rgd", logits.softmax(-1), values).reshape(batch, 1, kv_heads * group, d)
+    out = da.attend_segments(segments, query, d**-0.5, dot="fp32", split_tokens=32)
     assert relative_error(out, ref) < EXACT
 
 
