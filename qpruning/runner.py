@@ -108,7 +108,7 @@ class Runner:
     """Run one benchmark on one model with one compressor, into ``output_dir``.
 
     Args:
-        model: what to load.
+        model: what to load (unless ``preloaded`` holds it already).
         compressor: the pruner, quantizer and budget.
         benchmark: samples, prompts and metric.
         labels: the names written into ``metrics.json``.
@@ -128,6 +128,7 @@ class Runner:
     seed: int = 0
     config: dict[str, Any] = field(default_factory=dict)
     run_logger: RunLogger = field(default_factory=NullLogger)
+    preloaded: tuple | None = None  # (model, tokenizer) already in memory, to share between runs
 
     def __post_init__(self) -> None:
         self.output_dir = Path(self.output_dir)
@@ -181,7 +182,7 @@ class Runner:
         started = time.time()
         if todo:
             torch.manual_seed(self.seed)
-            model, tokenizer = self.model.load()
+            model, tokenizer = self.preloaded or self.model.load()
             self._run_samples(model, tokenizer, todo)
         all_records = read_predictions(self.predictions_path)
         by_id = {r["id"]: r for r in all_records}
@@ -317,7 +318,7 @@ def _device_name() -> str:
 
 IDENTITY_KEYS = (
     "model", "pruner", "quant", "benchmark", "bits", "group_size", "tokens", "budget", "budget_mode",
-    "full_cache_tokens", "layers", "limit", "seed",
+    "full_cache_tokens", "layers", "allocation", "limit", "seed",
 )
 
 
@@ -371,14 +372,24 @@ def runner_from_config(cfg, output_dir: str | Path) -> Runner:
     pruner = instantiate(cfg.pruner, _convert_="all")
     quantizer = instantiate(cfg.quant, _convert_="all")
     benchmark = instantiate(cfg.benchmark, _convert_="all")
+    layers = [LayerOverride(**dict(o)) for o in (container.get("layers") or [])]
+    tokens, budget, layer_config = cfg.tokens, cfg.budget, cfg.get("layer_config")
+    if cfg.get("allocation"):
+        from qpruning.optimize.allocation import Allocation
+
+        allocation = Allocation.from_yaml(Path(cfg.allocation))
+        layers = allocation.overrides()  # every layer's bits and tokens
+        layer_config = layer_config or allocation.name
+        if tokens is None and budget is None:
+            budget = allocation.meta.get("budget")
     compressor = KVCompressor(
         pruner=pruner,
         quantizer=quantizer,
-        tokens=cfg.tokens,
-        budget=cfg.budget,
+        tokens=tokens,
+        budget=budget,
         budget_mode=cfg.budget_mode,
         full_cache_tokens=cfg.full_cache_tokens or model.context_window,
-        layers=[LayerOverride(**dict(o)) for o in (container.get("layers") or [])],
+        layers=layers,
         storage_dtype=cfg.get("storage_dtype"),
         kernel=cfg.get("kernel", "auto"),
     )
@@ -394,7 +405,7 @@ def runner_from_config(cfg, output_dir: str | Path) -> Runner:
         tokens=compressor.tokens,
         budget=compressor.budget,
         budget_mode=compressor.budget_mode,
-        layer_config=cfg.get("layer_config"),
+        layer_config=layer_config,
         experiment=cfg.get("experiment_name"),
         benchmark_variant=cfg.benchmark.name,
     )

@@ -1,0 +1,157 @@
+"""A per-layer token-precision allocation under a memory budget, with exact byte accounting.
+
+An :class:`Allocation` gives every group of layers its bits and its kept tokens. Its bytes are counted exactly as
+the cache stores them (:func:`qpruning.cache.budget.row_bytes`: packed codes, 16-bit scales and zeros, the 16-bit
+tail of a partial per-channel group) plus the small per-row index the cache keeps (row lengths), so an allocation
+that fits its budget on paper also fits it when measured.
+
+Saved as YAML, an allocation is a layer-wise configuration that any run can use: ``python run.py
+allocation=path/to/allocation.yaml`` (the runner turns its groups into :class:`~qpruning.LayerOverride` s).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from qpruning.cache.budget import LayerOverride, row_bytes
+from qpruning.cache.quantizers import KVQuantizer
+
+# Per (layer, row): kept-tokens count (int32) and the row lengths of at most two prefill segments (int32 each).
+INDEX_BYTES_PER_ROW = 4 * 3
+SIXTEEN_BIT = 2
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The shape of a model's cache: layers, KV rows per batch item (= KV heads), head_dim."""
+
+    num_layers: int
+    kv_heads: int
+    head_dim: int
+
+    @classmethod
+    def from_config(cls, config) -> Geometry:
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        return cls(config.num_hidden_layers, config.num_key_value_heads, head_dim)
+
+
+@dataclass(frozen=True)
+class GroupSetting:
+    """One group of consecutive layers: ``first``..``last`` keep ``tokens`` at ``bits``."""
+
+    first: int
+    last: int
+    bits: int
+    tokens: int
+
+    @property
+    def size(self) -> int:
+        return self.last - self.first + 1
+
+
+@dataclass
+class Allocation:
+    """Bits and tokens for each group of layers (groups cover every layer once, in order)."""
+
+    groups: list[GroupSetting]
+    name: str = "allocation"
+    meta: dict = field(default_factory=dict)
+
+    def key(self) -> str:
+        """A stable identity (for the evaluation cache)."""
+        blob = json.dumps([asdict(g) for g in self.groups], sort_keys=True)
+        return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+    def per_layer(self) -> list[tuple[int, int]]:
+        """``(bits, tokens)`` for every layer."""
+        out = []
+        for group in self.groups:
+            out.extend([(group.bits, group.tokens)] * group.size)
+        return out
+
+    def nbytes(self, geometry: Geometry, quantizer: KVQuantizer) -> int:
+        """Bytes one batch item's cache holds right after prefill (assuming the prompt has at least ``tokens``)."""
+        total = 0
+        for bits, tokens in self.per_layer():
+            per_row = row_bytes(tokens, bits, quantizer, geometry.head_dim) + INDEX_BYTES_PER_ROW
+            total += per_row * geometry.kv_heads
+        return total
+
+    def overrides(self) -> list[LayerOverride]:
+        return [LayerOverride(f"{g.first}-{g.last}", bits=g.bits, tokens=g.tokens) for g in self.groups]
+
+    def mean_tokens(self) -> float:
+        layers = self.per_layer()
+        return sum(t for _, t in layers) / len(layers)
+
+    def describe(self) -> str:
+        return ", ".join(f"{g.first}-{g.last}: {g.tokens}x{g.bits}b" for g in self.groups)
+
+    def to_yaml(self, path: Path, header: str = "") -> None:
+        import yaml
+
+        data = {
+            "name": self.name,
+            **self.meta,
+            "layers": [{"layers": f"{g.first}-{g.last}", "bits": g.bits, "tokens": g.tokens} for g in self.groups],
+        }
+        text = yaml.safe_dump(data, sort_keys=False)
+        Path(path).write_text((header.rstrip() + "\n" if header else "") + text)
+
+    @classmethod
+    def from_yaml(cls, path: Path) -> Allocation:
+        import yaml
+
+        data = yaml.safe_load(Path(path).read_text())
+        if not isinstance(data, dict) or "layers" not in data:
+            raise ValueError(f"{path} is not an allocation file (it needs a 'layers' list)")
+        groups = []
+        for entry in data["layers"]:
+            override = LayerOverride(entry["layers"], bits=int(entry["bits"]), tokens=entry.get("tokens"))
+            if override.tokens is None:
+                raise ValueError(f"{path}: every layer group of an allocation needs its tokens")
+            first, last = override.range()
+            groups.append(GroupSetting(first, last, override.bits, int(override.tokens)))
+        meta = {k: v for k, v in data.items() if k not in ("name", "layers")}
+        return cls(groups, name=data.get("name", Path(path).stem), meta=meta)
+
+
+def full_cache_bytes(geometry: Geometry, full_tokens: int) -> int:
+    """Bytes of the uncompressed 16-bit cache of ``full_tokens`` tokens (one batch item)."""
+    return 2 * geometry.num_layers * geometry.kv_heads * full_tokens * geometry.head_dim * SIXTEEN_BIT
+
+
+def tokens_for_bytes(allowance: float, bits: int, quantizer: KVQuantizer, head_dim: int, cap: int) -> int:
+    """The most tokens (at most ``cap``) whose row, index included, fits in ``allowance`` bytes."""
+    # Every token costs at least its packed codes, which bounds the count from above; bytes are not monotonic
+    # in tokens (a token completing a per-channel group moves the 16-bit tail into packed codes), so scan down.
+    tokens = min(cap, int(allowance / (head_dim * bits / 8 * 2)) + 1)
+    while tokens > 0 and row_bytes(tokens, bits, quantizer, head_dim) + INDEX_BYTES_PER_ROW > allowance:
+        tokens -= 1
+    return tokens
+
+
+def layer_groups(num_layers: int, groups: int) -> list[tuple[int, int]]:
+    """Split ``num_layers`` into ``groups`` contiguous ranges, as even as possible."""
+    groups = max(1, min(groups, num_layers))
+    bounds = [round(i * num_layers / groups) for i in range(groups + 1)]
+    return [(bounds[i], bounds[i + 1] - 1) for i in range(groups)]
+
+
+def uniform(
+    bits: int,
+    budget: float,
+    full_tokens: int,
+    geometry: Geometry,
+    quantizer: KVQuantizer,
+    groups: list[tuple[int, int]],
+    cap: int,
+) -> Allocation:
+    """Every layer at ``bits``, with as many tokens as fit the budget exactly (a 1x16 / 2x8 / 4x4 point)."""
+    per_layer_row = budget * full_cache_bytes(geometry, full_tokens) / (geometry.num_layers * geometry.kv_heads)
+    tokens = tokens_for_bytes(per_layer_row, bits, quantizer, geometry.head_dim, cap)
+    settings = [GroupSetting(first, last, bits, tokens) for first, last in groups]
+    return Allocation(settings, name=f"uniform-{bits}bit")

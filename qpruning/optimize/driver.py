@@ -1,0 +1,211 @@
+"""``qpruning optimize``: find a per-layer token-precision allocation for a model, a budget and a pruner.
+
+Steps, all resumable (a rerun skips what is on disk):
+
+1. calibration prompts (NIAH and RULER samples generated locally, or any benchmark subset) are prefilled once and
+   recorded, with the uncompressed model's greedy answers;
+2. :func:`~qpruning.optimize.search.greedy_search` looks for the allocation that minimizes the answers'
+   cross-entropy through the compressed cache, every evaluation cached in ``evaluations.jsonl``;
+3. the best allocation is written as ``allocation.yaml`` (usable by any run: ``allocation=path``), with plots of
+   the allocation and of the search;
+4. held-out samples (other NIAH cells, other RULER samples: never the calibration ones) are run with real
+   generation for the found allocation and the three uniform points, and compared in ``comparison.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from qpruning.benchmarks import get_benchmark
+from qpruning.compressor import KVCompressor
+from qpruning.optimize.allocation import Allocation, Geometry, layer_groups
+from qpruning.optimize.calibration import (
+    RecordedPrompt,
+    answer_cross_entropy,
+    record_prefill,
+    reference_answer,
+)
+from qpruning.optimize.search import EvaluationCache, SearchResult, SearchSpace, greedy_search
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class BenchmarkSubset:
+    """A benchmark config name and its field overrides (``get_benchmark(name, **fields)``)."""
+
+    name: str
+    fields: dict[str, Any]
+
+    def build(self):
+        return get_benchmark(self.name, **self.fields)
+
+
+def calibration_prompts(model, tokenizer, subsets: list[BenchmarkSubset], context_window: int, chat_template: bool):
+    """Recorded prefills and reference answers of every sample of ``subsets``."""
+    prompts = []
+    for subset in subsets:
+        bench = subset.build()
+        bench.validate(context_window)
+        for sample in bench.samples(tokenizer):
+            ids = bench.encode(sample, tokenizer, bench.max_input_tokens(sample, context_window), chat_template)
+            input_ids = torch.tensor([ids])
+            kwargs = dict(bench.generation_kwargs(sample, tokenizer))
+            kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
+            answer = reference_answer(model, input_ids, kwargs)
+            layers = record_prefill(model, input_ids)
+            prompts.append(RecordedPrompt(f"{subset.name}:{sample.id}", input_ids, layers, answer))
+            logger.info("calibration prompt %s: %d tokens, answer %r", sample.id, len(ids),
+                        tokenizer.decode(answer, skip_special_tokens=True))
+    return prompts
+
+
+def make_objective(model, base: KVCompressor, prompts: list[RecordedPrompt]):
+    """The search's objective: mean answer cross-entropy over the prompts, and the largest measured cache."""
+
+    def objective(allocation: Allocation):
+        compressor = KVCompressor(
+            pruner=base.pruner, quantizer=base.quantizer, budget=base.budget, budget_mode="exact",
+            full_cache_tokens=base.full_cache_tokens, layers=allocation.overrides(), storage_dtype=base.storage_dtype,
+        )
+        values, measured = [], 0
+        for prompt in prompts:
+            value, summary = answer_cross_entropy(model, compressor, prompt)
+            values.append(value)
+            measured = max(measured, summary["kv_bytes"])
+        return sum(values) / len(values), measured, values
+
+    return objective
+
+
+def optimize(
+    model,
+    tokenizer,
+    model_name: str,
+    model_config,
+    base: KVCompressor,
+    calibration: list[BenchmarkSubset],
+    output_dir: Path,
+    context_window: int,
+    chat_template: bool = True,
+    groups: int = 6,
+    bits_choices: tuple[int, ...] = (4, 8, 16),
+    transfer_fraction: float = 0.25,
+    max_evaluations: int = 60,
+    seed: int = 0,
+) -> SearchResult:
+    """Run the search and write ``allocation.yaml``, ``search.json`` and the plots into ``output_dir``."""
+    from qpruning.optimize import plots
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    geometry = Geometry.from_config(model_config)
+    started = time.time()
+    prompts = calibration_prompts(model, tokenizer, calibration, context_window, chat_template)
+    space = SearchSpace(
+        geometry=geometry,
+        quantizer=base.quantizer,
+        groups=layer_groups(geometry.num_layers, groups),
+        budget=base.budget,
+        full_tokens=base.full_cache_tokens,
+        max_tokens=max(p.length for p in prompts),
+        bits_choices=tuple(bits_choices),
+        transfer_fraction=transfer_fraction,
+        min_tokens=base.pruner.min_budget(),
+    )
+    cache = EvaluationCache(output_dir / "evaluations.jsonl")
+    result = greedy_search(space, make_objective(model, base, prompts), cache, max_evaluations, seed)
+    budget_bytes = space.budget_bytes
+    result.best.meta = {
+        "model": model_name,
+        "pruner": base.pruner.name,
+        "quant": base.quantizer.name,
+        "group_size": base.quantizer.group_size,
+        "budget": base.budget,
+        "full_cache_tokens": base.full_cache_tokens,
+        "bytes": result.best.nbytes(geometry, base.quantizer),
+        "budget_bytes": int(budget_bytes),
+        "objective": result.best_evaluation.objective,
+        "seed": seed,
+    }
+    result.best.name = f"opt-{base.pruner.name}-b{base.budget:g}"
+    header = (
+        f"# Found by `qpruning optimize` for {model_name}, {base.pruner.name} + {base.quantizer.name} "
+        f"g{base.quantizer.group_size}, budget {base.budget:g} of a {base.full_cache_tokens}-token 16-bit cache.\n"
+        f"# Use it in any run: python run.py model={model_name} allocation={output_dir / 'allocation.yaml'}"
+    )
+    result.best.to_yaml(output_dir / "allocation.yaml", header)
+    summary = {
+        "model": model_name,
+        "budget": base.budget,
+        "budget_bytes": budget_bytes,
+        "evaluations": len(result.history),
+        "seconds": round(time.time() - started, 1),
+        "calibration_prompts": [p.sample_id for p in prompts],
+        "uniform": {label: e.objective for label, e in result.uniform.items()},
+        "best": {"objective": result.best_evaluation.objective, "allocation": result.best.describe(),
+                 "bytes": result.best.meta["bytes"]},
+        "history": [vars(e) for e in result.history],
+    }
+    (output_dir / "search.json").write_text(json.dumps(summary, indent=2))
+    plots.allocation_plot(result, space, output_dir / "allocation.png", model_name)
+    plots.search_plot(result, output_dir / "search.png", model_name, base.budget)
+    logger.info("best allocation (objective %.4f, %d bytes of %d): %s", result.best_evaluation.objective,
+                result.best.meta["bytes"], int(budget_bytes), result.best.describe())
+    return result
+
+
+def run_optimize_job(cfg) -> float:
+    """What ``qpruning optimize`` does with its Hydra config (``conf/optimize.yaml``)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from qpruning.optimize.heldout import heldout_comparison
+
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    spec = instantiate(cfg.model, _convert_="all")
+    base = KVCompressor(
+        pruner=instantiate(cfg.pruner, _convert_="all"),
+        quantizer=instantiate(cfg.quant, _convert_="all"),
+        budget=cfg.budget,
+        budget_mode="exact",
+        full_cache_tokens=cfg.full_cache_tokens or spec.context_window,
+        storage_dtype=cfg.get("storage_dtype"),
+    )
+    model_config = spec.load_config()
+    base.plan(model_config)  # validation before any weights
+    calibration = [BenchmarkSubset(s["name"], dict(s.get("fields") or {}))
+                   for s in OmegaConf.to_container(cfg.calibration, resolve=True)]
+    heldout = [BenchmarkSubset(s["name"], dict(s.get("fields") or {}))
+               for s in OmegaConf.to_container(cfg.heldout, resolve=True)]
+    for subset in calibration + heldout:
+        subset.build().validate(spec.context_window)
+    model, tokenizer = spec.load()
+    torch.manual_seed(cfg.seed)
+    result = optimize(
+        model, tokenizer, spec.name, model_config, base, calibration, output_dir, spec.context_window,
+        chat_template=spec.chat_template, groups=cfg.groups, bits_choices=tuple(cfg.bits_choices),
+        transfer_fraction=cfg.transfer_fraction, max_evaluations=cfg.max_evaluations, seed=cfg.seed,
+    )
+    if heldout:
+        geometry = Geometry.from_config(model_config)
+        space = SearchSpace(geometry, base.quantizer, layer_groups(geometry.num_layers, cfg.groups), base.budget,
+                            base.full_cache_tokens, max_tokens=spec.context_window,
+                            bits_choices=tuple(cfg.bits_choices))
+        allocations = {f"uniform-{label}": space.allocation(state, f"uniform-{label}")
+                       for label, state in space.uniform_states().items()}
+        allocations["optimized"] = result.best
+        table = heldout_comparison(spec, (model, tokenizer), base, allocations, heldout, output_dir)
+        print(table.round(1).to_string(), flush=True)
+    print(f"[qpruning optimize] {spec.name} budget {base.budget:g}: {result.best.describe()} "
+          f"(objective {result.best_evaluation.objective:.4f}; uniform "
+          + ", ".join(f"{k} {v.objective:.4f}" for k, v in result.uniform.items())
+          + f") -> {output_dir / 'allocation.yaml'}", flush=True)
+    return result.best_evaluation.objective

@@ -1,0 +1,205 @@
+"""Greedy local search over per-layer-group (bits, bytes) allocations under a byte budget.
+
+The state gives each group of layers its bits and its byte allowance per KV row; its tokens are the most that fit
+(:func:`~qpruning.optimize.allocation.tokens_for_bytes`). The search starts from the best of the uniform points
+(1x16, 2x8, 4x4: every layer at the same bits, the same bytes), then repeatedly tries, in a seeded random
+order, two kinds of moves and takes the first that lowers the objective:
+
+- *precision*: a group changes its bits at equal bytes (more tokens at fewer bits, or the reverse);
+- *transfer*: a fraction of one group's bytes moves to another group (the budget stays the same).
+
+It stops when no move improves, or after ``max_evaluations``. Every evaluation is appended to a JSONL cache keyed
+by the allocation, so a stopped search, run again, replays the same decisions from the cache and goes on where it
+stopped; with the same seed it makes the same decisions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qpruning.cache.quantizers import KVQuantizer
+from qpruning.optimize.allocation import (
+    Allocation,
+    Geometry,
+    GroupSetting,
+    full_cache_bytes,
+    tokens_for_bytes,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class State:
+    """Bits and byte allowance (per layer and KV row) of each group."""
+
+    bits: tuple[int, ...]
+    allowance: tuple[float, ...]
+
+
+@dataclass
+class Evaluation:
+    key: str
+    objective: float
+    allocation: list[dict]
+    nbytes: int
+    measured_bytes: int | None = None
+    per_prompt: list[float] = field(default_factory=list)
+    kind: str = "move"
+
+
+class EvaluationCache:
+    """Evaluations on disk, one JSON line each, appended and flushed as they finish."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.entries: dict[str, Evaluation] = {}
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                try:
+                    data = json.loads(line)
+                except json.JSONDecodeError:
+                    break  # a line cut by a kill: everything before it is good
+                self.entries[data["key"]] = Evaluation(**data)
+
+    def get(self, key: str) -> Evaluation | None:
+        return self.entries.get(key)
+
+    def put(self, evaluation: Evaluation) -> None:
+        self.entries[evaluation.key] = evaluation
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(vars(evaluation)) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+@dataclass
+class SearchSpace:
+    """What the search may choose, and the budget it must meet."""
+
+    geometry: Geometry
+    quantizer: KVQuantizer
+    groups: list[tuple[int, int]]
+    budget: float
+    full_tokens: int
+    max_tokens: int
+    bits_choices: tuple[int, ...] = (4, 8, 16)
+    transfer_fraction: float = 0.25
+    min_tokens: int = 1  # the pruner's window must fit in every layer
+
+    @property
+    def budget_bytes(self) -> float:
+        return self.budget * full_cache_bytes(self.geometry, self.full_tokens)
+
+    def uniform_allowance(self) -> float:
+        return self.budget_bytes / (self.geometry.num_layers * self.geometry.kv_heads)
+
+    def allocation(self, state: State, name: str = "allocation") -> Allocation:
+        settings = []
+        for (first, last), bits, allowance in zip(self.groups, state.bits, state.allowance):
+            tokens = tokens_for_bytes(allowance, bits, self.quantizer, self.geometry.head_dim, self.max_tokens)
+            settings.append(GroupSetting(first, last, bits, tokens))
+        return Allocation(settings, name=name)
+
+    def fits(self, state: State) -> bool:
+        allocation = self.allocation(state)
+        if any(g.tokens < self.min_tokens for g in allocation.groups):
+            return False
+        return allocation.nbytes(self.geometry, self.quantizer) <= self.budget_bytes
+
+    def uniform_states(self) -> dict[str, State]:
+        allowance = self.uniform_allowance()
+        n = len(self.groups)
+        return {f"{16 // b}x{b}": State((b,) * n, (allowance,) * n) for b in sorted(self.bits_choices, reverse=True)}
+
+    def moves(self, state: State) -> list[State]:
+        out = []
+        n = len(self.groups)
+        for g in range(n):
+            for bits in self.bits_choices:
+                if bits != state.bits[g]:
+                    out.append(State(state.bits[:g] + (bits,) + state.bits[g + 1 :], state.allowance))
+        sizes = [last - first + 1 for first, last in self.groups]
+        for i in range(n):
+            for j in range(n):
+                if i == j:
+                    continue
+                moved = self.transfer_fraction * state.allowance[i] * sizes[i]
+                allowance = list(state.allowance)
+                allowance[i] -= moved / sizes[i]
+                allowance[j] += moved / sizes[j]
+                out.append(State(state.bits, tuple(allowance)))
+        return [s for s in out if self.fits(s)]
+
+
+@dataclass
+class SearchResult:
+    best: Allocation
+    best_evaluation: Evaluation
+    history: list[Evaluation]
+    uniform: dict[str, Evaluation]
+
+
+def greedy_search(
+    space: SearchSpace,
+    objective: Callable[[Allocation], tuple[float, int | None, list[float]]],
+    cache: EvaluationCache,
+    max_evaluations: int = 60,
+    seed: int = 0,
+    tolerance: float = 1e-4,
+) -> SearchResult:
+    """Minimize ``objective(allocation) -> (value, measured_bytes, per_prompt)`` over ``space``."""
+    history: list[Evaluation] = []
+
+    def evaluate(state: State, kind: str, name: str = "allocation") -> Evaluation:
+        allocation = space.allocation(state, name)
+        key = allocation.key()
+        cached = cache.get(key)
+        if cached is None:
+            value, measured, per_prompt = objective(allocation)
+            cached = Evaluation(
+                key=key,
+                objective=value,
+                allocation=[vars(g) for g in allocation.groups],
+                nbytes=allocation.nbytes(space.geometry, space.quantizer),
+                measured_bytes=measured,
+                per_prompt=per_prompt,
+                kind=kind,
+            )
+            cache.put(cached)
+            logger.info("evaluated %-8s %s -> %.4f", kind, allocation.describe(), value)
+        history.append(cached)
+        return cached
+
+    uniform = {}
+    for label, state in space.uniform_states().items():
+        uniform[label] = evaluate(state, "uniform", f"uniform-{label}")
+    label, best_eval = min(uniform.items(), key=lambda item: item[1].objective)
+    best_state = space.uniform_states()[label]
+    logger.info("best uniform point: %s (%.4f)", label, best_eval.objective)
+    rng = random.Random(seed)
+    evaluated = len(history)
+    while evaluated < max_evaluations:
+        candidates = space.moves(best_state)
+        rng.shuffle(candidates)
+        improved = False
+        for state in candidates:
+            if evaluated >= max_evaluations:
+                break
+            evaluation = evaluate(state, "move")
+            evaluated += 1
+            if evaluation.objective < best_eval.objective - tolerance:
+                best_state, best_eval, improved = state, evaluation, True
+                logger.info("improved to %.4f: %s", best_eval.objective, space.allocation(state).describe())
+                break
+        if not improved:
+            break
+    best = space.allocation(best_state, name="optimized")
+    return SearchResult(best=best, best_evaluation=best_eval, history=history, uniform=uniform)
