@@ -7,7 +7,7 @@ EXTRAS      ?= dev,slurm,gpu
 REPORT_OUT  ?= results/report
 RUNS        ?= outputs
 
-.PHONY: setup run test test-fast demo report bench lint format clean help
+.PHONY: setup run test test-fast demo report bench bench-throughput compile-check optimize lint format clean help
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -40,8 +40,17 @@ demo: $(STAMP)  ## The token-precision trade-off on SmolLM2 (1x16, 2x8, 4x4), th
 report: $(STAMP)  ## Tables and figures from result folders: make report RUNS="outputs/sweeps/fig2" REPORT_OUT=...
 	$(PY) -m qpruning.report $(RUNS) --out $(REPORT_OUT) $(ARGS)
 
-bench: $(STAMP)  ## Decode-attention microbenchmark (GPU; --device cpu --small on a CPU)
+bench: $(STAMP)  ## Decode-attention microbenchmark (GPU; ARGS="--device cpu --small" on a CPU)
 	$(PY) scripts/bench_decode.py $(ARGS)
+
+bench-throughput: $(STAMP)  ## Table 4: decode throughput and KV memory per batch item (GPU)
+	$(PY) scripts/bench_throughput.py $(ARGS)
+
+compile-check: $(STAMP)  ## Compile every Triton kernel variant for sm_80/sm_90 without a GPU (registers, spills)
+	$(PY) -m qpruning.kernels.compile_check $(ARGS)
+
+optimize: $(STAMP)  ## Search a per-layer token-precision allocation (qpruning optimize; ARGS="budget=0.03125")
+	$(VENV)/bin/qpruning optimize $(ARGS)
 
 lint: $(STAMP)  ## ruff
 	$(VENV)/bin/ruff check qpruning tests scripts experiments run.py

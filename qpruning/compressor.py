@@ -154,6 +154,9 @@ class KVCompressor:
             )
         if geometry.q_heads % geometry.kv_heads:
             raise ValueError(f"{geometry.q_heads} query heads are not a multiple of {geometry.kv_heads} KV heads")
+        check_geometry = getattr(self.pruner, "validate_geometry", None)
+        if check_geometry is not None:  # pruners with per-head data (HeadKV's scores) check it against the model
+            check_geometry(geometry.num_layers, geometry.q_heads, geometry.kv_heads)
         bits_per_layer = [self.quantizer.bits] * geometry.num_layers
         tokens_per_layer: list[int | None] = [self.tokens] * geometry.num_layers
         for override in self.layers:
@@ -317,12 +320,19 @@ class KVCompressor:
         layer.use_kernel = self._use_kernel(key)
 
     def _use_kernel(self, key: torch.Tensor) -> bool:
-        if self.kernel == "off" or not key.is_cuda:
+        """Whether decode steps of this layer run the fused kernel: on CUDA with Triton (``auto`` or ``on``), or
+        on the CPU under Triton's interpreter when asked for explicitly (``on`` with ``TRITON_INTERPRET=1``)."""
+        if self.kernel == "off":
             return False
         from qpruning import kernels
 
-        if not kernels.available():
-            if self.kernel == "on":
-                raise RuntimeError("kernel=on but Triton is not available: pip install triton")
-            return False
-        return True
+        if key.is_cuda:
+            usable = kernels.available()
+        else:
+            usable = self.kernel == "on" and kernels.interpreting() and kernels.triton_installed()
+        if self.kernel == "on" and not usable:
+            raise RuntimeError(
+                "kernel=on needs Triton and a CUDA device (pip install -e .[gpu]), or TRITON_INTERPRET=1 on a CPU; "
+                "use kernel=auto to fall back to the PyTorch path"
+            )
+        return usable

@@ -23,7 +23,6 @@ by (model, device, tokens, bits, batch, pruner, quant): kernel on and off would 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import datetime as dt
 import gc
@@ -112,33 +111,7 @@ def build_model(torch, name: str, small: bool, device, dtype):
     return model.eval()
 
 
-@contextlib.contextmanager
-def kernel_on_cpu(enabled: bool):
-    """On a CPU under Triton's interpreter, route decode steps through the fused kernel (it is CUDA-only in the
-    cache). A no-op otherwise. Restored on exit."""
-    if not enabled:
-        yield
-        return
-    from qpruning.cache.layer import CompressedLayer
-    from qpruning.kernels.decode_attention import attend_layer
-
-    original = CompressedLayer.attend
-
-    def attend(self, query, scaling):
-        if self.use_kernel_cpu and query.shape[2] == 1:
-            return attend_layer(self, query, scaling)
-        return original(self, query, scaling)
-
-    CompressedLayer.attend = attend
-    CompressedLayer.use_kernel_cpu = False
-    try:
-        yield
-    finally:
-        CompressedLayer.attend = original
-        del CompressedLayer.use_kernel_cpu
-
-
-def run_setting(torch, model, compressor, batch: int, args, device, force_cpu_kernel: bool) -> dict:
+def run_setting(torch, model, compressor, batch: int, args, device) -> dict:
     """Prefill, warm up, then time ``args.steps`` decode steps; returns timings and memory."""
     vocab = model.config.vocab_size
     gen = torch.Generator(device="cpu").manual_seed(args.seed + batch)
@@ -152,9 +125,6 @@ def run_setting(torch, model, compressor, batch: int, args, device, force_cpu_ke
             out = model(input_ids=prompt, past_key_values=cache, use_cache=True, logits_to_keep=1)
             summary = getattr(cache, "prefill_summary", None) or cache.summary()
             kv_prefill = summary["kv_bytes"]
-            if force_cpu_kernel:
-                for layer in cache.layers:
-                    layer.use_kernel_cpu = compressor.kernel == "on"
             next_ids = out.logits[:, -1:].argmax(-1)
             del out
             for _ in range(args.warmup_steps):
@@ -205,47 +175,45 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or f"results/bench/throughput-{'cpu-smoke' if not on_gpu else slug(name)}")
 
     rows = []
-    with kernel_on_cpu(force_cpu_kernel):
-        for model_name in args.models:
-            torch.manual_seed(args.seed)
-            model = build_model(torch, model_name, args.small, device, dtype)
-            label = ("tiny_" + ARCHITECTURES[model_name]["model_type"]) if args.small else model_name
-            for bits in args.bits:
-                quantizer = KIVI(bits=bits, group_size=args.group_size)
-                for kernel in kernels:
-                    compressor = KVCompressor(
-                        pruner=SnapKV(), quantizer=quantizer, budget=args.budget,
-                        full_cache_tokens=args.full_cache_tokens, kernel=kernel if on_gpu else "off",
+    for model_name in args.models:
+        torch.manual_seed(args.seed)
+        model = build_model(torch, model_name, args.small, device, dtype)
+        label = ("tiny_" + ARCHITECTURES[model_name]["model_type"]) if args.small else model_name
+        for bits in args.bits:
+            quantizer = KIVI(bits=bits, group_size=args.group_size)
+            for kernel in kernels:
+                compressor = KVCompressor(
+                    pruner=SnapKV(), quantizer=quantizer, budget=args.budget,
+                    full_cache_tokens=args.full_cache_tokens, kernel=kernel,
+                )
+                tokens = compressor.plan(model.config)[0].tokens
+                for batch in args.batch:
+                    row = {
+                        "model": label, "tokens": tokens, "bits": bits, "batch": batch, "device": name,
+                        "command": command, "date": date, "pruner": "snapkv",
+                        "quant": "kivi" if bits < 16 else "", "group_size": args.group_size,
+                        "repeats": args.repeats,
+                        "kernel": kernel + (" (interpreter)" if force_cpu_kernel and kernel == "on" else ""),
+                        "prompt": args.prompt, "steps": args.steps, "weights": "random", "note": "",
+                    }
+                    try:
+                        row.update(run_setting(torch, model, compressor, batch, args, device))
+                    except torch.OutOfMemoryError:
+                        row.update(tokens_per_s=math.nan, kv_bytes_per_item=math.nan, note="out of memory")
+                    if on_gpu:
+                        torch.cuda.empty_cache()
+                    gc.collect()
+                    rows.append(row)
+                    print(
+                        f"{label} {tokens:4d}x{bits:<2d} batch {batch:4d} kernel={kernel:3s} "
+                        f"{row['tokens_per_s']:10.1f} tokens/s  {row['kv_bytes_per_item'] / 1e6:8.2f} MB/item "
+                        f"{row['note']}",
+                        flush=True,
                     )
-                    compressor.kernel = kernel  # what was asked (on a CPU the cache itself never uses the kernel)
-                    tokens = compressor.plan(model.config)[0].tokens
-                    for batch in args.batch:
-                        row = {
-                            "model": label, "tokens": tokens, "bits": bits, "batch": batch, "device": name,
-                            "command": command, "date": date, "pruner": "snapkv",
-                            "quant": "kivi" if bits < 16 else "", "group_size": args.group_size,
-                            "repeats": args.repeats,
-                            "kernel": kernel + (" (interpreter)" if force_cpu_kernel and kernel == "on" else ""),
-                            "prompt": args.prompt, "steps": args.steps, "weights": "random", "note": "",
-                        }
-                        try:
-                            row.update(run_setting(torch, model, compressor, batch, args, device, force_cpu_kernel))
-                        except torch.OutOfMemoryError:
-                            row.update(tokens_per_s=math.nan, kv_bytes_per_item=math.nan, note="out of memory")
-                        if on_gpu:
-                            torch.cuda.empty_cache()
-                        gc.collect()
-                        rows.append(row)
-                        print(
-                            f"{label} {tokens:4d}x{bits:<2d} batch {batch:4d} kernel={kernel:3s} "
-                            f"{row['tokens_per_s']:10.1f} tokens/s  {row['kv_bytes_per_item'] / 1e6:8.2f} MB/item "
-                            f"{row['note']}",
-                            flush=True,
-                        )
-            del model
-            gc.collect()
-            if on_gpu:
-                torch.cuda.empty_cache()
+        del model
+        gc.collect()
+        if on_gpu:
+            torch.cuda.empty_cache()
 
     out.parent.mkdir(parents=True, exist_ok=True)
     written = []

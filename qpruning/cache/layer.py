@@ -227,8 +227,9 @@ class CompressedLayer(CacheLayerMixin):
         ``q`` new tokens at the end of every row. Returns ``[batch, q, q_heads, head_dim]``.
 
         Reference path: dequantize every segment into padded rows, then exact softmax attention in float32.
+        With ``use_kernel`` (set by the compressor), decode steps run the fused Triton kernel instead.
         """
-        if self.use_kernel and query.is_cuda:
+        if self.use_kernel:
             from qpruning.kernels import fused_attention
 
             return fused_attention(self, query, scaling)

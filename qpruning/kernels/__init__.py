@@ -1,7 +1,8 @@
 """Fused GPU kernels (Triton), optional at import time.
 
-Nothing here is imported unless a compressed layer runs on CUDA with ``kernel=auto|on``; without Triton or a
-GPU, the PyTorch reference path of :mod:`qpruning.cache.layer` is used.
+Nothing here is imported unless a compressed layer runs on CUDA with ``kernel=auto|on`` (or on a CPU with
+``kernel=on`` under ``TRITON_INTERPRET=1``); without Triton or a GPU, the PyTorch reference path of
+:mod:`qpruning.cache.layer` is used.
 
 - :mod:`qpruning.kernels.decode_attention`: decode attention straight from the packed cache
   (``attend_layer(layer, query, scaling)``, ``attend_segments(segments, query, scaling)``); on CPU tensors it runs
@@ -18,13 +19,15 @@ import importlib.util
 import os
 
 
+def triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
 def available() -> bool:
-    """True when the fused decode-attention kernel can run here (Triton installed, a CUDA device present)."""
+    """True when the fused decode-attention kernel can run here on the GPU (Triton installed, a CUDA device)."""
     import torch
 
-    if importlib.util.find_spec("triton") is None or not torch.cuda.is_available():
-        return False
-    return importlib.util.find_spec("qpruning.kernels.decode_attention") is not None
+    return triton_installed() and torch.cuda.is_available()
 
 
 def interpreting() -> bool:

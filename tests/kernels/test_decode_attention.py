@@ -262,7 +262,7 @@ def test_split_heuristic_fills_the_device_and_respects_blocks():
 # End to end through a tiny model
 
 
-def test_tiny_model_decoding_through_the_kernel_matches_the_reference_path(monkeypatch):
+def test_tiny_model_decoding_through_the_kernel_matches_the_reference_path():
     from transformers import AutoModelForCausalLM
 
     from qpruning import KVCompressor
@@ -276,32 +276,22 @@ def test_tiny_model_decoding_through_the_kernel_matches_the_reference_path(monke
     prompt = torch.randint(3, 512, (2, 100), device=DEVICE)
     steps = torch.randint(3, 512, (2, 3), device=DEVICE)
 
-    def decode_logits(use_kernel: bool) -> torch.Tensor:
-        calls = []
-        original = CompressedLayer.attend
-
-        def attend(self, query, scaling):
-            if use_kernel and query.shape[2] == 1:
-                calls.append(1)
-                return da.attend_layer(self, query, scaling, dot="fp32")
-            return original(self, query, scaling)
-
-        monkeypatch.setattr(CompressedLayer, "attend", attend)
-        compressor = KVCompressor(pruner=SnapKV(), quantizer=KIVI(bits=4, group_size=32), tokens=64, kernel="off")
+    def decode_logits(kernel: str) -> torch.Tensor:
+        compressor = KVCompressor(pruner=SnapKV(), quantizer=KIVI(bits=4, group_size=32), tokens=64, kernel=kernel)
         out = []
         with torch.no_grad(), compressor.attach(model):
             cache = compressor.new_cache(model)
             model(prompt, past_key_values=cache, use_cache=True)
+            assert all(layer.use_kernel == (kernel == "on") for layer in cache.layers)
             for i in range(steps.shape[1]):
                 out.append(model(steps[:, i : i + 1], past_key_values=cache, use_cache=True).logits[:, -1])
-        monkeypatch.setattr(CompressedLayer, "attend", original)
-        if use_kernel:
-            assert len(calls) == steps.shape[1] * config.num_hidden_layers
         return torch.stack(out)
 
-    reference = decode_logits(False)
-    fused = decode_logits(True)
-    assert relative_error(fused, reference) < 1e-4
+    reference = decode_logits("off")
+    fused = decode_logits("on")  # on a CPU: the kernel under Triton's interpreter (conftest sets it)
+    # The kernel's matmuls take bf16 operands (emulated in the interpreter): bf16-level agreement.
+    assert relative_error(fused, reference) < 2e-2
+    assert not torch.equal(fused, reference)
 
 
 # ---------------------------------------------------------------------------------------------------------------
