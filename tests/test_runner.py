@@ -48,6 +48,14 @@ def test_the_six_job_grid_runs_as_written_and_a_rerun_does_nothing(tmp_path):
         assert metrics["kv_bytes"] < metrics["kv_bytes_full"] * (1.0 if metrics["bits"] < 16 else 2.1)
     assert seen == {(p, b) for p in ("snapkv", "pyramidkv") for b in (4, 8, 16)}
     assert proc.stdout.count("[qpruning]") == 6
+    # The report reads the real sweep: the NIAH heatmaps and the budget figure come out, nothing is missing.
+    report = tmp_path / "report"
+    proc_report = subprocess.run([sys.executable, "-m", "qpruning.report", str(tmp_path / "sweeps"), "--out",
+                                  str(report)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc_report.returncode == 0, proc_report.stderr[-3000:]
+    index = (report / "index.md").read_text()
+    assert "6 complete" in index and "0 partial" in index
+    assert list(report.glob("niah_*.png"))
     stamps = {run: (run / "metrics.json").stat().st_mtime_ns for run in runs}
     rerun = run_py("-m", "pruner=snapkv,pyramidkv", "bits=4,8,16", *FAST, f"output_root={tmp_path}")
     assert rerun.stderr.count("complete already") == 6 or rerun.stdout.count("complete already") == 6
