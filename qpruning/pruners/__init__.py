@@ -5,12 +5,13 @@ from __future__ import annotations
 from qpruning.pruners.adakv import AdaKV
 from qpruning.pruners.base import NoPruner, Pruner, select_tokens
 from qpruning.pruners.h2o import H2O
+from qpruning.pruners.headkv import HeadKV, HeadScores, load_head_scores
 from qpruning.pruners.pyramidkv import PyramidKV
 from qpruning.pruners.snapkv import SnapKV
 from qpruning.pruners.streamingllm import StreamingLLM
 
 PRUNERS: dict[str, type[Pruner]] = {
-    cls.name: cls for cls in (NoPruner, StreamingLLM, H2O, SnapKV, PyramidKV, AdaKV)
+    cls.name: cls for cls in (NoPruner, StreamingLLM, H2O, SnapKV, PyramidKV, AdaKV, HeadKV)
 }
 
 
@@ -25,11 +26,14 @@ __all__ = [
     "PRUNERS",
     "H2O",
     "AdaKV",
+    "HeadKV",
+    "HeadScores",
     "NoPruner",
     "Pruner",
     "PyramidKV",
     "SnapKV",
     "StreamingLLM",
     "get_pruner",
+    "load_head_scores",
     "select_tokens",
 ]
