@@ -4,6 +4,14 @@ from __future__ import annotations
 
 import os
 
+# Triton's interpreter must be chosen before anything imports ``triton.language`` (hqq and transformers do, at
+# collection): without a GPU the fused-kernel tests run interpreted. On a GPU machine they run compiled.
+if "TRITON_INTERPRET" not in os.environ:
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
+
 import pytest
 import torch
 

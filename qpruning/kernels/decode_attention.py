@@ -645,6 +645,29 @@ def _csr_args(t, dummy: torch.Tensor) -> tuple[bool, tuple[torch.Tensor, ...]]:
     return True, (csr.ptr, csr.token, csr.channel, csr.value)
 
 
+def _check_interpreter_state(device: torch.device) -> None:
+    """Refuse CPU tensors unless Triton runs interpreted, and a half-interpreted Triton, with a clear message.
+
+    ``TRITON_INTERPRET=1`` must be set before *anything* imports ``triton.language`` (hqq and transformers do):
+    Triton decorates its own ``tl.zeros``/``tl.sum`` helpers at import, so a later flag interprets our kernels
+    but leaves those compiled-only, and every launch fails deep inside the interpreter.
+    """
+    if device.type == "cuda" and not interpreting():
+        return
+    if not interpreting():
+        raise RuntimeError(
+            f"The fused kernel got {device.type} tensors: it runs on CUDA, or on a CPU under Triton's interpreter "
+            "(TRITON_INTERPRET=1 set before Python starts)"
+        )
+    from triton.runtime.interpreter import InterpretedFunction
+
+    if not isinstance(tl.standard.zeros, InterpretedFunction) or not isinstance(_decode_segment_kernel, InterpretedFunction):
+        raise RuntimeError(
+            "TRITON_INTERPRET=1 was set after Triton was imported: set it before Python starts "
+            "(e.g. TRITON_INTERPRET=1 python ...), not from inside the program"
+        )
+
+
 def attend_segments(
     segments: list[Segment],
     query: torch.Tensor,
@@ -679,6 +702,7 @@ def attend_segments(
         raise ValueError(f"{rows} cache rows do not match a batch of {batch} with {q_heads} query heads")
     group = q_heads // (rows // batch)
     device = query.device
+    _check_interpreter_state(device)
     if dot is None:
         dot = "bf16" if device.type == "cuda" and not interpreting() else "bf16_emulated"
     dot_mode, precision = DOT_MODES[dot]

@@ -1,6 +1,6 @@
 """The fused decode-attention kernel equals the PyTorch reference on every cache layout.
 
-On CPU these run through Triton's interpreter (``TRITON_INTERPRET=1``, set by this folder's conftest); on a GPU
+On CPU these run through Triton's interpreter (``TRITON_INTERPRET=1``, set by the root conftest on machines without a GPU); on a GPU
 with ``TRITON_INTERPRET=0`` the same tests check the compiled kernels. Two precisions are checked:
 
 - ``dot="fp32"``: float32 matmul operands, exact under the interpreter, so any indexing, masking, unpacking,
@@ -298,6 +298,12 @@ def test_tiny_model_decoding_through_the_kernel_matches_the_reference_path():
 # Packaging
 
 
+def run_without_interpreter_flag(code: str) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh Python without ``TRITON_INTERPRET`` in its environment."""
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+
+
 def test_without_triton_the_package_imports_and_reports_the_kernel_unavailable():
     # Triton blocked: qpruning and qpruning.kernels import and available() is False, so the compressor leaves
     # use_kernel off and the cache takes the reference path.
@@ -308,6 +314,26 @@ def test_without_triton_the_package_imports_and_reports_the_kernel_unavailable()
         "assert k.available() is False\n"
         "print('ok')\n"
     )
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    done = run_without_interpreter_flag(code)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_interpreter_flag_set_after_triton_was_imported_is_refused_clearly():
+    # Triton decorates tl.zeros & co. when first imported; a later TRITON_INTERPRET=1 leaves them compiled-only
+    # and every launch would fail deep in the interpreter. The kernel says what to do instead.
+    code = (
+        "import os, torch, triton.language\n"
+        "os.environ['TRITON_INTERPRET'] = '1'\n"
+        "from qpruning.cache.layer import CompressedLayer\n"
+        "from qpruning.cache.quantizers import KIVI\n"
+        "from qpruning.kernels import decode_attention as da\n"
+        "layer = CompressedLayer(); layer.update(torch.randn(1, 2, 64, 64), torch.randn(1, 2, 64, 64))\n"
+        "layer.compress(torch.ones(1, 2, 64, dtype=torch.bool), KIVI(bits=4, group_size=32), torch.float16)\n"
+        "try:\n"
+        "    da.attend_layer(layer, torch.randn(1, 4, 1, 64), 0.125)\n"
+        "except RuntimeError as e:\n"
+        "    print(e)\n"
+    )
+    done = run_without_interpreter_flag(code)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "set after Triton was imported" in done.stdout, done.stdout + done.stderr[-2000:]
