@@ -154,10 +154,13 @@ def grouped_attention_probs(
     allowed = allowed.view(1, 1, 1, n, seq)
     if key_valid is not None:
         allowed = allowed & key_valid.view(batch, 1, 1, 1, seq)
-    logits = logits.masked_fill(~allowed, -math.inf)
+    logits.masked_fill_(~allowed, -math.inf)
     probs = torch.softmax(logits, dim=-1)
-    # A padded query row attends to nothing: its NaNs (softmax of all -inf) become zeros.
-    return torch.nan_to_num(probs, nan=0.0)
+    if key_valid is not None:
+        # A padded query row attends to nothing: its NaNs (softmax of all -inf) become zeros. Without padding
+        # every query sees at least itself, so no row is empty.
+        probs = torch.nan_to_num_(probs, nan=0.0)
+    return probs
 
 
 def query_chunk_size(batch: int, q_heads: int, seq: int) -> int:

@@ -31,9 +31,12 @@ class H2O(Pruner):
         for start in range(0, seq, chunk):
             stop = min(seq, start + chunk)
             positions = torch.arange(start, stop, device=key.device)
-            probs = grouped_attention_probs(query[:, :, start:stop], key, scaling, positions, key_valid)
+            # Causal: queries before ``stop`` see only the keys before it, so the later keys are left out of the
+            # product (half the work of the full rectangle over the prompt).
+            valid = key_valid[:, :stop] if key_valid is not None else None
+            probs = grouped_attention_probs(query[:, :, start:stop], key[:, :, :stop], scaling, positions, valid)
             if key_valid is not None:
                 # Padding queries contribute nothing (their rows are already zero); kept explicit for clarity.
                 probs = probs * key_valid[:, start:stop].view(batch, 1, 1, -1, 1)
-            total += probs.sum(dim=3).mean(dim=2)
+            total[..., :stop] += probs.sum(dim=3).mean(dim=2)
         return total
