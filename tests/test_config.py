@@ -42,7 +42,10 @@ def test_every_option_of_every_group_instantiates(group):
 @pytest.mark.parametrize("experiment", options("experiment"))
 def test_every_experiment_composes_and_sweeps_over_existing_options(experiment):
     cfg = compose_config([f"experiment={experiment}"], return_hydra_config=True)
-    assert cfg.experiment_name
+    # The experiment's values win over config.yaml's (its name names the sweep folder).
+    # (fig1_quant adds runs to fig1's sweep folder.)
+    assert experiment.startswith(cfg.experiment_name) and cfg.experiment_name != "adhoc"
+    assert cfg.hydra.sweep.dir.endswith(f"sweeps/{cfg.experiment_name}")
     for key, values in cfg.hydra.sweeper.params.items():
         group = key.lstrip("+")
         if (CONF / group).is_dir():
@@ -50,6 +53,14 @@ def test_every_experiment_composes_and_sweeps_over_existing_options(experiment):
                 assert value in options(group), f"{experiment}: {group}={value} does not exist"
         else:
             assert key in cfg, f"{experiment} sweeps over {key}, which the config does not have"
+
+
+def test_an_experiment_overrides_the_top_level_defaults():
+    default = compose_config([])
+    demo = compose_config(["experiment=demo"])
+    assert default.budget == 0.0625 and demo.budget == 0.03125
+    # ... and the command line overrides the experiment.
+    assert compose_config(["experiment=demo", "budget=0.125"]).budget == 0.125
 
 
 def test_run_names_are_deterministic_and_differ_between_configurations():
