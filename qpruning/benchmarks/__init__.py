@@ -28,7 +28,10 @@ BENCHMARKS: dict[str, tuple[type[Benchmark], dict[str, Any]]] = {
     "ruler_16k": (Ruler, {"length": 16384}),
     "ruler_small": (
         Ruler,
-        {"length": 4096, "num_samples": 2, "tasks": ["niah_single_1", "niah_multikey_1", "vt", "cwe", "fwe"]},
+        # The tasks SmolLM2-135M solves uncompressed at 4k (100 / 100 / ~60 / ~60): others stay at 0 whatever
+        # the cache, so they would tell nothing about compression.
+        {"length": 4096, "num_samples": 2,
+         "tasks": ["niah_single_2", "niah_single_3", "niah_multivalue", "niah_multiquery"]},
     ),
     "longbench_small": (LongBench, {"limit": 5}),
     "longbench_e_small": (LongBenchE, {"limit": 5}),
