@@ -34,7 +34,7 @@ test: $(STAMP)  ## Run the whole test suite (CPU; a few real end-to-end tests on
 test-fast: $(STAMP)  ## The tests without the slow SmolLM2 end-to-end ones
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
 
-demo: $(STAMP)  ## The token-precision trade-off on SmolLM2 (1x16, 2x8, 4x4), then its report (~10 min on 2 cores)
+demo: $(STAMP)  ## The token-precision trade-off on SmolLM2 (1x16, 2x8, 4x4), then its report (~15 min on 2 cores)
 	bash experiments/demo.sh $(ARGS)
 
 report: $(STAMP)  ## Tables and figures from result folders: make report RUNS="outputs/sweeps/fig2" REPORT_OUT=...
