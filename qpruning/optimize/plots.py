@@ -51,6 +51,7 @@ def allocation_plot(result, space, path: Path, model_name: str) -> None:
 def search_plot(result, path: Path, model_name: str, budget: float) -> None:
     """The objective of every evaluation in order, the best so far, and the uniform starting points."""
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
     values = [e.objective for e in result.history]
     best_so_far, current = [], float("inf")
     for value in values:
@@ -64,6 +65,7 @@ def search_plot(result, path: Path, model_name: str, budget: float) -> None:
             ax.scatter([i], [e.objective], s=50, marker="s", facecolors="none", edgecolors="tab:red")
     ax.scatter([], [], s=50, marker="s", facecolors="none", edgecolors="tab:red", label="uniform 1x16 / 2x8 / 4x4")
     ax.set_xlabel("evaluation")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # evaluations are counted, not measured
     ax.set_ylabel("answer cross-entropy (nats, lower is better)")
     ax.set_title(f"Search progress: {model_name}, budget {budget:g}")
     ax.legend(fontsize=9)
