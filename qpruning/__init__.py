@@ -34,6 +34,8 @@ _EXPORTS = {
     "SnapKV": "qpruning.pruners",
     "StreamingLLM": "qpruning.pruners",
     "get_pruner": "qpruning.pruners",
+    "cache_kwargs": "qpruning.transformers_api",
+    "output_cache": "qpruning.transformers_api",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -5,11 +5,11 @@ queries, and a quantizer stores them at ``bits``; under a memory budget, fewer b
 
 Usage, from plain Python::
 
-    from qpruning import KVCompressor, SnapKV, KIVI
+    from qpruning import KVCompressor, SnapKV, KIVI, cache_kwargs
     compressor = KVCompressor(pruner=SnapKV(), quantizer=KIVI(bits=4), budget=1 / 64)
     with compressor.attach(model):
         cache = compressor.new_cache(model)
-        out = model.generate(**inputs, past_key_values=cache, max_new_tokens=32)
+        out = model.generate(**inputs, **cache_kwargs(model, cache), max_new_tokens=32)
     print(cache.summary())   # bytes held, measured; kept tokens
 
 ``attach`` adds a forward pre-hook to the model's decoder and switches that model's attention to qpruning's
@@ -33,6 +33,7 @@ from qpruning.cache.cache import QPrunedCache
 from qpruning.cache.context import reset_active_cache, set_active_cache
 from qpruning.cache.quantizers import KIVI, KVQuantizer
 from qpruning.pruners.base import NoPruner, Pruner, select_tokens
+from qpruning.transformers_api import cache_argument, forward_cache, set_forward_cache
 
 logger = logging.getLogger(__name__)
 
@@ -218,10 +219,12 @@ class KVCompressor:
         previous = config._attn_implementation
         name = attention.register(previous)
         decoder = model.get_decoder()
+        # The name the installed transformers gives the cache argument of the decoder's forward.
+        cache_name = cache_argument(decoder)
         tokens: list = []
 
         def before(module, args, kwargs):
-            cache = kwargs.get("past_key_values")
+            cache = forward_cache(kwargs, cache_name)
             use_cache = kwargs.get("use_cache")
             if use_cache is None:
                 use_cache = getattr(config, "use_cache", True)
@@ -231,7 +234,7 @@ class KVCompressor:
                     return args, kwargs
                 cache = QPrunedCache(config.num_hidden_layers, compressor=self)
                 cache.plans = plans
-                kwargs["past_key_values"] = cache
+                set_forward_cache(kwargs, cache_name, cache)
             elif not isinstance(cache, QPrunedCache):
                 raise TypeError(
                     f"A {type(cache).__name__} that already holds tokens cannot be compressed; start from an empty "

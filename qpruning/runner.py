@@ -30,6 +30,7 @@ from qpruning.benchmarks import Benchmark, SampleError
 from qpruning.compressor import KVCompressor
 from qpruning.loggers import NullLogger, RunLogger
 from qpruning.models import ModelSpec
+from qpruning.transformers_api import cache_kwargs
 
 logger = logging.getLogger(__name__)
 
@@ -251,7 +252,7 @@ class Runner:
         kwargs = dict(self.benchmark.generation_kwargs(sample, tokenizer))
         kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
         output = model.generate(
-            input_ids, attention_mask=torch.ones_like(input_ids), past_key_values=self.compressor.new_cache(model),
+            input_ids, attention_mask=torch.ones_like(input_ids), **cache_kwargs(model, self.compressor.new_cache(model)),
             **kwargs,
         )
         text = tokenizer.decode(output[0, len(ids):], skip_special_tokens=True)

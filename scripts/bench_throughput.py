@@ -113,6 +113,8 @@ def build_model(torch, name: str, small: bool, device, dtype):
 
 def run_setting(torch, model, compressor, batch: int, args, device) -> dict:
     """Prefill, warm up, then time ``args.steps`` decode steps; returns timings and memory."""
+    from qpruning import cache_kwargs
+
     vocab = model.config.vocab_size
     gen = torch.Generator(device="cpu").manual_seed(args.seed + batch)
     prompt = torch.randint(3, vocab, (batch, args.prompt), generator=gen).to(device)
@@ -122,17 +124,17 @@ def run_setting(torch, model, compressor, batch: int, args, device) -> dict:
     with torch.no_grad(), compressor.attach(model):
         for _ in range(args.repeats):
             cache = compressor.new_cache(model)
-            out = model(input_ids=prompt, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            out = model(input_ids=prompt, **cache_kwargs(model, cache), use_cache=True, logits_to_keep=1)
             summary = getattr(cache, "prefill_summary", None) or cache.summary()
             kv_prefill = summary["kv_bytes"]
             next_ids = out.logits[:, -1:].argmax(-1)
             del out
             for _ in range(args.warmup_steps):
-                next_ids = model(input_ids=next_ids, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
+                next_ids = model(input_ids=next_ids, **cache_kwargs(model, cache), use_cache=True).logits[:, -1:].argmax(-1)
             sync()
             t0 = time.perf_counter()
             for _ in range(args.steps):
-                next_ids = model(input_ids=next_ids, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
+                next_ids = model(input_ids=next_ids, **cache_kwargs(model, cache), use_cache=True).logits[:, -1:].argmax(-1)
             sync()
             times.append(time.perf_counter() - t0)
             kv_end = cache.summary()["kv_bytes"]

@@ -58,6 +58,7 @@ from qpruning.benchmarks.longbench.metrics import qa_f1_score  # noqa: E402
 from qpruning.benchmarks.niah import NEEDLE, QUESTION, NeedleInAHaystack  # noqa: E402
 from qpruning.models import ModelSpec  # noqa: E402
 from qpruning.pruners.headkv import SCORES_FORMAT  # noqa: E402
+from qpruning.transformers_api import cache_kwargs, output_cache  # noqa: E402
 
 logger = logging.getLogger("compute_head_scores")
 
@@ -192,15 +193,15 @@ def probe(
     # Prefill all but the last prompt token; the last one is the first decoding step, whose attention counts
     # (it produces the first answer token), as in the reference code.
     out = model(input_ids=ids[:, :-1], use_cache=True, logits_to_keep=1)
-    past = out.past_key_values
+    past = output_cache(out)
     token = ids[:, -1:]
     scores: torch.Tensor | None = None
     generated: list[int] = []
     matches = 0
     steps = n_answer if teacher_forcing or not max_new_tokens else max_new_tokens
     for step in range(steps):
-        out = model(input_ids=token, past_key_values=past, use_cache=True, output_attentions=True)
-        past = out.past_key_values
+        out = model(input_ids=token, **cache_kwargs(model, past), use_cache=True, output_attentions=True)
+        past = output_cache(out)
         attention = torch.stack([a[0, :, -1].float() for a in out.attentions])  # [layers, q_heads, T]
         k = min(n_span, attention.shape[-1])
         values, index = attention.topk(k, dim=-1)

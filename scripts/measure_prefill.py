@@ -25,6 +25,7 @@ import torch
 from qpruning import H2O, KIVI, FlexGen, KVCompressor, NoPruner, PyramidKV, SnapKV, StreamingLLM
 from qpruning.benchmarks.common import essay_files
 from qpruning.models import ModelSpec
+from qpruning.transformers_api import cache_kwargs
 
 
 def configurations(budget: float) -> list[tuple[str, KVCompressor]]:
@@ -72,14 +73,14 @@ def main() -> None:
                 with compressor.attach(model):
                     cache = compressor.new_cache(model)
                     start = time.perf_counter()
-                    model(ids, past_key_values=cache, logits_to_keep=1)
+                    model(ids, **cache_kwargs(model, cache), logits_to_keep=1)
                     times[name].append(time.perf_counter() - start)
                 summaries[name] = cache.prefill_summary
             print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr, flush=True)
 
     base = statistics.median(times[configs[0][0]])
     rows = []
-    for name, compressor in configs:
+    for name, _compressor in configs:
         summary = summaries[name]
         held = summary["bytes"]
         median = statistics.median(times[name])

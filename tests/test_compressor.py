@@ -21,6 +21,7 @@ from qpruning import (
     StreamingLLM,
 )
 from qpruning.models import tiny_config
+from qpruning.transformers_api import cache_kwargs, output_cache
 
 PRUNERS = [NoPruner, StreamingLLM, H2O, SnapKV, PyramidKV]
 QUANTIZERS = [KIVI, FlexGen, KIVIOutlier, FlexGenOutlier, HQQ]
@@ -38,7 +39,7 @@ def generate(model, ids, compressor=None, new_tokens=6, **kwargs):
         return model.generate(ids, **options), None
     with compressor.attach(model):
         cache = compressor.new_cache(model)
-        out = model.generate(ids, past_key_values=cache, **options)
+        out = model.generate(ids, **cache_kwargs(model, cache), **options)
     return out, cache
 
 
@@ -68,12 +69,12 @@ def test_hand_written_decode_loop_equals_generate(tiny_models):
     with compressor.attach(model), torch.no_grad():
         cache = compressor.new_cache(model)
         # logits_to_keep=1, as generate does: the same matmul shapes give the same bits.
-        step = model(ids, past_key_values=cache, logits_to_keep=1)
+        step = model(ids, **cache_kwargs(model, cache), logits_to_keep=1)
         for i in range(40):
             logits.append(step.logits[:, -1])
             token = step.logits[:, -1].argmax(-1, keepdim=True)
             position = torch.tensor([[ids.shape[1] + i]])
-            step = model(token, past_key_values=cache, position_ids=position, logits_to_keep=1)
+            step = model(token, **cache_kwargs(model, cache), position_ids=position, logits_to_keep=1)
     for ours, theirs in zip(logits, out.logits):
         assert torch.equal(ours, theirs)
     # 40 decoded tokens went through the residual window: one block of 32 quantized, 8 waiting.
@@ -86,7 +87,7 @@ def masked_reference_logits(model, ids, keep_positions, steps):
     """Uncompressed model, decoding with a 4-D mask that hides the positions a pruner dropped."""
     with torch.no_grad():
         out = model(ids)
-        cache, logits = out.past_key_values, [out.logits[:, -1]]
+        cache, logits = output_cache(out), [out.logits[:, -1]]
         allowed = torch.zeros(ids.shape[1], dtype=torch.bool)
         allowed[keep_positions] = True
         for i in range(steps):
@@ -94,7 +95,7 @@ def masked_reference_logits(model, ids, keep_positions, steps):
             allowed = torch.cat([allowed, torch.ones(1, dtype=torch.bool)])
             mask = allowed.view(1, 1, 1, -1)
             position = torch.tensor([[ids.shape[1] + i]])
-            out = model(token, past_key_values=cache, attention_mask=mask, position_ids=position)
+            out = model(token, **cache_kwargs(model, cache), attention_mask=mask, position_ids=position)
             logits.append(out.logits[:, -1])
     return logits
 
@@ -112,9 +113,9 @@ def test_decoding_after_pruning_continues_at_the_original_positions(tiny_models)
     # The comparison can fail: decoding at the compacted positions (72, 73, ...) gives other logits.
     with compressor.attach(model), torch.no_grad():
         cache = compressor.new_cache(model)
-        first = model(ids, past_key_values=cache).logits[:, -1]
+        first = model(ids, **cache_kwargs(model, cache)).logits[:, -1]
         token = first.argmax(-1, keepdim=True)
-        wrong = model(token, past_key_values=cache, position_ids=torch.tensor([[72]])).logits[:, -1]
+        wrong = model(token, **cache_kwargs(model, cache), position_ids=torch.tensor([[72]])).logits[:, -1]
     assert not torch.allclose(wrong, expected[1], rtol=1e-3, atol=1e-3)
 
 
@@ -167,9 +168,9 @@ def test_a_compressed_cache_refuses_to_be_read_outside_attach(tiny_models):
     ids = prompt(150)
     with compressor.attach(model), torch.no_grad():
         cache = compressor.new_cache(model)
-        model(ids, past_key_values=cache)
+        model(ids, **cache_kwargs(model, cache))
     with pytest.raises(RuntimeError, match="attach"), torch.no_grad():
-        model(ids[:, :1], past_key_values=cache)
+        model(ids[:, :1], **cache_kwargs(model, cache))
 
 
 def test_attach_compresses_the_cache_that_generate_creates(tiny_models):

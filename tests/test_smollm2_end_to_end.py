@@ -8,6 +8,7 @@ import torch
 
 from qpruning import KIVI, KVCompressor, SnapKV
 from qpruning.benchmarks import get_benchmark
+from qpruning.transformers_api import cache_kwargs
 
 
 @pytest.mark.slow
@@ -22,7 +23,7 @@ def test_smollm2_finds_a_needle_in_3k_tokens_with_snapkv_at_an_eighth_of_the_mem
     with compressor.attach(model), torch.inference_mode():
         cache = compressor.new_cache(model)
         out = model.generate(
-            torch.tensor([ids]), past_key_values=cache, pad_token_id=tokenizer.eos_token_id,
+            torch.tensor([ids]), **cache_kwargs(model, cache), pad_token_id=tokenizer.eos_token_id,
             **bench.generation_kwargs(sample, tokenizer),
         )
     prediction = bench.postprocess(sample, tokenizer.decode(out[0, len(ids):], skip_special_tokens=True))

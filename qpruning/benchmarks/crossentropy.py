@@ -21,6 +21,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from qpruning.transformers_api import cache_kwargs, output_cache
+
 from .base import Benchmark, BenchmarkConfigError, DataNotFoundError, Sample, SampleError
 from .common import essay_files
 from .longbench import data as lb_data
@@ -207,7 +209,7 @@ def continuation_cross_entropy(
 ) -> float:
     """Mean token cross-entropy (nats) of ``continuation_ids`` given ``input_ids_prefix``, through a cache.
 
-    The prefix runs in one forward pass with ``past_key_values=cache`` (``None``: the model's default dynamic
+    The prefix runs in one forward pass with the given cache (``None``: the model's default dynamic
     cache), so a compressing cache compresses it exactly as it would before generation. The logits of the last
     prefix position predict the first continuation token; the continuation is then fed through the same cache,
     ``chunk_size`` tokens per forward pass (1: token by token, as decoding does; ``None``: all at once), each
@@ -236,20 +238,20 @@ def continuation_cross_entropy(
         out = model(
             input_ids=prefix,
             position_ids=torch.arange(prefix_len, device=device).unsqueeze(0),
-            past_key_values=cache,
             use_cache=True,
+            **cache_kwargs(model, cache),
             **keep_last,
         )
-        cache = out.past_key_values
+        cache = output_cache(out)
         total += F.cross_entropy(out.logits[0, -1:].float(), target[:1], reduction="sum").double()
         inputs = target[:-1]
         for start in range(0, cont_len - 1, step):
             chunk = inputs[start : start + step].unsqueeze(0)
             positions = torch.arange(prefix_len + start, prefix_len + start + chunk.shape[1], device=device)
             out = model(
-                input_ids=chunk, position_ids=positions.unsqueeze(0), past_key_values=cache, use_cache=True
+                input_ids=chunk, position_ids=positions.unsqueeze(0), use_cache=True, **cache_kwargs(model, cache)
             )
-            cache = out.past_key_values
+            cache = output_cache(out)
             labels = target[start + 1 : start + 1 + chunk.shape[1]]
             total += F.cross_entropy(out.logits[0].float(), labels, reduction="sum").double()
     return float(total / cont_len)

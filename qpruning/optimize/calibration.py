@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from qpruning.cache.cache import QPrunedCache
 from qpruning.compressor import KVCompressor
+from qpruning.transformers_api import cache_kwargs
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def record_prefill(model, input_ids: torch.Tensor) -> list[tuple[torch.Tensor, t
     """Every layer's post-RoPE queries, keys, values and attention scaling for one prompt."""
     recorder = _PrefillRecorder()
     with recorder.attach(model), torch.inference_mode():
-        model(input_ids, past_key_values=recorder.new_cache(model), logits_to_keep=1)
+        model(input_ids, **cache_kwargs(model, recorder.new_cache(model)), logits_to_keep=1)
     return recorder.recorded
 
 
@@ -87,5 +88,5 @@ def answer_cross_entropy(model, compressor: KVCompressor, prompt: RecordedPrompt
     inputs = answer[:-1].unsqueeze(0)
     positions = torch.arange(prompt.length, prompt.length + inputs.shape[1]).unsqueeze(0)
     with compressor.attach(model), torch.inference_mode():
-        logits = model(inputs, past_key_values=cache, position_ids=positions).logits[0]
+        logits = model(inputs, **cache_kwargs(model, cache), position_ids=positions).logits[0]
     return F.cross_entropy(logits.float(), answer[1:]).item(), summary

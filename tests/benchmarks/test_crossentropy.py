@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from qpruning.benchmarks import BenchmarkConfigError, CrossEntropy, SampleError, continuation_cross_entropy
+from qpruning.transformers_api import cache_kwargs
 
 
 class PrefillPruningCache(DynamicCache):
@@ -70,13 +71,13 @@ def test_pruned_cache_is_causal_and_keeps_original_positions(tiny):
     # reference by hand: the kept prefix entries at their original positions, then the continuation at 64, 65...
     with torch.no_grad():
         ref_cache = DynamicCache()
-        model(torch.tensor([prefix]), past_key_values=ref_cache, use_cache=True)
+        model(torch.tensor([prefix]), **cache_kwargs(model, ref_cache), use_cache=True)
         keep = list(range(4)) + list(range(56, 64))
         for layer in ref_cache.layers:
             layer.keys, layer.values = layer.keys[:, :, keep], layer.values[:, :, keep]
         logits_last = model(torch.tensor([prefix])).logits[0, -1]
         positions = torch.arange(64, 64 + len(continuation) - 1).unsqueeze(0)
-        out = model(torch.tensor([continuation[:-1]]), position_ids=positions, past_key_values=ref_cache)
+        out = model(torch.tensor([continuation[:-1]]), position_ids=positions, **cache_kwargs(model, ref_cache))
         logits = torch.cat([logits_last[None], out.logits[0]])
     expected = F.cross_entropy(logits, torch.tensor(continuation)).item()
     assert token_by_token == pytest.approx(expected, rel=1e-5)

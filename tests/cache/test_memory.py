@@ -7,6 +7,7 @@ from qpruning import KIVI, FlexGen, KIVIOutlier, KVCompressor, SnapKV
 from qpruning.cache.budget import row_bytes, tokens_for_budget
 from qpruning.cache.layer import CompressedLayer
 from qpruning.cache.quantizers import KVQuantizer
+from qpruning.transformers_api import cache_kwargs
 
 BATCH, HEADS, SEQ, DIM = 2, 3, 300, 128
 
@@ -106,7 +107,7 @@ def test_four_times_the_tokens_at_4_bit_cost_at_most_115_percent_of_16_bit(tiny_
         compressor = KVCompressor(pruner=SnapKV(), quantizer=KIVI(bits=bits, group_size=64), tokens=tokens)
         with compressor.attach(model), torch.no_grad():
             cache = compressor.new_cache(model)
-            model(ids, past_key_values=cache)
+            model(ids, **cache_kwargs(model, cache))
         held[bits] = cache.summary()
         assert held[bits]["kept_tokens"] == tokens
     ratio = held[4]["kv_bytes"] / held[16]["kv_bytes"]

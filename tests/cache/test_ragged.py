@@ -14,6 +14,7 @@ from qpruning.cache.layer import CompressedLayer, reference_attention
 from qpruning.cache.segments import gather_rows
 from qpruning.pruners import AdaKV, HeadKV
 from qpruning.pruners import base as pruner_base
+from qpruning.transformers_api import cache_kwargs
 
 BATCH, KV_HEADS, Q_HEADS, SEQ, DIM = 2, 3, 6, 160, 64
 SCALE = DIM**-0.5
@@ -179,11 +180,11 @@ def test_model_cache_holds_each_heads_selected_tokens(pruner_factory, tiny_model
     ids = torch.randint(100, 40000, (1, 300), generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
         plain = DynamicCache()
-        model(ids, past_key_values=plain)
+        model(ids, **cache_kwargs(model, plain))
         compressor = KVCompressor(pruner=pruner, quantizer=FlexGen(bits=16), tokens=48, storage_dtype="model")
         with compressor.attach(model):
             cache = compressor.new_cache(model)
-            model(ids, past_key_values=cache)
+            model(ids, **cache_kwargs(model, cache))
     heads = config.num_key_value_heads
     lengths_seen = set()
     for index, layer in enumerate(cache.layers):
@@ -205,7 +206,7 @@ def test_same_budget_under_snapkv_holds_the_same_number_of_rows(tiny_models):
         compressor = KVCompressor(pruner=pruner, quantizer=FlexGen(bits=4), tokens=40)
         with compressor.attach(model), torch.no_grad():
             cache = compressor.new_cache(model)
-            model(ids, past_key_values=cache)
+            model(ids, **cache_kwargs(model, cache))
         layers[pruner.name] = cache.layers
     for snap, ada in zip(layers["snapkv"], layers["adakv"]):
         assert snap.prefix[0].uniform_length == 40

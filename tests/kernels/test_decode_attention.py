@@ -25,6 +25,7 @@ pytest.importorskip("numpy", reason="Triton's interpreter needs numpy")
 from qpruning.cache.layer import CompressedLayer, reference_attention  # noqa: E402
 from qpruning.cache.quantizers import KIVI, FlexGen, FlexGenOutlier, KIVIOutlier  # noqa: E402
 from qpruning.kernels import decode_attention as da  # noqa: E402
+from qpruning.transformers_api import cache_kwargs
 
 INTERPRETED = da.interpreting()
 DEVICE = torch.device("cuda" if torch.cuda.is_available() and not INTERPRETED else "cpu")
@@ -281,10 +282,10 @@ def test_tiny_model_decoding_through_the_kernel_matches_the_reference_path():
         out = []
         with torch.no_grad(), compressor.attach(model):
             cache = compressor.new_cache(model)
-            model(prompt, past_key_values=cache, use_cache=True)
+            model(prompt, **cache_kwargs(model, cache), use_cache=True)
             assert all(layer.use_kernel == (kernel == "on") for layer in cache.layers)
             for i in range(steps.shape[1]):
-                out.append(model(steps[:, i : i + 1], past_key_values=cache, use_cache=True).logits[:, -1])
+                out.append(model(steps[:, i : i + 1], **cache_kwargs(model, cache), use_cache=True).logits[:, -1])
         return torch.stack(out)
 
     reference = decode_logits("off")

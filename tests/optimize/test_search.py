@@ -16,6 +16,7 @@ from qpruning.optimize.calibration import (
 )
 from qpruning.optimize.driver import make_objective
 from qpruning.optimize.search import EvaluationCache, SearchSpace, greedy_search
+from qpruning.transformers_api import cache_kwargs
 
 GEOMETRY = Geometry(num_layers=8, kv_heads=2, head_dim=128)
 
@@ -135,9 +136,9 @@ def test_the_recorded_prefill_gives_the_same_cache_as_a_live_prefill(tiny_models
     recorded_ce, recorded_summary = answer_cross_entropy(model, compressor, prompt)
     with compressor.attach(model), torch.inference_mode():
         cache = compressor.new_cache(model)
-        model(ids, past_key_values=cache)
+        model(ids, **cache_kwargs(model, cache))
         positions = torch.arange(700, 700 + len(answer) - 1).unsqueeze(0)
-        logits = model(answer[:-1].unsqueeze(0), past_key_values=cache, position_ids=positions).logits[0]
+        logits = model(answer[:-1].unsqueeze(0), **cache_kwargs(model, cache), position_ids=positions).logits[0]
     live_ce = torch.nn.functional.cross_entropy(logits.float(), answer[1:]).item()
     assert cache.prefill_summary["bytes"] == recorded_summary["bytes"]
     assert recorded_ce == pytest.approx(live_ce, abs=1e-5)

@@ -14,6 +14,7 @@ from qpruning import KIVI, FlexGen, KVCompressor, SnapKV
 from qpruning.head_scores import shipped_path
 from qpruning.pruners import AdaKV, HeadKV, get_pruner, load_head_scores, select_tokens
 from qpruning.pruners.headkv import SCORES_FORMAT, allocate_head_budgets
+from qpruning.transformers_api import cache_kwargs
 
 BATCH, Q_HEADS, KV_HEADS, SEQ, DIM = 2, 8, 4, 120, 16
 SCALE = DIM**-0.5
@@ -291,7 +292,7 @@ def test_bits16_with_budget_above_length_reproduces_uncompressed_logits_and_toke
         plain = model.generate(ids, **kwargs)
         compressor = KVCompressor(pruner=pruner, quantizer=FlexGen(bits=16), tokens=256)
         with compressor.attach(model):
-            ours = model.generate(ids, past_key_values=compressor.new_cache(model), **kwargs)
+            ours = model.generate(ids, **cache_kwargs(model, compressor.new_cache(model)), **kwargs)
     assert torch.equal(ours.sequences, plain.sequences)
     for a, b in zip(ours.logits, plain.logits):
         assert torch.equal(a, b)
@@ -307,7 +308,7 @@ def test_bytes_held_equal_the_formula_to_the_byte(name, quantizer, tiny_models, 
     compressor = KVCompressor(pruner=pruner, quantizer=quantizer, tokens=100)
     with compressor.attach(model), torch.no_grad():
         cache = compressor.new_cache(model)
-        model(ids, past_key_values=cache)
+        model(ids, **cache_kwargs(model, cache))
     d = model.config.head_dim
     for layer in cache.layers:
         rows = layer.kept_per_row.tolist()
@@ -338,7 +339,7 @@ def test_bytes_fall_in_proportion_to_the_budget_and_equal_snapkvs_at_the_same_bu
             compressor = KVCompressor(pruner=pruner, quantizer=FlexGen(bits=4), tokens=tokens)
             with compressor.attach(model), torch.no_grad():
                 cache = compressor.new_cache(model)
-                model(ids, past_key_values=cache)
+                model(ids, **cache_kwargs(model, cache))
             bytes_ = cache.nbytes()
             held[pruner_name, tokens] = (bytes_["total"], bytes_["total"] - bytes_["index"])
     for tokens in (40, 80, 160):
