@@ -23,8 +23,9 @@ qpruning's kernel compares with 1x16 in a plain cache and with 4x4 the transform
 
 Outputs: ``<out>.csv`` (kernel on: the format of ``docs/report.md``'s throughput CSV, which feeds Table 4 through
 ``python -m qpruning.report ... --throughput <out>.csv``), ``<out>-kernel-off.csv`` (the reference path, same
-columns) ``<out>-transformers.csv`` (``--caches dynamic hqq``) and ``<out>.md`` (all side by side). The CSVs are separate because the report keys a measurement
-by (model, device, tokens, bits, batch, pruner, quant): kernel on and off would overwrite each other there.
+columns), ``<out>-transformers.csv`` (``--caches dynamic hqq``) and ``<out>.md`` (all side by side). The CSVs are
+separate because the report keys a measurement by (model, device, tokens, bits, batch, pruner, quant): kernel on
+and off would overwrite each other there.
 """
 
 from __future__ import annotations
@@ -148,10 +149,13 @@ def transformers_cache_bytes(cache) -> int:
 
 
 class TransformersCaches:
-    """``new_cache``/``attach``/``plan`` of :class:`qpruning.KVCompressor` for transformers' own caches."""
+    """What :func:`run_setting` uses of a :class:`qpruning.KVCompressor` (``new_cache``, ``attach``), for
+    transformers' own caches, plus ``summary`` (the bytes they hold)."""
 
-    def __init__(self, kind: str, bits: int, tokens: int, group_size: int, axis: int) -> None:
-        self.kind, self.bits, self.tokens, self.group_size, self.axis = kind, bits, tokens, group_size, axis
+    def __init__(self, kind: str, bits: int, group_size: int, axis: int) -> None:
+        if kind not in CACHE_LABELS:
+            raise ValueError(f"cache {kind!r} is not allowed; use one of {', '.join(CACHE_LABELS)}")
+        self.kind, self.bits, self.group_size, self.axis = kind, bits, group_size, axis
 
     def new_cache(self, model):
         from transformers import DynamicCache, QuantizedCache
@@ -252,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
             tokens = KVCompressor(
                 pruner=SnapKV(), quantizer=quantizer, budget=args.budget, full_cache_tokens=args.full_cache_tokens
             ).plan(model.config)[0].tokens
-            for cache_kind, kernel, compressor in cache_settings(args, kernels, quantizer, tokens, KVCompressor, SnapKV):
+            for cache_kind, kernel, compressor in cache_settings(args, kernels, quantizer, KVCompressor, SnapKV):
                 qpruning_cache = cache_kind == "qpruning"
                 for batch in args.batch:
                     row = {
@@ -307,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def cache_settings(args, kernels, quantizer, tokens: int, compressor_cls, pruner_cls):
+def cache_settings(args, kernels, quantizer, compressor_cls, pruner_cls):
     """``(cache, kernel label, compressor)`` of one bit width: qpruning per kernel setting, then transformers'
     cache of that width (DynamicCache at 16 bits, QuantizedCache(HQQ) below) when ``--caches`` names it."""
     out = []
@@ -321,7 +325,7 @@ def cache_settings(args, kernels, quantizer, tokens: int, compressor_cls, pruner
     kind = "dynamic" if quantizer.bits == 16 else "hqq"
     if kind in args.caches:
         out.append((kind, CACHE_LABELS[kind],
-                    TransformersCaches(kind, quantizer.bits, tokens, args.group_size, args.hqq_axis)))
+                    TransformersCaches(kind, quantizer.bits, args.group_size, args.hqq_axis)))
     return out
 
 

@@ -73,6 +73,7 @@ def test_junit_rows_read_outcomes_and_messages(tmp_path):
         '<testcase classname="tests.t" name="test_ok" time="0.5"/>'
         '<testcase classname="tests.t" name="test_bad" time="1"><failure message="assert 1 == 2">x</failure></testcase>'
         '<testcase classname="tests.t" name="test_skip" time="0"><skipped message="no GPU"/></testcase>'
+        '<testcase classname="" name="" time="0"/>'  # what an interrupted session adds
         "</testsuite></testsuites>"
     )
     rows = gpu_check.junit_rows(xml, "kernels")
