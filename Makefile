@@ -80,3 +80,15 @@ format: $(STAMP)  ## ruff format + import sorting
 
 clean:  ## Remove the environment and run outputs (not results/)
 	rm -rf $(VENV) $(LATEST) outputs multirun .pytest_cache .ruff_cache
+
+# --- GPU check (issue 18): wheels for a lent GPU machine, and the one prepared check (docs/gpu.md) ---
+.PHONY: gpu-wheelhouse gpu-check gpu-check-cpu
+
+gpu-wheelhouse:  ## Download into .whl/ the wheels a lent GPU machine lacks (needs a registry; ~16 MiB)
+	PIP="$(PYTHON) -m pip" bash scripts/gpu_wheelhouse.sh
+
+gpu-check:  ## On a GPU machine: install .whl/ (never its torch) and run the GPU check (writes into OUT; docs/gpu.md)
+	bash scripts/gpu_check.sh $(ARGS)
+
+gpu-check-cpu: $(STAMP)  ## The GPU check end to end on CPU (tiny shapes, kernels interpreted): a smoke run
+	PYTHON=$(PY) bash scripts/gpu_check.sh --device cpu --small $(ARGS)

@@ -251,9 +251,13 @@ class ModelSpec:
 
     def load(self):
         """Load ``(model, tokenizer)`` in eval mode on the configured device."""
+        tokenizer = self.load_tokenizer()
+        return self.load_model(), tokenizer
+
+    def load_model(self):
+        """Load the model alone, in eval mode on the configured device (a tiny model needs no tokenizer file)."""
         from transformers import AutoModelForCausalLM
 
-        tokenizer = self.load_tokenizer()
         dtype = self.resolved_dtype()
         attn = self.resolved_attn_implementation()
         if self.is_tiny:
@@ -278,8 +282,7 @@ class ModelSpec:
             model = AutoModelForCausalLM.from_pretrained(self._source(), **kwargs)
             if not self.device_map:
                 model = model.to(self.resolved_device())
-        model.eval()
-        return model, tokenizer
+        return model.eval()
 
 
 def tiny_model(architecture: str = "llama", seed: int = 0, **config_overrides):

@@ -23,6 +23,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 TINY_ARCHITECTURES = ("llama", "mistral", "qwen2")
 
+# Tests marked ``device`` run where these say (scripts/gpu_check.py runs them on CUDA in bfloat16); by default
+# on the CPU in float32, like every other test.
+TEST_DEVICE = os.environ.get("QPRUNING_TEST_DEVICE", "cpu")
+TEST_DTYPE = os.environ.get("QPRUNING_TEST_DTYPE", "float32")
+
 
 @pytest.fixture(scope="session")
 def tiny_models():
@@ -34,6 +39,26 @@ def tiny_models():
     def get(architecture: str = "llama"):
         if architecture not in built:
             built[architecture] = tiny_model(architecture)
+        return built[architecture]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_lm():
+    """Tiny random models without a tokenizer, on ``QPRUNING_TEST_DEVICE`` in ``QPRUNING_TEST_DTYPE``:
+    ``tiny_lm("llama") -> model`` (default: CPU, float32, the weights of ``tiny_models``)."""
+    from qpruning.models import ModelSpec
+
+    if TEST_DEVICE == "cuda" and not torch.cuda.is_available():
+        pytest.skip("QPRUNING_TEST_DEVICE=cuda but no CUDA device is visible")
+    built: dict[str, torch.nn.Module] = {}
+
+    def get(architecture: str = "llama"):
+        if architecture not in built:
+            spec = ModelSpec(name=f"tiny_{architecture}", name_or_path=f"tiny:{architecture}", dtype=TEST_DTYPE,
+                             attn_implementation="sdpa", device=TEST_DEVICE)
+            built[architecture] = spec.load_model()
         return built[architecture]
 
     return get

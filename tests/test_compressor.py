@@ -43,11 +43,13 @@ def generate(model, ids, compressor=None, new_tokens=6, **kwargs):
     return out, cache
 
 
+@pytest.mark.device
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 @pytest.mark.parametrize("pruner_cls", PRUNERS)
-def test_bits16_with_budget_at_or_above_length_reproduces_uncompressed_logits(architecture, pruner_cls, tiny_models):
-    model, _ = tiny_models(architecture)
-    ids = prompt(90, seed=3)
+def test_bits16_with_budget_at_or_above_length_reproduces_uncompressed_logits(architecture, pruner_cls, tiny_lm):
+    # On the CPU in float32 by default; the GPU check runs it on CUDA in bfloat16 (QPRUNING_TEST_DEVICE/DTYPE).
+    model = tiny_lm(architecture)
+    ids = prompt(90, seed=3).to(model.device)
     reference, _ = generate(model, ids)
     for quantizer_cls in QUANTIZERS:
         for tokens in (90, 500):

@@ -127,6 +127,21 @@ def test_bf16_kernel_matches_reference_at_bf16_level(method, bits):
     check(layer, 4, BF16_LEVEL)
 
 
+@pytest.mark.parametrize("group_size", [32, 64, 128])
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("method", ["kivi", "flexgen"])
+def test_every_layout_in_bfloat16_matches_reference_at_bf16_level(method, bits, group_size):
+    # What a bfloat16 model runs (the GPU check's setting): bf16 storage, query and output, ragged rows and a
+    # residual window, every width and group size; the kernel's bf16 operands against the reference's float32.
+    layer = build_layer(QUANTIZERS[method](bits=bits, group_size=group_size), batch=2, seq=170, ragged=True,
+                        residual=5, dtype=torch.bfloat16)
+    query = random_query(layer, 2, dtype=torch.bfloat16)
+    ref = reference_attention(layer, query, HEAD_DIM**-0.5)
+    out = da.attend_layer(layer, query, HEAD_DIM**-0.5)
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+    assert relative_error(out, ref) < BF16_LEVEL
+
+
 def test_sixteen_bit_layer_is_one_plain_segment_plus_residual():
     layer = build_layer(KIVI(bits=16), seq=100, residual=7)
     assert [s.quantized for s in layer.segments()] == [False, False]

@@ -23,11 +23,18 @@ import string
 from collections import Counter
 from collections.abc import Callable, Sequence
 
-import jieba
 from fuzzywuzzy import fuzz
 from rouge import Rouge
 
 from .prompts import FIRST_LINE_DATASETS, LENGTH_BUCKETS, length_bucket
+
+
+def _jieba_cut(text: str) -> list[str]:
+    """jieba's accurate-mode segmentation, imported on first use (only the Chinese datasets need jieba)."""
+    import jieba
+
+    return list(jieba.cut(text, cut_all=False))
+
 
 _CN_PUNCTUATION = "！？｡。＂＃＄％＆＇（）＊＋，－／：；＜＝＞＠［＼］＾＿｀｛｜｝～｟｠｢｣､、〃》「」『』【】〔〕〖〗〘〙〚〛〜〝〞〟〰〾〿–—‘’‛“”„‟…‧﹏."
 _EN_PUNCTUATION = frozenset(string.punctuation)
@@ -121,8 +128,8 @@ def rouge_score(prediction: str, ground_truth: str, **kwargs) -> float:
 
 def rouge_zh_score(prediction: str, ground_truth: str, **kwargs) -> float:
     """dureader, vcsum: :func:`rouge_score` on jieba-segmented text joined by spaces."""
-    prediction = " ".join(jieba.cut(prediction, cut_all=False))
-    ground_truth = " ".join(jieba.cut(ground_truth, cut_all=False))
+    prediction = " ".join(_jieba_cut(prediction))
+    ground_truth = " ".join(_jieba_cut(ground_truth))
     return rouge_score(prediction, ground_truth)
 
 
@@ -144,8 +151,8 @@ def qa_f1_score(prediction: str, ground_truth: str, **kwargs) -> float:
 
 def qa_f1_zh_score(prediction: str, ground_truth: str, **kwargs) -> float:
     """Chinese QA: :func:`f1_score` of jieba tokens, each normalized, empty ones dropped."""
-    pred_tokens = [normalize_zh_answer(t) for t in jieba.cut(prediction, cut_all=False)]
-    gt_tokens = [normalize_zh_answer(t) for t in jieba.cut(ground_truth, cut_all=False)]
+    pred_tokens = [normalize_zh_answer(t) for t in _jieba_cut(prediction)]
+    gt_tokens = [normalize_zh_answer(t) for t in _jieba_cut(ground_truth)]
     return f1_score([t for t in pred_tokens if t], [t for t in gt_tokens if t])
 
 

