@@ -9,7 +9,7 @@
 # Every wheel here is pure Python except regex (cp312); none is torch, triton or a CUDA library, so installing
 # them (scripts/gpu_check.sh: pip install --no-deps --target) cannot touch the machine's torch.
 #
-# The versions are those of the project's development environment (pip freeze of the shared .venv).
+# The versions are the lock's (requirements/lock.txt): the GPU check tests what CI tests.
 # Not here: wandb (binary, and the check never logs to W&B), jieba (19 MB; only LongBench's Chinese metrics
 # import it, lazily), python-Levenshtein (optional speed-up of fuzzywuzzy) and the SmolLM2 GGUF (94 MB:
 # over the 64 MiB a run carries; docs/gpu.md, part d).
@@ -23,29 +23,19 @@ DEST=${DEST:-.whl}
 PIP=${PIP:-python3 -m pip}
 MAX_MIB=${MAX_MIB:-50}
 
+LOCK=${LOCK:-requirements/lock.txt}
+pinned() {  # NAME... -> NAME==VERSION from the lock (names compared case-insensitively)
+    local name line
+    for name in "$@"; do
+        line=$(grep -i -m1 "^${name}==" "$LOCK") || { echo "error: $name is not in $LOCK" >&2; exit 1; }
+        echo "$line"
+    done
+}
 # Wheels on the registry (pure Python, or built for CPython 3.12 on x86-64 Linux).
-WHEELS=(
-    transformers==5.24.0
-    regex==2026.11.19
-    hydra-core==1.3.8
-    omegaconf==2.3.1
-    termcolor==3.3.0
-    gguf==0.19.0
-    rouge==1.0.1
-    fuzzywuzzy==0.18.0
-    wonderwords==3.0.1
-    submitit==1.5.4
-    datasets==5.2.0
-    dill==0.4.1
-    multiprocess==0.70.19
-    needlehaystack==0.1.0
-)
+mapfile -t WHEELS < <(pinned transformers regex hydra-core omegaconf termcolor gguf rouge fuzzywuzzy wonderwords \
+    submitit datasets dill multiprocess needlehaystack)
 # Published as source only (pure Python): built into wheels here.
-SDISTS=(
-    hqq==0.2.8.post1
-    antlr4-python3-runtime==4.9.3
-)
-
+mapfile -t SDISTS < <(pinned hqq antlr4-python3-runtime)
 mkdir -p "$DEST"
 rm -f "$DEST"/*.whl
 $PIP download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
