@@ -2,9 +2,11 @@
 
 The run is resumable at sample granularity. Each finished sample is appended to ``predictions.jsonl`` and
 flushed to disk before the next one starts; a rerun of the same folder reads the ids already there and does only
-the rest, so a run killed at any moment loses no finished sample and repeats none (a line cut in half by the kill
-is dropped and its sample redone). ``metrics.json`` is written last, atomically, when every sample is in; its
-presence means the run is complete and a rerun returns at once.
+the rest, so a run killed at any moment loses no finished sample and repeats none (a line cut in half by the kill,
+or damaged anywhere, is set aside and its sample redone; every good line is kept: :mod:`qpruning.records`).
+``metrics.json`` is written last, atomically, when every sample is in; its presence means the run is complete (for
+its ``limit``) and a rerun returns at once. One process at a time runs a folder (:mod:`qpruning.runlock`); the
+folder's name comes from the run's identity (:mod:`qpruning.identity`).
 
 Everything is validated before the model is loaded: the compressor against the model's config (bits, group size
 against ``head_dim``, budgets against the pruner's window, sliding windows), and the benchmark against the
