@@ -30,6 +30,7 @@ RUN_CONTROL_KEYS: tuple[str, ...] = (
     "output_root",         # where folders go
     "experiment_name",     # which sweep folder and W&B group
     "limit",               # how many samples: a larger limit continues the same folder
+    "max_evaluations",     # qpruning optimize: a larger one continues the same search
     "logger",              # W&B or nothing
     "progress",            # progress bars / verbosity, where a configuration sets them
     "verbose",

@@ -131,3 +131,22 @@ def test_a_bad_line_in_the_middle_keeps_every_good_record_and_only_the_bad_sampl
     assert [r["id"] for r in records] == [json.loads(good[i])["id"] for i in (0, 2, 1)]
     assert records[0] == json.loads(good[0]) and records[1] == json.loads(good[2])
     assert (metrics_path.parent / "predictions.jsonl.rejected").read_text() == good[1][:40] + "\n"
+
+
+def optimize_folder(*overrides: str) -> str:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from test_config import CONF
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("optimize", overrides=list(overrides), return_hydra_config=True)
+    return cfg.hydra.run.dir
+
+
+def test_an_optimize_search_with_other_settings_never_shares_its_evaluation_cache():
+    base = optimize_folder()
+    for overrides in (["groups=3"], ["bits_choices=[4,8]"], ["calibration=[]"], ["transfer_fraction=0.5"]):
+        assert optimize_folder(*overrides) != base, overrides
+    assert optimize_folder("max_evaluations=100") == base  # a longer search continues the same folder
+    assert optimize_folder("output_root=/elsewhere").endswith(base.split("outputs/", 1)[1])
