@@ -177,8 +177,8 @@ def write_table(out: Path, command: str, reference_s: float, rounds: list[Round]
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kills", type=int, default=20, help="SIGKILLs in all (default 20)")
-    parser.add_argument("--min-delay", type=float, default=3.0, help="shortest time before a kill, seconds")
-    parser.add_argument("--max-delay", type=float, default=30.0, help="longest time before a kill, seconds")
+    parser.add_argument("--min-delay", type=float, default=15.0, help="shortest time before a kill, seconds")
+    parser.add_argument("--max-delay", type=float, default=60.0, help="longest time before a kill, seconds")
     parser.add_argument("--seed", type=int, default=0, help="seeds the kill delays")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "reliability" / "crash_test.md")
     parser.add_argument("--work", type=Path, default=None, help="folder for the runs (default: a temporary one)")
