@@ -66,13 +66,14 @@ def test_a_server_that_never_answers_goes_offline_within_10_seconds(no_network, 
     started = time.monotonic()
     try:
         with caplog.at_level(logging.WARNING, logger="qpruning.loggers"):
-            run = wandb_init(project="qpruning-test", dir=str(tmp_path), init_timeout=3)
+            run = wandb_init(project="qpruning-test", dir=str(tmp_path))  # the default timeouts
         elapsed = time.monotonic() - started
         run.finish()
     finally:
         silent.close()
     assert run.settings.mode == "offline" and elapsed < 10, elapsed
-    assert len([r for r in caplog.records if r.name == "qpruning.loggers"]) == 1
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "qpruning.loggers"]
+    assert "cannot be reached" not in warning, warning  # the probe connected: wandb.init's own timeout fired
 
 
 def test_a_sweep_run_without_network_logs_live_progress_offline_in_its_group(tmp_path):
