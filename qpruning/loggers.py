@@ -61,7 +61,8 @@ def wandb_init(
         reason = f"{base_url} cannot be reached"
     else:
         try:
-            return wandb.init(**kwargs, settings=wandb.Settings(init_timeout=init_timeout))
+            # the mode explicitly: wandb's process-wide settings may still hold an earlier run's mode
+            return wandb.init(**{**kwargs, "mode": mode}, settings=wandb.Settings(init_timeout=init_timeout))
         except (wandb.errors.CommError, wandb.errors.UsageError, TimeoutError, OSError) as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     logger.warning(

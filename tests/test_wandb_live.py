@@ -33,6 +33,11 @@ def no_network(monkeypatch, tmp_path):
     for key, value in NO_NETWORK.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    import wandb
+
+    wandb.teardown()  # forget the settings of earlier runs in this process (an offline WANDB_MODE)
+    yield
+    wandb.teardown()
 
 
 def history_rows(run_file) -> list[dict]:
