@@ -1,16 +1,76 @@
 """Where a run reports besides its folder: nowhere (:class:`NullLogger`) or Weights & Biases.
 
-The run folder is the record; loggers are a view of it. A W&B run gets the configuration, the final metrics
-(as its summary and as a log step), and a per-sample table; runs of one experiment share a W&B group.
+The run folder is the record; loggers are a view of it. A W&B run gets the configuration, a live view while it
+runs (after each sample: samples done, the fraction done, the sample's score and the running score), the final
+metrics (as its summary and as a log step) and a per-sample table; runs of one experiment (a sweep) share a W&B
+group, named after the experiment, and ``python -m qpruning.report ... --wandb`` adds the report to that group.
+
+W&B never holds a run up: without a network (the server cannot be reached within ``probe_timeout`` seconds, or
+``wandb.init`` times out after ``init_timeout``), :func:`wandb_init` logs one warning and goes on offline (the
+run can be uploaded later with ``wandb sync``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "https://api.wandb.ai"
+PROBE_TIMEOUT = 3.0  # seconds to reach the W&B server before going offline
+INIT_TIMEOUT = 3.0  # wandb's init_timeout online before going offline (wandb.init itself takes a few s more)
+
+
+def _server_reachable(base_url: str, timeout: float) -> bool:
+    """Whether a TCP connection to the W&B server opens within ``timeout`` seconds."""
+    url = urlparse(base_url)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wandb_init(
+    *, probe_timeout: float = PROBE_TIMEOUT, init_timeout: float = INIT_TIMEOUT, **kwargs: Any
+):
+    """``wandb.init(**kwargs)``, falling back to offline mode with one warning when the server cannot be reached.
+
+    The mode is ``kwargs["mode"]`` or ``WANDB_MODE``; offline and disabled runs never touch the network. An online
+    run first checks that the server (``WANDB_BASE_URL``) accepts a connection within ``probe_timeout``, then
+    gives ``wandb.init`` ``init_timeout`` seconds; when either fails the run starts offline. Without a network the
+    probe fails at once (no route, refused) or after ``probe_timeout``; a server that accepts and never answers
+    costs ``init_timeout`` plus wandb's own start (under 10 s in all with the defaults, tested).
+    """
+    import wandb
+
+    mode = kwargs.get("mode") or os.environ.get("WANDB_MODE") or "online"
+    if mode not in ("online", "run"):
+        return wandb.init(**kwargs)
+    base_url = os.environ.get("WANDB_BASE_URL") or DEFAULT_BASE_URL
+    started = time.monotonic()
+    reason = None
+    if not _server_reachable(base_url, probe_timeout):
+        reason = f"{base_url} cannot be reached"
+    else:
+        try:
+            # the mode explicitly: wandb's process-wide settings may still hold an earlier run's mode
+            return wandb.init(**{**kwargs, "mode": mode}, settings=wandb.Settings(init_timeout=init_timeout))
+        except (wandb.errors.CommError, wandb.errors.UsageError, TimeoutError, OSError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    logger.warning(
+        "W&B: %s (%.0f s); logging offline instead (upload later with `wandb sync`)",
+        reason, time.monotonic() - started,
+    )
+    return wandb.init(**{**kwargs, "mode": "offline"})
+
 
 TABLE_COLUMNS = ("id", "task", "status", "score", "input_tokens", "kept_tokens", "kv_bytes", "prediction", "answers")
 
@@ -21,8 +81,15 @@ class RunLogger:
     def start(self, config: dict[str, Any], output_dir: Path) -> None:
         pass
 
-    def log_sample(self, record: dict[str, Any]) -> None:
-        pass
+    def log_sample(
+        self,
+        record: dict[str, Any],
+        done: int | None = None,
+        total: int | None = None,
+        running_score: float | None = None,
+    ) -> None:
+        """After each sample: its record, the samples done (earlier runs of the folder included) out of
+        ``total``, and the benchmark's score over the samples done."""
 
     def finish(self, metrics: dict[str, Any], records: list[dict[str, Any]]) -> None:
         pass
@@ -38,6 +105,7 @@ class WandbLogger(RunLogger):
     Args:
         project, entity, group, tags, name: as in ``wandb.init``; ``group`` defaults to the experiment name.
         mode: ``online``, ``offline`` or ``disabled``; ``None`` leaves it to ``WANDB_MODE`` (tests set offline).
+        probe_timeout, init_timeout: seconds before a run without network goes offline (:func:`wandb_init`).
     """
 
     def __init__(
@@ -48,15 +116,18 @@ class WandbLogger(RunLogger):
         tags: list[str] | None = None,
         mode: str | None = None,
         name: str | None = None,
+        probe_timeout: float = PROBE_TIMEOUT,
+        init_timeout: float = INIT_TIMEOUT,
     ) -> None:
         self.project, self.entity, self.group = project, entity, group
         self.tags, self.mode, self.name = list(tags or []), mode, name
+        self.probe_timeout, self.init_timeout = float(probe_timeout), float(init_timeout)
         self.run = None
 
     def start(self, config: dict[str, Any], output_dir: Path) -> None:
-        import wandb
-
-        self.run = wandb.init(
+        self.run = wandb_init(
+            probe_timeout=self.probe_timeout,
+            init_timeout=self.init_timeout,
             project=self.project,
             entity=self.entity,
             group=self.group or config.get("experiment_name"),
@@ -68,6 +139,25 @@ class WandbLogger(RunLogger):
             reinit="finish_previous",
         )
         logger.info("W&B run %s (%s)", self.run.name, self.run.settings.mode)
+
+    def log_sample(
+        self,
+        record: dict[str, Any],
+        done: int | None = None,
+        total: int | None = None,
+        running_score: float | None = None,
+    ) -> None:
+        if self.run is None:
+            return
+        live: dict[str, Any] = {"sample/score": record.get("score"), "sample/seconds": record.get("seconds"),
+                                "sample/failed": int(record.get("status") == "failed")}
+        if done is not None:
+            live["progress/samples_done"] = done
+        if done is not None and total:
+            live["progress/fraction"] = done / total
+        if running_score is not None:
+            live["progress/running_score"] = running_score
+        self.run.log({k: v for k, v in live.items() if v is not None})
 
     def finish(self, metrics: dict[str, Any], records: list[dict[str, Any]]) -> None:
         import wandb

@@ -2,9 +2,11 @@
 
 The run is resumable at sample granularity. Each finished sample is appended to ``predictions.jsonl`` and
 flushed to disk before the next one starts; a rerun of the same folder reads the ids already there and does only
-the rest, so a run killed at any moment loses no finished sample and repeats none (a line cut in half by the kill
-is dropped and its sample redone). ``metrics.json`` is written last, atomically, when every sample is in; its
-presence means the run is complete and a rerun returns at once.
+the rest, so a run killed at any moment loses no finished sample and repeats none (a line cut in half by the kill,
+or damaged anywhere, is set aside and its sample redone; every good line is kept: :mod:`qpruning.records`).
+``metrics.json`` is written last, atomically, when every sample is in; its presence means the run is complete (for
+its ``limit``) and a rerun returns at once. One process at a time runs a folder (:mod:`qpruning.runlock`); the
+folder's name comes from the run's identity (:mod:`qpruning.identity`).
 
 Everything is validated before the model is loaded: the compressor against the model's config (bits, group size
 against ``head_dim``, budgets against the pruner's window, sliding windows), and the benchmark against the
@@ -14,11 +16,12 @@ context window and its data. The Hydra entry (``run.py``) only builds a :class:`
 
 from __future__ import annotations
 
-import hashlib
+import itertools
 import json
 import logging
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +31,11 @@ import torch
 
 from qpruning.benchmarks import Benchmark, SampleError
 from qpruning.compressor import KVCompressor
+from qpruning.identity import input_files, resolved_config, run_hash
 from qpruning.loggers import NullLogger, RunLogger
 from qpruning.models import ModelSpec
+from qpruning.records import RunFileError, append_jsonl, read_jsonl, write_json_atomic
+from qpruning.runlock import RunLock, RunLockedError
 from qpruning.transformers_api import cache_kwargs
 
 logger = logging.getLogger(__name__)
@@ -57,47 +63,14 @@ class RunLabels:
 
 
 def read_predictions(path: Path) -> list[dict[str, Any]]:
-    """The records of ``predictions.jsonl``; a last line cut short by a kill is removed from the file."""
-    if not path.exists():
-        return []
-    records, good_bytes = [], 0
-    with path.open("rb") as handle:
-        for raw in handle:
-            try:
-                records.append(json.loads(raw))
-            except json.JSONDecodeError:
-                break
-            good_bytes += len(raw)
-    if good_bytes != path.stat().st_size:
-        logger.warning("%s ends with a partial line (a killed run); dropping it", path)
-        with path.open("r+b") as handle:
-            handle.truncate(good_bytes)
-    return records
+    """The records of ``predictions.jsonl``, repaired: a line cut by a kill or damaged anywhere is skipped, named
+    in a warning and moved to ``predictions.jsonl.rejected``; every good line is kept (:func:`read_jsonl`)."""
+    return read_jsonl(path, required=("id",))
 
 
 def append_record(path: Path, record: dict[str, Any]) -> None:
     """Append one record and make it durable before the next sample starts."""
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, ensure_ascii=False, default=_json_default)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def _json_default(value):
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+    append_jsonl(path, record)
 
 
 def _finite(value: float) -> float | None:
@@ -156,9 +129,8 @@ class Runner:
         """
         self.validate()
         tokenizer = self.model.load_tokenizer()
-        samples = list(self.benchmark.samples(tokenizer))
-        if self.limit is not None:
-            samples = samples[: self.limit]
+        # Only the samples the run uses are made (RULER generates them lazily): the first ``limit``.
+        samples = list(itertools.islice(self.benchmark.samples(tokenizer), self.limit))
         if not samples:
             raise ValueError(f"benchmark {self.labels.benchmark} produced no samples")
         ids = [s.id for s in samples]
@@ -167,15 +139,39 @@ class Runner:
         return tokenizer, samples
 
     def run(self) -> dict[str, Any]:
-        """Run (or finish) the benchmark; returns the metrics."""
-        if self.metrics_path.exists():
+        """Run (or finish) the benchmark; returns the metrics.
+
+        The folder is locked for this process (:class:`~qpruning.runlock.RunLock`: a second process stops with
+        :class:`~qpruning.runlock.RunLockedError`). ``metrics.json`` covers the first ``limit`` samples (its
+        ``limit`` field): a rerun with the same or a smaller limit returns at once (a smaller one: the metrics of
+        its samples, computed from ``predictions.jsonl``, the file untouched); a larger one runs the samples
+        still missing and rewrites ``metrics.json``.
+        """
+        with RunLock(self.output_dir):
+            return self._run_locked()
+
+    def _completed_limit(self) -> tuple[dict[str, Any] | None, bool]:
+        """``(metrics.json, whether it covers this run's samples)``; ``(None, False)`` when there is none."""
+        if not self.metrics_path.exists():
+            return None, False
+        metrics = json.loads(self.metrics_path.read_text())
+        done_limit = metrics.get("limit", (metrics.get("config") or {}).get("limit"))
+        metrics.setdefault("limit", done_limit)
+        return metrics, done_limit is None or (self.limit is not None and self.limit <= done_limit)
+
+    def _run_locked(self) -> dict[str, Any]:
+        complete, covered = self._completed_limit()
+        if covered and complete["limit"] == self.limit:
             logger.info("%s is complete already: nothing to do", self.output_dir)
-            return json.loads(self.metrics_path.read_text())
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+            return complete
         _, samples = self.prepare()
+        records = {r["id"]: r for r in read_predictions(self.predictions_path)}
+        if covered and all(s.id in records for s in samples):  # a smaller limit than the one completed
+            logger.info("%s is complete already (limit %s): the metrics of its first %d samples, metrics.json "
+                        "unchanged", self.output_dir, complete["limit"], len(samples))
+            return self._metrics([records[s.id] for s in samples], 0.0)
         logger.info("Run %s: %s on %s, %s", self.output_dir, self.labels.benchmark, self.model.name,
                     self.compressor.describe())
-        records = {r["id"]: r for r in read_predictions(self.predictions_path)}
         todo = [s for s in samples if s.id not in records]
         if records:
             logger.info("Resuming: %d of %d samples already done", len(samples) - len(todo), len(samples))
@@ -184,9 +180,9 @@ class Runner:
         if todo:
             torch.manual_seed(self.seed)
             model, tokenizer = self.preloaded or self.model.load()
-            self._run_samples(model, tokenizer, todo)
-        all_records = read_predictions(self.predictions_path)
-        by_id = {r["id"]: r for r in all_records}
+            done = [records[s.id] for s in samples if s.id in records]
+            self._run_samples(model, tokenizer, todo, done, len(samples))
+        by_id = {r["id"]: r for r in read_predictions(self.predictions_path)}
         ordered = [by_id[s.id] for s in samples]
         metrics = self._metrics(ordered, time.time() - started)
         write_json_atomic(self.metrics_path, metrics)
@@ -196,8 +192,11 @@ class Runner:
                     metrics["samples"], metrics["failed"])
         return metrics
 
-    def _run_samples(self, model, tokenizer, samples) -> None:
+    def _run_samples(self, model, tokenizer, samples, done: list[dict[str, Any]], total: int) -> None:
+        """Run ``samples``, appending each record; ``done`` are the records of earlier runs of this folder."""
         from tqdm.auto import tqdm
+
+        done = list(done)
 
         is_crossentropy = hasattr(self.benchmark, "split")
         with self.compressor.attach(model), torch.inference_mode():
@@ -216,9 +215,11 @@ class Runner:
                     record.update(status="failed", error=str(exc), score=None)
                 record["seconds"] = round(time.time() - started, 3)
                 append_record(self.predictions_path, record)
-                self.run_logger.log_sample(record)
-                if record.get("score") is not None:
-                    progress.set_postfix(score=f"{record['score']:.1f}")
+                done.append(record)
+                running = _finite(self.benchmark.aggregate(done).get("score"))
+                self.run_logger.log_sample(record, done=len(done), total=total, running_score=running)
+                if running is not None:
+                    progress.set_postfix(score=f"{running:.1f}")
 
     def _base_record(self, sample) -> dict[str, Any]:
         return {
@@ -302,6 +303,9 @@ class Runner:
             "failed": len(records) - len(ok),
             "seconds": round(seconds, 2),
             "device": _device_name(),
+            "limit": self.limit,
+            "run_hash": run_hash(self.config) if self.config else None,
+            "input_files": input_files(self.config) if self.config else {},
             "config": self.config,
         }
         for key, value in summary.items():
@@ -316,19 +320,6 @@ def _device_name() -> str:
 
 
 # -- building a run from a Hydra config ---------------------------------------------------------------------
-
-IDENTITY_KEYS = (
-    "model", "pruner", "quant", "benchmark", "bits", "group_size", "tokens", "budget", "budget_mode",
-    "full_cache_tokens", "layers", "allocation", "limit", "seed",
-)
-
-
-def config_hash(config: dict[str, Any]) -> str:
-    """A short hash of what determines a run's results, so that two configurations never share a folder."""
-    identity = {key: config.get(key) for key in IDENTITY_KEYS}
-    blob = json.dumps(identity, sort_keys=True, default=str)
-    return hashlib.sha1(blob.encode()).hexdigest()[:8]
-
 
 def budget_label(tokens, budget, mode="nominal") -> str:
     """``t512`` for a token budget, ``b1_64`` for a fraction (``b1_64x`` in exact accounting)."""
@@ -345,18 +336,13 @@ def register_resolvers() -> None:
     """OmegaConf resolvers used in ``conf/`` to name run folders (idempotent)."""
     from omegaconf import OmegaConf
 
-    def run_hash(*, _root_):
-        container = {
-            key: OmegaConf.to_container(_root_[key], resolve=True) if OmegaConf.is_config(_root_[key]) else _root_[key]
-            for key in IDENTITY_KEYS
-            if key in _root_
-        }
-        return config_hash(container)
+    def folder_hash(*, _root_):
+        return run_hash(resolved_config(_root_))
 
     if not OmegaConf.has_resolver("qp.budget"):
         OmegaConf.register_new_resolver("qp.budget", budget_label)
     if not OmegaConf.has_resolver("qp.hash"):
-        OmegaConf.register_new_resolver("qp.hash", run_hash)
+        OmegaConf.register_new_resolver("qp.hash", folder_hash)
     if not OmegaConf.has_resolver("qp.suffix"):
         OmegaConf.register_new_resolver("qp.suffix", lambda value: "" if value in (None, "") else f"-{value}")
 
@@ -430,7 +416,11 @@ def run_job(cfg) -> float | None:
 
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     runner = runner_from_config(cfg, output_dir)
-    metrics = runner.run()
+    try:
+        metrics = runner.run()
+    except (RunLockedError, RunFileError) as exc:  # one line, no traceback: the user can act on it
+        print(f"qpruning: error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(exc.exit_code) from None
     print(summary_line(metrics, output_dir), flush=True)
     return metrics.get("score")
 

@@ -15,9 +15,7 @@ stopped; with the same seed it makes the same decisions.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +29,7 @@ from qpruning.optimize.allocation import (
     full_cache_bytes,
     tokens_for_bytes,
 )
+from qpruning.records import append_jsonl, read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -55,18 +54,17 @@ class Evaluation:
 
 
 class EvaluationCache:
-    """Evaluations on disk, one JSON line each, appended and flushed as they finish."""
+    """Evaluations on disk, one JSON line each, appended and flushed as they finish.
+
+    Reading repairs the file (:func:`qpruning.records.read_jsonl`): a line cut by a kill or damaged anywhere is
+    skipped, named and moved to ``evaluations.jsonl.rejected``; every good line, before or after it, is kept.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.entries: dict[str, Evaluation] = {}
-        if self.path.exists():
-            for line in self.path.read_text().splitlines():
-                try:
-                    data = json.loads(line)
-                except json.JSONDecodeError:
-                    break  # a line cut by a kill: everything before it is good
-                self.entries[data["key"]] = Evaluation(**data)
+        for data in read_jsonl(self.path, required=("key",), check=lambda d: Evaluation(**d)):
+            self.entries[data["key"]] = Evaluation(**data)
 
     def get(self, key: str) -> Evaluation | None:
         return self.entries.get(key)
@@ -74,10 +72,7 @@ class EvaluationCache:
     def put(self, evaluation: Evaluation) -> None:
         self.entries[evaluation.key] = evaluation
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as handle:
-            handle.write(json.dumps(vars(evaluation)) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        append_jsonl(self.path, vars(evaluation))
 
 
 @dataclass

@@ -45,6 +45,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--wandb-project", default=None, help="W&B project (default: qpruning)")
     parser.add_argument("--wandb-entity", default=None, help="W&B entity")
     parser.add_argument(
+        "--wandb-group", default=None, help="W&B group (default: the runs' experiment, the group of their W&B runs)"
+    )
+    parser.add_argument(
         "--wandb-run-id", default=None, help="resume this W&B run (the sweep's) instead of a new one"
     )
     parser.add_argument(
@@ -71,7 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = report.summary()
     if args.wandb:
         run_id = push_to_wandb(
-            report, project=args.wandb_project, run_id=args.wandb_run_id, entity=args.wandb_entity
+            report, project=args.wandb_project, run_id=args.wandb_run_id, entity=args.wandb_entity,
+            group=args.wandb_group,
         )
         summary += f"; logged to W&B run {run_id}"
     print(summary)

@@ -194,22 +194,40 @@ def build_report(
     return report
 
 
+def report_group(report: Report) -> str | None:
+    """The W&B group of the runs a report covers: their experiment (sweep) name, when they share one."""
+    runs = report.collection.runs
+    names = sorted({str(v) for v in runs["experiment"].dropna()}) if "experiment" in runs else []
+    return names[0] if len(names) == 1 else ("+".join(names) or None)
+
+
 def push_to_wandb(
-    report: Report, project: str | None = None, run_id: str | None = None, entity: str | None = None
+    report: Report,
+    project: str | None = None,
+    run_id: str | None = None,
+    entity: str | None = None,
+    group: str | None = None,
 ) -> str:
     """Log the report's tables (as W&B tables) and figures (as images) to a W&B run, and the folder as an artifact.
 
-    With ``run_id`` the sweep's run is resumed (``resume="allow"``) so the report lands next to its metrics;
-    otherwise a new run of job type ``report`` is created. Honours ``WANDB_MODE`` (``offline`` in tests).
+    The run joins the W&B group of the sweep (``group``, by default the runs' experiment name: the group their
+    own W&B runs are in). With ``run_id`` the sweep's run is resumed (``resume="allow"``) so the report lands
+    next to its metrics; otherwise a new run of job type ``report`` is created. Honours ``WANDB_MODE``
+    (``offline`` in tests) and goes offline by itself without a network (:func:`qpruning.loggers.wandb_init`).
     Returns the run's id.
     """
     import wandb  # only when asked: wandb is slow to import and may want a login
 
+    from qpruning.loggers import wandb_init
+
     from .tables import to_csv_frame
 
-    run = wandb.init(
+    group = group or report_group(report)
+    run = wandb_init(
         project=project or "qpruning",
         entity=entity,
+        group=group,
+        name=None if run_id else f"report-{group or 'runs'}",
         id=run_id,
         resume="allow" if run_id else None,
         job_type="report",

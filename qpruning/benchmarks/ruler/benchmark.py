@@ -6,9 +6,8 @@ import functools
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -28,6 +27,7 @@ from ..base import (
 from ..common import stable_seed
 from . import generators as gen
 from . import qa as qa_data
+from .cache import SampleCache
 from .constants import ALL_TASKS, BASE_TASK_METRIC, BASE_TASKS, QA_TASKS, TASKS
 from .metrics import METRICS, postprocess_pred
 
@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 MIN_LENGTH = 256
 FIT_TOLERANCE = 0.02
 VT_ICL_TOKENS = 500  # variable_tracking.py: the in-context example is generated with max_seq_length=500
-GENERATOR_VERSION = 1  # bump when a change to the generators changes samples: invalidates cached samples
+GENERATOR_VERSION = 2  # bump when a change to the generators or the cache format changes: invalidates cached samples
 
 
 def _package_version(name: str) -> str | None:
@@ -66,31 +66,6 @@ def _tokenizer_fingerprint(tokenizer) -> str:
     return _fingerprint_of(serialized, str(getattr(tokenizer, "chat_template", "") or ""))
 
 
-def _read_samples(path: Path, expected: int) -> list[Sample] | None:
-    if not path.is_file():
-        return None
-    try:
-        with open(path, encoding="utf-8") as handle:
-            samples = [Sample(**json.loads(line)) for line in handle if line.strip()]
-    except (OSError, ValueError, TypeError) as exc:
-        logger.warning("ignoring unreadable cached RULER samples %s (%s)", path, exc)
-        return None
-    return samples if len(samples) == expected else None
-
-
-def _write_samples(path: Path, samples: list[Sample]) -> None:
-    """Write atomically (temp file, then rename), so parallel jobs never read a half-written file."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "w", encoding="utf-8") as handle:
-            for sample in samples:
-                handle.write(json.dumps(asdict(sample), ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except OSError as exc:  # a read-only cache only costs regeneration next time
-        logger.warning("could not cache RULER samples in %s (%s)", path, exc)
-
-
 @dataclass
 class Ruler(Benchmark):
     """RULER (NVIDIA/RULER): synthetic retrieval, multi-hop tracing, aggregation and QA at a chosen length.
@@ -117,7 +92,9 @@ class Ruler(Benchmark):
         qa_data_dir: folder with ``squad.json`` and ``hotpotqa.json`` (``scripts/download_ruler_qa.py``).
         hub_timeout: seconds to wait for the hub before declaring it unreachable (qa data only).
         cache_samples: keep generated samples in the qpruning cache (``data/ruler_samples``) and read them back
-            when the same configuration and tokenizer come again: a sweep generates each task once.
+            when the same configuration and tokenizer come again: a sweep generates each sample once. The cache
+            grows sample by sample: a run that uses the first 3 samples generates 3 (samples are made lazily,
+            in order), and a later run that needs more generates only the ones not cached yet.
     """
 
     length: int = 4096
@@ -210,13 +187,16 @@ class Ruler(Benchmark):
         if base == "variable_tracking":
             icl_size: list[int] = []  # fitted once per task, on the first sample, as RULER makes one example
 
+            # fitted with the first sample's seed whichever sample comes first (a cache may hold the others)
+            icl_seed = stable_seed("ruler", self.seed, task, 0)
+
             def build_vt(size: int, seed: int, index: int) -> gen.Built:
                 if not icl_size:
                     icl_size.append(
                         gen.fit_size(
                             lambda n: len(
                                 tokenizer(
-                                    gen.vt_icl_text(n, seed, args["num_chains"], args["num_hops"]),
+                                    gen.vt_icl_text(n, icl_seed, args["num_chains"], args["num_hops"]),
                                     add_special_tokens=False,
                                 )["input_ids"]
                             ),
@@ -247,13 +227,21 @@ class Ruler(Benchmark):
         return self.length - self.tokens_to_generate(task) if self.include_generation else self.length
 
     def task_samples(self, task: str, tokenizer) -> Iterator[Sample]:
-        """The ``num_samples`` samples of one task."""
+        """The ``num_samples`` samples of one task, generated one by one as they are asked for."""
+        for sample, _ in self._generate(task, tokenizer):
+            yield sample
+
+    def _generate(
+        self, task: str, tokenizer, start: int = 0, previous: gen.Fit | None = None
+    ) -> Iterator[tuple[Sample, gen.Fit | None]]:
+        """``(sample, its fit)`` for the samples ``start..num_samples-1`` of ``task``. ``previous`` is the fit of the
+        last generated sample before ``start`` (the search's starting point): with it, a continued generation
+        makes exactly the samples a generation from 0 makes."""
         build, lowest = self._builder(task, tokenizer)
         target = self._prompt_target(task)
         new_tokens = self.tokens_to_generate(task)
-        previous: gen.Fit | None = None
         for index in tqdm(
-            range(self.num_samples), desc=f"RULER {task} @{self.length}", disable=None, leave=False
+            range(start, self.num_samples), desc=f"RULER {task} @{self.length}", disable=None, leave=False
         ):
             seed = stable_seed("ruler", self.seed, task, index)
             try:
@@ -271,7 +259,7 @@ class Ruler(Benchmark):
             except SampleError as exc:
                 # Keep the sample, marked: encode() raises with the reason, so the runner records it as failed.
                 logger.warning("RULER %s sample %d cannot be generated: %s", task, index, exc)
-                yield self._failed_sample(task, index, new_tokens, str(exc))
+                yield self._failed_sample(task, index, new_tokens, str(exc)), None
                 continue
             previous = fit
             total = tokens + (new_tokens if self.include_generation else 0)
@@ -282,7 +270,7 @@ class Ruler(Benchmark):
                     "too coarse)", task, index, total, 100 * FIT_TOLERANCE, self.length
                 )  # fmt: skip
             yield Sample(
-                id=f"{task}-{self.length}-{index}",
+                id=self._sample_id(task, index),
                 task=task,
                 context=built.user_text,
                 input="",
@@ -299,11 +287,14 @@ class Ruler(Benchmark):
                     "seed": self.seed,
                     **built.info,
                 },
-            )
+            ), fit
+
+    def _sample_id(self, task: str, index: int) -> str:
+        return f"{task}-{self.length}-{index}"
 
     def _failed_sample(self, task: str, index: int, new_tokens: int, error: str) -> Sample:
         return Sample(
-            id=f"{task}-{self.length}-{index}",
+            id=self._sample_id(task, index),
             task=task,
             context="",
             input="",
@@ -321,34 +312,40 @@ class Ruler(Benchmark):
     def samples(self, tokenizer) -> Iterator[Sample]:
         """Task by task, ``num_samples`` each, deterministic for (seed, task, index, tokenizer, chat_template).
 
-        With ``cache_samples``, a task's samples are read back from the qpruning cache when an identical
-        configuration was generated before with the same tokenizer (see :meth:`cache_path`).
+        Lazy: a sample is generated (or read from the cache) only when it is asked for, so taking the first few
+        (``limit``) costs only those. With ``cache_samples``, each sample is read back from the qpruning cache
+        when an identical configuration was generated before with the same tokenizer (see :meth:`cache_path`),
+        and each newly generated sample is appended to it.
         """
         if tokenizer is None:
             raise BenchmarkConfigError("RULER needs the model's tokenizer to fit its samples to the length")
         for task in self.available_tasks():
-            if not self.cache_samples:
+            if self.cache_samples:
+                yield from self._cached_task_samples(task, tokenizer)
+            else:
                 yield from self.task_samples(task, tokenizer)
-                continue
-            path = self.cache_path(task, tokenizer)
-            cached = _read_samples(path, self.num_samples)
-            if cached is not None:
-                logger.info("RULER %s @%d: %d samples from %s", task, self.length, len(cached), path)
-                yield from cached
-                continue
-            generated = list(self.task_samples(task, tokenizer))
-            _write_samples(path, generated)
-            yield from generated
+
+    def _cached_task_samples(self, task: str, tokenizer) -> Iterator[Sample]:
+        cache = SampleCache(self.cache_path(task, tokenizer))
+        cached = cache.read(self.num_samples, lambda index: self._sample_id(task, index))
+        if cached:
+            logger.info("RULER %s @%d: %d samples from %s", task, self.length, len(cached), cache.path)
+        previous = None
+        for sample, fit in cached:
+            previous = fit or previous
+            yield sample
+        for index, (sample, fit) in enumerate(self._generate(task, tokenizer, len(cached), previous), len(cached)):
+            cache.append(index, sample, fit)
+            yield sample
 
     def cache_path(self, task: str, tokenizer) -> Path:
         """``<qpruning cache>/data/ruler_samples/<key>.jsonl``: the key hashes everything that shapes the samples
-        (generator version, task, length, count, seed, chat template, accounting, generation length, the
+        (generator version, task, length, seed, chat template, accounting, generation length, the
         tokenizer's vocabulary and chat template, the wonderwords version, the qa source file)."""
         parts: dict[str, Any] = {
             "version": GENERATOR_VERSION,
             "task": task,
             "length": self.length,
-            "num_samples": self.num_samples,
             "seed": self.seed,
             "chat_template": self.chat_template,
             "include_generation": self.include_generation,

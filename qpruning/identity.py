@@ -1,0 +1,157 @@
+"""A run's identity: the resolved configuration minus run control, plus the contents of the files it reads.
+
+Two runs share a folder (and a rerun resumes or returns the folder's results) exactly when their identities are
+equal, so the identity covers every input that can change a result:
+
+- every key of the resolved configuration except :data:`RUN_CONTROL_KEYS` (where to write, how many samples,
+  where to log: they change what is done or shown, never a sample's result). ``limit`` is run control: a run
+  with ``limit=2`` and one with ``limit=4`` share a folder, and the second continues the first.
+- for the keys in :data:`PATH_KEYS` (an allocation file, head-score files, local data files and folders), the
+  SHA-256 of the contents instead of the path: editing ``allocation.yaml`` gives a new folder, moving the data
+  does not. HeadKV's shipped scores file counts too when no file is given.
+
+Model weights are identified by the model's name and ``name_or_path`` (hashing gigabytes per run would cost more
+than it protects); ``model.local_path`` names a copy of the same weights and is run control.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+# The run-control keys, in one place (dotted for nested keys). Everything else in the configuration is identity.
+RUN_CONTROL_KEYS: tuple[str, ...] = (
+    "hydra",               # Hydra's own settings (folders, launcher, sweeper)
+    "run_name",            # the folder name itself (it contains the hash)
+    "output_root",         # where folders go
+    "experiment_name",     # which sweep folder and W&B group
+    "limit",               # how many samples: a larger limit continues the same folder
+    "max_evaluations",     # qpruning optimize: a larger one continues the same search
+    "logger",              # W&B or nothing
+    "progress",            # progress bars / verbosity, where a configuration sets them
+    "verbose",
+    "debug",
+    "model.local_path",    # a local copy of the same weights
+    "benchmark.hub_timeout",  # how long to wait for the hub
+)
+
+# Keys that hold paths of files or folders a run reads: their contents are hashed, not their names.
+PATH_KEYS: tuple[str, ...] = (
+    "allocation",
+    "pruner.head_scores",
+    "benchmark.data_dir",
+    "benchmark.qa_data_dir",
+)
+
+HASH_LENGTH = 8
+_digests: dict[tuple, str] = {}
+
+
+def _get(config: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _drop(config: dict[str, Any], dotted: str) -> None:
+    *parents, last = dotted.split(".")
+    node: Any = config
+    for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+        node.pop(last, None)
+
+
+def _put(config: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    node: Any = config
+    for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict) and last in node:
+        node[last] = value
+
+
+def _file_digest(path: Path) -> str:
+    stat = path.stat()
+    key = ("file", str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _digests:
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        _digests[key] = digest.hexdigest()
+    return _digests[key]
+
+
+def content_digest(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a file's bytes, or of a folder's files (relative paths and contents, hidden ones skipped);
+    ``missing:<path>`` when there is nothing there (the run's own validation says so, in one line)."""
+    path = Path(path).expanduser()
+    if path.is_file():
+        return _file_digest(path)
+    if not path.is_dir():
+        return f"missing:{path}"
+    digest = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(path):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(f for f in filenames if not f.startswith(".")):
+            file = Path(dirpath) / name
+            digest.update(f"{file.relative_to(path).as_posix()}\0{_file_digest(file)}\n".encode())
+    return digest.hexdigest()
+
+
+def _shipped_head_scores(config: Mapping[str, Any]) -> Path | None:
+    """HeadKV's scores file shipped for the model, when HeadKV runs without ``pruner.head_scores``."""
+    if _get(config, "pruner.name") != "headkv" or _get(config, "pruner.head_scores"):
+        return None
+    from qpruning.head_scores import shipped_path
+
+    name = _get(config, "pruner.model_name") or _get(config, "model.name")
+    return shipped_path(name) if name else None
+
+
+def input_files(config: Mapping[str, Any]) -> dict[str, str]:
+    """``{key: content digest}`` for the files and folders the configuration points at."""
+    files = {key: content_digest(str(_get(config, key))) for key in PATH_KEYS if _get(config, key)}
+    shipped = _shipped_head_scores(config)
+    if shipped is not None:
+        files["pruner.head_scores"] = content_digest(shipped)
+    return files
+
+
+def run_identity(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The resolved configuration (a plain dict) minus run control, with file contents in place of paths."""
+    identity = json.loads(json.dumps({k: v for k, v in config.items() if k not in RUN_CONTROL_KEYS}, default=str))
+    for dotted in RUN_CONTROL_KEYS:
+        _drop(identity, dotted)
+    files = input_files(config)
+    for key in PATH_KEYS:
+        _put(identity, key, files.get(key))
+    return identity
+
+
+def run_hash(config: Mapping[str, Any]) -> str:
+    """A short hash of :func:`run_identity`: the last part of a run's folder name."""
+    blob = json.dumps(run_identity(config), sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:HASH_LENGTH]
+
+
+def resolved_config(root) -> dict[str, Any]:
+    """The identity-relevant part of an OmegaConf config, resolved, without touching run-control keys (``run_name``
+    interpolates the hash itself)."""
+    from omegaconf import OmegaConf
+
+    out: dict[str, Any] = {}
+    for key in root.keys():
+        if key in RUN_CONTROL_KEYS:
+            continue
+        value = root[key]
+        out[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    return out
