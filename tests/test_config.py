@@ -87,7 +87,7 @@ def test_unknown_names_list_the_available_options():
     [
         (["bits=3"], "allowed: 2, 4, 8, 16"),
         (["group_size=48"], "allowed: 32, 64, 128"),
-        (["tokens=512"], "exactly one of tokens"),
+        (["tokens=512", "budget=0.0625"], "exactly one of tokens"),  # both typed (tokens alone wins, issue 13)
         (["budget=null", "tokens=16"], "fewer than snapkv's window"),
         (["+model.tiny.head_dim=64", "group_size=128"], "does not divide head_dim=64"),
         (["benchmark=ruler", "benchmark.length=16384"], "16384"),
