@@ -21,7 +21,7 @@ DEFAULT_BUDGET_KEY = "default_budget"
 def build(cfg: Any, key: str) -> Any:
     """``hydra.utils.instantiate(cfg[key])``; a mistake in its fields raises the :class:`UserError` itself."""
     from hydra.errors import InstantiationException
-    from hydra.utils import get_class, instantiate
+    from hydra.utils import get_object, instantiate
     from omegaconf import OmegaConf
 
     node = cfg[key]
@@ -32,7 +32,7 @@ def build(cfg: Any, key: str) -> Any:
         if isinstance(cause, UserError):
             raise cause from None
         if isinstance(cause, TypeError) and OmegaConf.is_dict(node) and "_target_" in node:
-            target = get_class(node._target_)
+            target = get_object(node._target_)
             accepted = [p for p in inspect.signature(target).parameters if p not in ("self", "args", "kwargs")]
             unknown = [k for k in node if k != "_target_" and k not in accepted]
             if unknown:

@@ -151,6 +151,16 @@ def check_real(
         raise ConfigError(f"{key}={value} is out of range", allowed)
 
 
+def check_params(what: str, cls: type, params: Collection[str], prefix: str) -> None:
+    """Raise :class:`ConfigError` for a parameter that the dataclass ``cls`` does not take (``pruner.windw=``)."""
+    import dataclasses
+
+    accepted = [f.name for f in dataclasses.fields(cls) if f.init]
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise ConfigError(f"{prefix}.{unknown[0]} is not a parameter of {what}", f"allowed: {', '.join(accepted)}")
+
+
 def check_choice(key: str, value: object, choices: Collection[object], *, optional: bool = False) -> None:
     """Raise :class:`ConfigError` unless ``value`` is one of ``choices``."""
     if value is None and optional:

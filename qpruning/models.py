@@ -273,6 +273,7 @@ class ModelSpec:
         """Load ``(model, tokenizer)`` in eval mode on the configured device."""
         from transformers import AutoModelForCausalLM
 
+        logger.info("loading model %s (%s)", self.name, self.local_path or self.name_or_path)
         tokenizer = self.load_tokenizer()
         dtype = self.resolved_dtype()
         attn = self.resolved_attn_implementation()

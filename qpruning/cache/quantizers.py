@@ -15,7 +15,7 @@ from typing import ClassVar
 import torch
 
 from qpruning.cache.quantized import GroupAxis, OutlierFilter, QuantizedTensor, check_groupable, quantize
-from qpruning.errors import ConfigError, check_int
+from qpruning.errors import ConfigError, check_int, check_params
 
 ALLOWED_BITS = (2, 4, 8, 16)
 ALLOWED_GROUP_SIZES = (32, 64, 128)
@@ -208,4 +208,5 @@ def get_quantizer(name: str, **kwargs) -> KVQuantizer:
     """The quantizer called ``name`` (``quant=`` in configs)."""
     if name not in QUANTIZERS:
         raise ConfigError(f"quant={name!r} is not a quantizer", f"allowed: {', '.join(QUANTIZERS)}")
+    check_params(f"quant={name}", QUANTIZERS[name], kwargs, "quant")
     return QUANTIZERS[name](**kwargs)
