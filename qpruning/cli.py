@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     elif command == "report":
         from qpruning.report.__main__ import main as report_main
 
-        report_main(rest)
+        raise SystemExit(report_main(rest))
     else:
         raise SystemExit(f"unknown command {command!r}\n\n{USAGE}")
 

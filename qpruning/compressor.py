@@ -160,16 +160,17 @@ class KVCompressor:
         geometry = config if isinstance(config, ModelGeometry) else ModelGeometry.from_config(config)
         if geometry.model_type not in SUPPORTED_MODEL_TYPES:
             raise ConfigError(
-                f"model_type={geometry.model_type!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+                f"model_type={geometry.model_type!r} is not supported", f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
             )
         if geometry.sliding_layers:
             raise ConfigError(
                 f"This model has sliding-window attention in layers {list(geometry.sliding_layers)[:8]}...: a "
-                "sliding window already evicts tokens, and qpruning compresses full-attention layers only. Use a "
-                "model without sliding windows (e.g. Mistral-7B-Instruct-v0.2, not v0.1)."
+                "sliding window already evicts tokens, and qpruning compresses full-attention layers only",
+                "allowed: a model without sliding windows (e.g. Mistral-7B-Instruct-v0.2, not v0.1)",
             )
         if geometry.q_heads % geometry.kv_heads:
-            raise ConfigError(f"{geometry.q_heads} query heads are not a multiple of {geometry.kv_heads} KV heads")
+            raise ConfigError(f"{geometry.q_heads} query heads are not a multiple of {geometry.kv_heads} KV heads",
+                              "allowed: a model with grouped-query attention of whole groups")
         check_geometry = getattr(self.pruner, "validate_geometry", None)
         if check_geometry is not None:  # pruners with per-head data (HeadKV's scores) check it against the model
             check_geometry(geometry.num_layers, geometry.q_heads, geometry.kv_heads)
@@ -179,8 +180,8 @@ class KVCompressor:
             first, last = override.range()
             if last >= geometry.num_layers:
                 raise ConfigError(
-                    f"layer override {override.layers!r} goes past the model's {geometry.num_layers} layers "
-                    f"(0-{geometry.num_layers - 1})"
+                    f"layers: the range {override.layers!r} goes past the model's {geometry.num_layers} layers",
+                    f"allowed: layers 0-{geometry.num_layers - 1}",
                 )
             for layer in range(first, last + 1):
                 bits_per_layer[layer] = override.bits
@@ -205,7 +206,8 @@ class KVCompressor:
                 o.tokens is not None and o.range()[0] <= layer <= o.range()[1] for o in self.layers
             ):
                 if not full_tokens:
-                    raise ConfigError("budget= needs full_cache_tokens (the model config has no context window)")
+                    raise ConfigError("budget= needs full_cache_tokens (the model config has no context window)",
+                                      "allowed: full_cache_tokens=N, or tokens= instead of budget=")
                 tokens = tokens_for_budget(
                     self.budget, full_tokens, bits, self.quantizer, geometry.head_dim, self.budget_mode
                 )
@@ -214,7 +216,8 @@ class KVCompressor:
             elif tokens < self.pruner.min_budget():
                 raise ConfigError(
                     f"layer {layer} keeps {tokens} tokens, fewer than {self.pruner.name}'s window of "
-                    f"{self.pruner.window} tokens that are always kept: raise tokens/budget or lower the window"
+                    f"{self.pruner.window} tokens that are always kept",
+                    "allowed: a larger tokens/budget, or a smaller pruner.window",
                 )
             plans.append(LayerPlan(bits=bits, tokens=tokens))
         return plans

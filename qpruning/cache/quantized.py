@@ -89,8 +89,8 @@ def _ungrouped(g: torch.Tensor, n: int, d: int, axis: GroupAxis) -> torch.Tensor
 def check_groupable(n: int, d: int, group_size: int, axis: GroupAxis) -> None:
     if axis is GroupAxis.CHANNELS and d % group_size:
         raise ConfigError(
-            f"group_size={group_size} does not divide head_dim={d}: per-token groups run along the channels, "
-            f"so group_size must divide head_dim (allowed here: {[g for g in (32, 64, 128) if d % g == 0]})"
+            f"group_size={group_size} does not divide head_dim={d} (per-token groups run along the channels)",
+            f"allowed here: {', '.join(str(g) for g in (32, 64, 128) if d % g == 0) or 'none'}",
         )
     if axis is GroupAxis.TOKENS and n % group_size:
         raise ValueError(f"{n} tokens cannot be split into per-channel groups of {group_size} tokens")

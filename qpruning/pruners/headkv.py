@@ -147,9 +147,10 @@ def resolve_scores_path(head_scores: str | None, model_name: str | None) -> Path
         path = Path(head_scores).expanduser()
         if not path.is_file():
             raise MissingFileError(
-                f"headkv: pruner.head_scores={head_scores} does not exist. Point it at a scores file (the published "
-                "HeadKV files such as Meta-Llama-3-8B-Instruct_retrieval_reasoning_heads.json work as they are) or "
-                "compute one with scripts/compute_head_scores.py"
+                f"headkv: pruner.head_scores={head_scores} does not exist",
+                "allowed: a scores file (the published HeadKV files such as "
+                "Meta-Llama-3-8B-Instruct_retrieval_reasoning_heads.json work as they are) or one computed with "
+                "scripts/compute_head_scores.py",
             )
         return path
     looked = shipped_path(model_name) if model_name else None
@@ -262,9 +263,9 @@ class HeadKV(SnapKV):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.beta >= 1.0:
-            raise ConfigError(f"headkv: beta must be >= 1 (the share b // beta goes to the pool), got {self.beta}")
+            raise ConfigError(f"pruner.beta={self.beta} is below 1", "allowed: beta >= 1 (headkv: the share b // beta goes to the pool)")
         if not self.temperature > 0:
-            raise ConfigError(f"headkv: temperature must be positive, got {self.temperature}")
+            raise ConfigError(f"pruner.temperature={self.temperature} is not positive", "allowed: a number > 0")
         self.importance = load_head_scores(resolve_scores_path(self.head_scores, self.model_name))
         self._plan: tuple[list[int], int] | None = None
         self._counts_key: tuple | None = None
@@ -279,7 +280,7 @@ class HeadKV(SnapKV):
             raise ConfigError(
                 f"headkv: the head scores in {scores.source} are for {scores.num_layers} layers x "
                 f"{scores.num_heads} heads, but the model has {num_layers} layers x {q_heads} query heads "
-                f"({kv_heads} KV heads): use the scores of this model (pruner.head_scores=...)"
+                f"({kv_heads} KV heads)", "allowed: the scores of this model (pruner.head_scores=...)"
             )
 
     def kv_importance(self, kv_heads: int) -> torch.Tensor:

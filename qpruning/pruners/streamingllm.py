@@ -36,7 +36,7 @@ class StreamingLLM(Pruner):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.sinks is not None and self.sinks < 0:
-            raise ConfigError(f"streamingllm: sinks must be >= 0 or null, got {self.sinks}")
+            raise ConfigError(f"pruner.sinks={self.sinks} is negative", "allowed: sinks >= 0 or null")
 
     def score(self, query, key, key_valid, scaling):
         batch, heads, seq, _ = key.shape

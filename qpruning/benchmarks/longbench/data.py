@@ -92,8 +92,8 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
 def missing_data_message(missing: Iterable[str], where: str) -> str:
     names = sorted(missing)
     return (
-        f"LongBench data not found: {', '.join(names)} ({where}). "
-        "To get it, run on a machine with internet: "
+        f"LongBench data not found: {', '.join(names)} ({where}); "
+        "to get it, run on a machine with internet: "
         "python scripts/download_longbench.py --out DIR (it fetches the LongBench and LongBench-E files), "
         "copy DIR here and run with benchmark.data_dir=DIR. "
         f"Files put in {default_dir()} are found without data_dir."
