@@ -176,6 +176,8 @@ def as_user_error(exc: Exception) -> Exception:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     what = lines[0] if lines else type(exc).__name__
     if isinstance(exc, MissingConfigException) and exc.options:
+        group, _, name = str(exc.missing_cfg_file or "").rpartition("/")
+        what = f"{group}={name} is not an option" if group and name else what
         return ConfigError(what, "allowed: " + ", ".join(exc.options))
     if isinstance(exc, ConfigCompositionException) and isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
         key = cause.full_key or cause.key

@@ -118,8 +118,8 @@ def check_int(
     if meaning:
         allowed += f" ({meaning})"
     if not is_int(value):
-        kind = "a float" if is_real(value) else "not a number" if value is not None else "missing"
-        raise ConfigError(f"{key}={_shown(value)} is {kind}, not a whole number", allowed)
+        kind = "a float, not a whole number" if is_real(value) else "not a number" if value is not None else "missing"
+        raise ConfigError(f"{key}={_shown(value)} is {kind}", allowed)
     if choices is not None and value not in choices:
         raise ConfigError(f"{key}={value} is not supported", allowed)
     if minimum is not None and value < minimum:

@@ -212,7 +212,11 @@ def optimize_setup(cfg) -> OptimizeSetup:
     if not isinstance(choices, list):
         raise ConfigError(f"bits_choices={choices!r} is not a list", "allowed: a list of 2, 4, 8, 16, e.g. [4,8,16]")
     for bits in choices:
-        check_int("bits_choices", bits, choices=ALLOWED_BITS)
+        try:
+            check_int("bits", bits, choices=ALLOWED_BITS)
+        except ConfigError as exc:
+            raise ConfigError(f"bits_choices={choices}: {exc.what}", "allowed: distinct values of "
+                              f"{', '.join(map(str, ALLOWED_BITS))}, e.g. [4,8,16]") from None
     if not choices or len(set(choices)) != len(choices):
         raise ConfigError(f"bits_choices={choices} is empty or repeats a value",
                           "allowed: distinct values of 2, 4, 8, 16, e.g. [4,8,16]")
