@@ -132,7 +132,7 @@ class KVCompressor:
         check_choice("kernel", self.kernel, ("auto", "on", "off"))
         check_int("tokens", self.tokens, minimum=1, optional=True, meaning="kept tokens per layer and head")
         check_real("budget", self.budget, low=0.0, high=1.0, optional=True,
-                   meaning="a fraction of the full 16-bit cache, e.g. 0.015625 for 1/64")
+                   allowed="allowed: a fraction in (0, 1] of the full 16-bit cache (e.g. 0.015625 for 1/64), or null")
         check_int("full_cache_tokens", self.full_cache_tokens, minimum=1, optional=True,
                   meaning="null: the model's context window")
         if self.pruner.prunes:

@@ -23,11 +23,11 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from qpruning.errors import ConfigError, reported
+from qpruning.errors import ConfigError, MissingFileError, reported
 
 logger = logging.getLogger(__name__)
 
@@ -76,9 +76,14 @@ CHECKS: dict[str, Callable[[Any, str], None]] = {"config": check_run, "optimize"
 
 
 def _validated(runner) -> None:
-    # A sweep has many jobs and few models: read each model's config once.
-    config = _model_config(runner.model)
-    runner.compressor.plan(config)
+    # A sweep has many jobs and few models: read each model's config once. A config this machine cannot read
+    # (a hub model not downloaded where a Slurm sweep is submitted) is checked by the job, before its weights.
+    try:
+        config = _model_config(runner.model)
+    except MissingFileError as exc:
+        logger.info("preflight: %s; the job checks it", exc.what)
+    else:
+        runner.compressor.plan(config)
     runner.benchmark.validate(runner.model.context_window)
 
 
@@ -130,9 +135,8 @@ def job_overrides(config_name: str, overrides: list[str]) -> list[list[str]]:
 
 def preflight(config_name: str, overrides: list[str], multirun: bool = False) -> int:
     """Compose and check the configuration of every job; raises :class:`UserError`. Returns the job count."""
-    from hydra import compose, initialize_config_dir
+    from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import open_dict
 
     from qpruning.runner import register_resolvers
 
@@ -142,13 +146,8 @@ def preflight(config_name: str, overrides: list[str], multirun: bool = False) ->
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             jobs = job_overrides(config_name, overrides) if multirun else [overrides]
-            for job in jobs:
-                cfg = compose(config_name, overrides=list(job), return_hydra_config=True)
-                hydra_cfg = cfg.hydra
-                folder = f"{hydra_cfg.sweep.dir}/{hydra_cfg.sweep.subdir}" if multirun else str(hydra_cfg.run.dir)
-                with open_dict(cfg):
-                    del cfg["hydra"]
-                check(cfg, folder)
+            for cfg in job_configs(config_name, jobs):
+                check(cfg, str(Path(str(cfg.get("output_root", "outputs"))) / "preflight"))
     except Exception as exc:
         converted = as_user_error(exc)
         if converted is exc:
@@ -157,6 +156,40 @@ def preflight(config_name: str, overrides: list[str], multirun: bool = False) ->
     finally:
         GlobalHydra.instance().clear()
     return len(jobs)
+
+
+def job_configs(config_name: str, jobs: list[list[str]]) -> Iterator[Any]:
+    """The task configuration of each job (no ``hydra`` node), as Hydra composes it.
+
+    A sweep's jobs mostly differ in values (``bits=4,8,16``), not in config groups: the groups are composed
+    once per distinct choice and the values applied to a copy, as Hydra itself applies them after composing the
+    defaults. Whatever this shortcut cannot apply goes through Hydra's full composition, error included.
+    """
+    from hydra import compose
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    parser = OverridesParser.create()
+    composed: dict[tuple[str, ...], Any] = {}
+    for job in jobs:
+        try:
+            parsed = parser.parse_overrides(list(job))
+            groups = tuple(o.input_line for o in parsed if _is_group(o.key_or_group))
+            values = [o for o in parsed if not _is_group(o.key_or_group) and not o.is_hydra_override()]
+            if groups not in composed:
+                composed[groups] = compose(config_name, overrides=list(groups))
+            cfg = OmegaConf.create(composed[groups])  # a copy, flags included
+            OmegaConf.set_struct(cfg, True)
+            ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+        except Exception:
+            cfg = compose(config_name, overrides=list(job))  # Hydra's own path: its exact config or error
+        yield cfg
+
+
+def _is_group(key: str) -> bool:
+    """A config group (``pruner``, ``+layerwise``, ``hydra/launcher``), not a value (``bits``, ``pruner.window``)."""
+    return "." not in key and ((CONF_DIR / key).is_dir() or key.startswith("hydra/"))
 
 
 def as_user_error(exc: Exception) -> Exception:

@@ -135,15 +135,19 @@ def check_real(
     low_open: bool = True,
     optional: bool = False,
     meaning: str = "",
+    allowed: str | None = None,
 ) -> None:
-    """Raise :class:`ConfigError` unless ``value`` is a number in ``(low, high]`` (``[low, high]`` if closed)."""
+    """Raise :class:`ConfigError` unless ``value`` is a number in ``(low, high]`` (``[low, high]`` if closed).
+
+    ``allowed``: the message's second half, when the generic one ("a number in (0, 1]") says too little.
+    """
     if value is None and optional:
         return
     bounds = ""
     if low is not None or high is not None:
-        bounds = f" in {'(' if low_open else '['}{low if low is not None else '-inf'}, "
-        bounds += f"{high if high is not None else 'inf'}]"
-    allowed = f"allowed: a number{bounds}" + (" or null" if optional else "") + (f" ({meaning})" if meaning else "")
+        bounds = f" in {'(' if low_open else '['}{_number(low, '-inf')}, {_number(high, 'inf')}]"
+    if allowed is None:
+        allowed = f"allowed: a number{bounds}" + (" or null" if optional else "") + (f" ({meaning})" if meaning else "")
     if not is_real(value) or value != value:  # NaN is not a number a user means
         raise ConfigError(f"{key}={_shown(value)} is not a number", allowed)
     too_low = low is not None and (value <= low if low_open else value < low)
@@ -161,10 +165,15 @@ def check_params(what: str, cls: type, params: Collection[str], prefix: str) -> 
         raise ConfigError(f"{prefix}.{unknown[0]} is not a parameter of {what}", f"allowed: {', '.join(accepted)}")
 
 
+def _number(value: float | None, unbounded: str) -> str:
+    return unbounded if value is None else f"{value:g}"
+
+
 def check_choice(key: str, value: object, choices: Collection[object], *, optional: bool = False) -> None:
     """Raise :class:`ConfigError` unless ``value`` is one of ``choices``."""
     if value is None and optional:
         return
     if not any(type(choice) is type(value) and choice == value for choice in choices):
-        allowed = ", ".join(_shown(c) for c in choices) + (" or null" if optional else "")
+        names = [str(c) for c in choices] + (["null"] if optional else [])
+        allowed = ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
         raise ConfigError(f"{key}={_shown(value)} is not allowed", f"allowed: {allowed}")

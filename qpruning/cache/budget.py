@@ -66,6 +66,10 @@ class LayerOverride:
     def range(self) -> tuple[int, int]:
         return self._range
 
+    def label(self) -> str:
+        first, last = self.range()
+        return f"{self.bits}bit@{first}-{last}"
+
     @classmethod
     def from_mapping(cls, entry: object) -> LayerOverride:
         """One entry of ``layers=`` (``{layers: "8-15", bits: 16, tokens: 512}``) as typed by a user."""
@@ -84,7 +88,7 @@ class LayerOverride:
 
 def check_disjoint(overrides: list[LayerOverride], key: str = "layers") -> None:
     """Refuse layer ranges that overlap (which one would win is not something a user should have to guess)."""
-    spans = sorted((o.range(), o.layers) for o in overrides)
+    spans = sorted(((o.range(), o.layers) for o in overrides), key=lambda span: span[0])
     for (a, a_name), (b, b_name) in zip(spans, spans[1:]):
         if b[0] <= a[1]:
             overlap = f"{b[0]}-{min(a[1], b[1])}" if b[0] != min(a[1], b[1]) else f"{b[0]}"
@@ -92,10 +96,6 @@ def check_disjoint(overrides: list[LayerOverride], key: str = "layers") -> None:
                 f"{key}: ranges {a_name!r} and {b_name!r} overlap at layer(s) {overlap}",
                 "allowed: ranges that do not overlap (each layer configured at most once)",
             )
-
-    def label(self) -> str:
-        first, last = self.range()
-        return f"{self.bits}bit@{first}-{last}"
 
 
 @dataclass(frozen=True)
