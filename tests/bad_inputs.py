@@ -141,7 +141,7 @@ CASES: list[Case] = [
     run_case("model-device", "model.device=tpu", mentions="model.device"),
     run_case("model-context", "model.context_window=-5", mentions="context_window"),
     run_case("model-tiny-key", "+model.tiny.layers=2", mentions="model.tiny"),
-    run_case("model-local-path", "model.local_path=/nonexistent/model", mentions="local_path"),
+    Case("model-local-path", "run", ("model=llama32_1b", "model.local_path=/nonexistent/model"), "local_path"),
     run_case("niah-lengths-empty", "benchmark.lengths=[]", mentions="lengths"),
     run_case("niah-depths", "benchmark.depths=[150]", mentions="depths"),
     run_case("ruler-too-long", "benchmark=ruler", "benchmark.length=16384", mentions="16384"),

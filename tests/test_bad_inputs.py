@@ -98,3 +98,24 @@ def test_report_warns_when_predictions_and_metrics_disagree(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "metrics.json counts 3 samples" in proc.stderr and "holds 1" in proc.stderr
     assert "metrics.json counts 3 samples" in (tmp_path / "report" / "index.md").read_text()
+
+
+def test_the_preflight_composes_each_sweep_job_as_hydra_does():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from qpruning.entry import CONF_DIR, job_configs, job_overrides, preflight
+    from qpruning.runner import register_resolvers
+
+    register_resolvers()
+    overrides = ["experiment=demo", "model=tiny_llama", "pruner.window=16", "+layerwise=16bit_8-15"]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        jobs = job_overrides("config", overrides)
+        assert len(jobs) == 6  # the experiment's params: 2 benchmarks x 3 bits
+        for job, fast in zip(jobs, job_configs("config", jobs)):
+            full = compose("config", overrides=list(job))
+            assert OmegaConf.to_container(fast, resolve=True) == OmegaConf.to_container(full, resolve=True), job
+    GlobalHydra.instance().clear()
+    assert preflight("config", ["experiment=demo", "model=tiny_llama"], multirun=True) == 6

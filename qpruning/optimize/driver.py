@@ -197,6 +197,8 @@ def optimize_setup(cfg) -> OptimizeSetup:
     from qpruning.checks import build
 
     spec = build(cfg, "model")
+    if cfg.get("budget") is None:
+        raise ConfigError("budget=null: the search needs a budget", "allowed: a fraction in (0, 1], e.g. 0.03125")
     base = KVCompressor(
         pruner=build(cfg, "pruner"),
         quantizer=build(cfg, "quant"),
@@ -205,8 +207,6 @@ def optimize_setup(cfg) -> OptimizeSetup:
         full_cache_tokens=spec.context_window if cfg.full_cache_tokens is None else cfg.full_cache_tokens,
         storage_dtype=cfg.get("storage_dtype"),
     )
-    if base.budget is None:
-        raise ConfigError("budget=null: the search needs a budget", "allowed: a fraction in (0, 1], e.g. 0.03125")
     choices = cfg.get("bits_choices")
     choices = list(choices) if OmegaConf.is_list(choices) else choices
     if not isinstance(choices, list):
