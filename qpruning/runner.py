@@ -31,6 +31,7 @@ import torch
 
 from qpruning.benchmarks import Benchmark, SampleError
 from qpruning.compressor import KVCompressor
+from qpruning.errors import DataError, check_int
 from qpruning.identity import input_files, resolved_config, run_hash
 from qpruning.loggers import NullLogger, RunLogger
 from qpruning.models import ModelSpec
@@ -106,6 +107,8 @@ class Runner:
 
     def __post_init__(self) -> None:
         self.output_dir = Path(self.output_dir)
+        check_int("limit", self.limit, minimum=1, optional=True, meaning="the first N samples; null: all")
+        check_int("seed", self.seed, minimum=0)
 
     @property
     def predictions_path(self) -> Path:
@@ -132,10 +135,12 @@ class Runner:
         # Only the samples the run uses are made (RULER generates them lazily): the first ``limit``.
         samples = list(itertools.islice(self.benchmark.samples(tokenizer), self.limit))
         if not samples:
-            raise ValueError(f"benchmark {self.labels.benchmark} produced no samples")
+            raise DataError(f"benchmark={self.labels.benchmark_variant or self.labels.benchmark} has no samples",
+                            "allowed: a benchmark configuration and data that give at least one sample")
         ids = [s.id for s in samples]
         if len(set(ids)) != len(ids):
-            raise ValueError(f"benchmark {self.labels.benchmark} produced duplicate sample ids")
+            raise DataError(f"benchmark={self.labels.benchmark_variant or self.labels.benchmark} has duplicate "
+                            "sample ids", "allowed: data whose samples have distinct ids")
         return tokenizer, samples
 
     def run(self) -> dict[str, Any]:
@@ -327,6 +332,8 @@ def budget_label(tokens, budget, mode="nominal") -> str:
         return f"t{tokens}"
     if budget is None:
         return "full"
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0:
+        return f"b{budget}"  # not a budget: the configuration's validation says so, the name must not crash
     inverse = 1 / float(budget)
     label = f"b1_{round(inverse)}" if abs(inverse - round(inverse)) < 1e-6 else f"b{float(budget):g}"
     return label + ("x" if mode == "exact" else "")
@@ -349,36 +356,40 @@ def register_resolvers() -> None:
 
 def runner_from_config(cfg, output_dir: str | Path) -> Runner:
     """Build a :class:`Runner` from a composed Hydra config (``conf/config.yaml``)."""
-    from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from qpruning.cache.budget import LayerOverride
+    from qpruning.checks import budget_is_default, build, check_logger, tokens_and_budget
 
     container = OmegaConf.to_container(cfg, resolve=True)
-    model = instantiate(cfg.model, _convert_="all")
-    pruner = instantiate(cfg.pruner, _convert_="all")
-    quantizer = instantiate(cfg.quant, _convert_="all")
-    benchmark = instantiate(cfg.benchmark, _convert_="all")
-    layers = [LayerOverride(**dict(o)) for o in (container.get("layers") or [])]
-    tokens, budget, layer_config = cfg.tokens, cfg.budget, cfg.get("layer_config")
-    if cfg.get("allocation"):
+    model = build(cfg, "model")
+    pruner = build(cfg, "pruner")
+    quantizer = build(cfg, "quant")
+    benchmark = build(cfg, "benchmark")
+    check_logger(cfg)
+    layers = container.get("layers") or []
+    tokens, budget = tokens_and_budget(cfg)  # a typed tokens= wins over the default budget
+    layer_config = cfg.get("layer_config")
+    allocation = cfg.get("allocation")
+    if allocation:
         from qpruning.optimize.allocation import Allocation
 
-        allocation = Allocation.from_yaml(Path(cfg.allocation))
-        layers = allocation.overrides()  # every layer's bits and tokens
-        layer_config = layer_config or allocation.name
-        if tokens is None and budget is None:
-            budget = allocation.meta.get("budget")
+        found = Allocation.from_yaml(Path(allocation))
+        layers = found.overrides()  # every layer's bits and tokens
+        layer_config = layer_config or found.name
+        if tokens is None and (budget is None or budget_is_default(cfg)):
+            budget = found.meta.get("budget", budget)
+    container["tokens"], container["budget"] = tokens, budget
     compressor = KVCompressor(
         pruner=pruner,
         quantizer=quantizer,
         tokens=tokens,
         budget=budget,
         budget_mode=cfg.budget_mode,
-        full_cache_tokens=cfg.full_cache_tokens or model.context_window,
+        full_cache_tokens=model.context_window if cfg.full_cache_tokens is None else cfg.full_cache_tokens,
         layers=layers,
         storage_dtype=cfg.get("storage_dtype"),
         kernel=cfg.get("kernel", "auto"),
+        every_layer=bool(allocation),
     )
     labels = RunLabels(
         # The benchmark itself (niah, ruler...), not the config variant (niah_small, ruler_8k), which only
@@ -396,7 +407,7 @@ def runner_from_config(cfg, output_dir: str | Path) -> Runner:
         experiment=cfg.get("experiment_name"),
         benchmark_variant=cfg.benchmark.name,
     )
-    run_logger = instantiate(cfg.logger, _convert_="all") if cfg.get("logger") else NullLogger()
+    run_logger = build(cfg, "logger") if cfg.get("logger") else NullLogger()
     return Runner(
         model=model,
         compressor=compressor,

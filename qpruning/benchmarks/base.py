@@ -32,17 +32,19 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from qpruning.errors import ConfigError, MissingFileError
+
 logger = logging.getLogger(__name__)
 
 CHAT_DATE_STRING = "26 Jul 2024"
 """The date Llama-3.1/3.2 chat templates fall back to; passed so that prompts do not depend on the day."""
 
 
-class BenchmarkConfigError(ValueError):
+class BenchmarkConfigError(ConfigError):
     """A benchmark configuration that cannot run (unknown names, impossible lengths). Raised before any model work."""
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataNotFoundError(MissingFileError):
     """Benchmark data is missing and cannot be fetched; the message names the files and how to get them."""
 
 
@@ -213,7 +215,7 @@ class Benchmark(ABC):
         Called by the runner before it loads the model, so that a bad configuration fails in a second.
         """
         if context_window <= 0:
-            raise BenchmarkConfigError(f"context_window must be positive, got {context_window}")
+            raise BenchmarkConfigError(f"context_window={context_window} is not positive", "allowed: >= 1")
 
     def max_input_tokens(self, sample: Sample, context_window: int) -> int:
         """The prompt budget: the window minus the room reserved for the sample's generation."""

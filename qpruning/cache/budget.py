@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass
 
 from qpruning.cache.quantizers import ALLOWED_BITS, KVQuantizer
+from qpruning.errors import ConfigError, check_choice, check_int, is_int
 
 BUDGET_MODES = ("nominal", "exact")
 SIXTEEN_BIT_BYTES = 2
@@ -41,24 +42,60 @@ class LayerOverride:
     tokens: int | None = None
 
     def __post_init__(self) -> None:
-        if self.bits not in ALLOWED_BITS:
-            raise ValueError(f"layer override bits={self.bits} is not supported; allowed: {ALLOWED_BITS}")
-        first, last = self.range()
-        if first < 0 or last < first:
-            raise ValueError(f"layer override range {self.layers!r} is not a valid 'first-last' range")
+        self._range = self._parse_range()
+        check_int(f"layers[{self.layers!r}].bits", self.bits, choices=ALLOWED_BITS)
+        check_int(f"layers[{self.layers!r}].tokens", self.tokens, minimum=1, optional=True)
+
+    def _parse_range(self) -> tuple[int, int]:
+        allowed = "allowed: 'first-last' with whole layer numbers, first <= last (e.g. '8-15'), or one layer ('3')"
+        if isinstance(self.layers, str):
+            parts = [p.strip() for p in self.layers.split("-")]
+            if len(parts) not in (1, 2) or not all(p.isdigit() for p in parts):
+                raise ConfigError(f"layer range {self.layers!r} is not a range of layer numbers", allowed)
+            bounds = (int(parts[0]), int(parts[-1]))
+        elif is_int(self.layers):
+            bounds = (int(self.layers), int(self.layers))
+        elif isinstance(self.layers, (list, tuple)) and self.layers and all(is_int(v) for v in self.layers):
+            bounds = (int(self.layers[0]), int(self.layers[-1]))
+        else:
+            raise ConfigError(f"layer range {self.layers!r} is not a range of layer numbers", allowed)
+        if bounds[0] < 0 or bounds[1] < bounds[0]:
+            raise ConfigError(f"layer range {self.layers!r} is empty or negative", allowed)
+        return bounds
 
     def range(self) -> tuple[int, int]:
-        if isinstance(self.layers, str):
-            parts = self.layers.split("-")
-            if len(parts) == 1:
-                return int(parts[0]), int(parts[0])
-            return int(parts[0]), int(parts[1])
-        values = list(self.layers)
-        return (int(values[0]), int(values[-1]))
+        return self._range
 
     def label(self) -> str:
         first, last = self.range()
         return f"{self.bits}bit@{first}-{last}"
+
+    @classmethod
+    def from_mapping(cls, entry: object) -> LayerOverride:
+        """One entry of ``layers=`` (``{layers: "8-15", bits: 16, tokens: 512}``) as typed by a user."""
+        keys = ("layers", "bits", "tokens")
+        allowed = 'allowed: {layers: "first-last", bits: 2|4|8|16, tokens: N (optional)}'
+        if isinstance(entry, LayerOverride):
+            return entry
+        if not isinstance(entry, dict):
+            raise ConfigError(f"layers entry {entry!r} is not a mapping", allowed)
+        unknown = sorted(set(entry) - set(keys))
+        if unknown or "layers" not in entry or "bits" not in entry:
+            what = f"unknown key(s) {', '.join(unknown)}" if unknown else "needs layers and bits"
+            raise ConfigError(f"layers entry {entry!r}: {what}", allowed)
+        return cls(**entry)
+
+
+def check_disjoint(overrides: list[LayerOverride], key: str = "layers") -> None:
+    """Refuse layer ranges that overlap (which one would win is not something a user should have to guess)."""
+    spans = sorted(((o.range(), o.layers) for o in overrides), key=lambda span: span[0])
+    for (a, a_name), (b, b_name) in zip(spans, spans[1:]):
+        if b[0] <= a[1]:
+            overlap = f"{b[0]}-{min(a[1], b[1])}" if b[0] != min(a[1], b[1]) else f"{b[0]}"
+            raise ConfigError(
+                f"{key}: ranges {a_name!r} and {b_name!r} overlap at layer(s) {overlap}",
+                "allowed: ranges that do not overlap (each layer configured at most once)",
+            )
 
 
 @dataclass(frozen=True)
@@ -96,8 +133,7 @@ def tokens_for_budget(
     budget: float, full_tokens: int, bits: int, quantizer: KVQuantizer, head_dim: int, mode: str = "nominal"
 ) -> int:
     """Kept tokens per layer and head that spend ``budget`` of a 16-bit cache of ``full_tokens`` tokens."""
-    if mode not in BUDGET_MODES:
-        raise ValueError(f"budget_mode={mode!r} is not allowed; use {' or '.join(BUDGET_MODES)}")
+    check_choice("budget_mode", mode, BUDGET_MODES)
     if mode == "nominal":
         return int(math.floor(budget * full_tokens * 16 / bits + 1e-9))
     allowance = budget * 2 * full_tokens * head_dim * SIXTEEN_BIT_BYTES

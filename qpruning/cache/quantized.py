@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from qpruning.cache.packing import pack, unpack
+from qpruning.errors import ConfigError, check_real
 
 
 class GroupAxis(str, enum.Enum):
@@ -48,11 +49,14 @@ class OutlierFilter:
 
     def __post_init__(self) -> None:
         if (self.fraction is None) == (self.threshold is None):
-            raise ValueError("OutlierFilter needs exactly one of fraction or threshold")
-        if self.fraction is not None and not 0.0 < self.fraction < 1.0:
-            raise ValueError(f"Outlier fraction must be in (0, 1), got {self.fraction}")
-        if self.threshold is not None and self.threshold <= 0:
-            raise ValueError(f"Outlier threshold must be positive, got {self.threshold}")
+            raise ConfigError("quant.outliers needs exactly one of fraction or threshold",
+                              "allowed: fraction=0.01 or threshold=6, the other null")
+        if self.fraction is not None:
+            check_real("quant.outliers.fraction", self.fraction, low=0.0, high=1.0)
+            if self.fraction == 1.0:
+                raise ConfigError("quant.outliers.fraction=1.0 keeps every number", "allowed: a fraction in (0, 1)")
+        if self.threshold is not None:
+            check_real("quant.outliers.threshold", self.threshold, low=0.0)
 
     def mask(self, x: torch.Tensor) -> torch.Tensor:
         magnitude = x.abs()
@@ -84,9 +88,9 @@ def _ungrouped(g: torch.Tensor, n: int, d: int, axis: GroupAxis) -> torch.Tensor
 
 def check_groupable(n: int, d: int, group_size: int, axis: GroupAxis) -> None:
     if axis is GroupAxis.CHANNELS and d % group_size:
-        raise ValueError(
-            f"group_size={group_size} does not divide head_dim={d}: per-token groups run along the channels, "
-            f"so group_size must divide head_dim (allowed here: {[g for g in (32, 64, 128) if d % g == 0]})"
+        raise ConfigError(
+            f"group_size={group_size} does not divide head_dim={d} (per-token groups run along the channels)",
+            f"allowed here: {', '.join(str(g) for g in (32, 64, 128) if d % g == 0) or 'none'}",
         )
     if axis is GroupAxis.TOKENS and n % group_size:
         raise ValueError(f"{n} tokens cannot be split into per-channel groups of {group_size} tokens")

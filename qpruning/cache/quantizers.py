@@ -15,6 +15,7 @@ from typing import ClassVar
 import torch
 
 from qpruning.cache.quantized import GroupAxis, OutlierFilter, QuantizedTensor, check_groupable, quantize
+from qpruning.errors import ConfigError, check_int, check_params
 
 ALLOWED_BITS = (2, 4, 8, 16)
 ALLOWED_GROUP_SIZES = (32, 64, 128)
@@ -42,17 +43,15 @@ class KVQuantizer:
     outliers: OutlierFilter | None = None
 
     def __post_init__(self) -> None:
-        if self.bits not in ALLOWED_BITS:
-            raise ValueError(f"bits={self.bits} is not supported; allowed: {', '.join(map(str, ALLOWED_BITS))}")
-        if self.group_size not in ALLOWED_GROUP_SIZES:
-            raise ValueError(
-                f"group_size={self.group_size} is not supported; allowed: {', '.join(map(str, ALLOWED_GROUP_SIZES))}"
-            )
+        check_int("bits", self.bits, choices=ALLOWED_BITS, meaning="16 = no quantization")
+        check_int("group_size", self.group_size, choices=ALLOWED_GROUP_SIZES)
         if self.residual_length is None:
             self.residual_length = self.group_size
-        if self.residual_length <= 0 or self.residual_length % self.group_size:
-            raise ValueError(
-                f"residual_length={self.residual_length} must be a positive multiple of group_size={self.group_size}"
+        check_int("quant.residual_length", self.residual_length, minimum=1)
+        if self.residual_length % self.group_size:
+            raise ConfigError(
+                f"quant.residual_length={self.residual_length} is not a multiple of group_size={self.group_size}",
+                "allowed: a positive multiple of group_size",
             )
         if isinstance(self.outliers, dict):
             self.outliers = OutlierFilter(**self.outliers)
@@ -158,9 +157,9 @@ class HQQ(KVQuantizer):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.layout not in ("kivi", "flexgen"):
-            raise ValueError(f"hqq layout={self.layout!r} is not allowed; use kivi or flexgen")
+            raise ConfigError(f"quant.layout={self.layout!r} is not allowed for hqq", "allowed: kivi or flexgen")
         if self.outliers is not None:
-            raise ValueError("hqq does not take outliers; use kivi_outlier or flexgen_outlier")
+            raise ConfigError("quant=hqq does not take outliers", "use quant=kivi_outlier or quant=flexgen_outlier")
 
     @property
     def key_axis(self) -> GroupAxis:  # type: ignore[override]
@@ -208,5 +207,6 @@ QUANTIZERS: dict[str, type[KVQuantizer]] = {
 def get_quantizer(name: str, **kwargs) -> KVQuantizer:
     """The quantizer called ``name`` (``quant=`` in configs)."""
     if name not in QUANTIZERS:
-        raise ValueError(f"Unknown quantizer {name!r}; allowed: {', '.join(QUANTIZERS)}")
+        raise ConfigError(f"quant={name!r} is not a quantizer", f"allowed: {', '.join(QUANTIZERS)}")
+    check_params(f"quant={name}", QUANTIZERS[name], kwargs, "quant")
     return QUANTIZERS[name](**kwargs)

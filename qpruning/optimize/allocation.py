@@ -16,8 +16,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from qpruning.cache.budget import LayerOverride, row_bytes
+from qpruning.cache.budget import LayerOverride, check_disjoint, row_bytes
 from qpruning.cache.quantizers import KVQuantizer
+from qpruning.errors import ConfigError, MissingFileError
 
 # Per (layer, row): kept-tokens count (int32) and the row lengths of at most two prefill segments (int32 each).
 INDEX_BYTES_PER_ROW = 4 * 3
@@ -105,16 +106,32 @@ class Allocation:
     def from_yaml(cls, path: Path) -> Allocation:
         import yaml
 
-        data = yaml.safe_load(Path(path).read_text())
-        if not isinstance(data, dict) or "layers" not in data:
-            raise ValueError(f"{path} is not an allocation file (it needs a 'layers' list)")
+        allowed = "allowed: an allocation.yaml written by qpruning optimize (a 'layers' list of {layers, bits, tokens})"
+        path = Path(path)
+        if not path.is_file():
+            raise MissingFileError(f"allocation={path} does not exist", "allowed: the path of an allocation.yaml")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or type(exc).__name__
+            raise ConfigError(f"allocation={path} is not valid YAML{where} ({problem})", allowed) from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"allocation={path} is not a text file", allowed) from None
+        if not isinstance(data, dict) or not isinstance(data.get("layers"), list) or not data["layers"]:
+            raise ConfigError(f"allocation={path} is not an allocation file (it needs a 'layers' list)", allowed)
         groups = []
         for entry in data["layers"]:
-            override = LayerOverride(entry["layers"], bits=int(entry["bits"]), tokens=entry.get("tokens"))
+            try:
+                override = LayerOverride.from_mapping(entry)
+            except ConfigError as exc:
+                raise ConfigError(f"allocation={path}: {exc.what}", exc.allowed) from None
             if override.tokens is None:
-                raise ValueError(f"{path}: every layer group of an allocation needs its tokens")
+                raise ConfigError(f"allocation={path}: layer group {override.layers!r} has no tokens", allowed)
             first, last = override.range()
             groups.append(GroupSetting(first, last, override.bits, int(override.tokens)))
+        check_disjoint([LayerOverride(f"{g.first}-{g.last}", g.bits, g.tokens) for g in groups], f"allocation={path}")
         meta = {k: v for k, v in data.items() if k not in ("name", "layers")}
         return cls(groups, name=data.get("name", Path(path).stem), meta=meta)
 

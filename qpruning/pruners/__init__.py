@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from qpruning.errors import ConfigError, check_params
 from qpruning.pruners.adakv import AdaKV
 from qpruning.pruners.base import NoPruner, Pruner, select_tokens
 from qpruning.pruners.h2o import H2O
@@ -18,7 +19,8 @@ PRUNERS: dict[str, type[Pruner]] = {
 def get_pruner(name: str, **params) -> Pruner:
     """The pruner called ``name`` (``pruner=`` in configs), with its parameters."""
     if name not in PRUNERS:
-        raise ValueError(f"Unknown pruner {name!r}; allowed: {', '.join(PRUNERS)}")
+        raise ConfigError(f"pruner={name!r} is not a pruner", f"allowed: {', '.join(PRUNERS)}")
+    check_params(f"pruner={name}", PRUNERS[name], params, "pruner")
     return PRUNERS[name](**params)
 
 

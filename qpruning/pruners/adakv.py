@@ -35,6 +35,7 @@ from typing import ClassVar
 
 import torch
 
+from qpruning.errors import ConfigError
 from qpruning.pruners.base import _real_lengths
 from qpruning.pruners.snapkv import SnapKV
 
@@ -80,7 +81,7 @@ class AdaKV(SnapKV):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 0.0 <= self.floor_alpha <= 1.0:
-            raise ValueError(f"adakv: floor_alpha must be in [0, 1], got {self.floor_alpha}")
+            raise ConfigError(f"pruner.floor_alpha={self.floor_alpha} is out of range", "adakv: floor_alpha must be in [0, 1]")
 
     def allocate(self, scores, budget, key_valid, layer_idx=0):
         """Tokens each KV head keeps, ``[batch, kv_heads]``: ``window + floor + share`` per head, summing to

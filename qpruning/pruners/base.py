@@ -25,6 +25,8 @@ from typing import ClassVar
 
 import torch
 
+from qpruning.errors import check_int
+
 # The largest attention-probability block (in float32 numbers) a scorer materializes at once: queries are
 # processed in chunks so that a 32k-token prompt never needs an L x L matrix per head.
 SCORE_BLOCK_NUMBERS = 1 << 26
@@ -43,8 +45,7 @@ class Pruner(ABC):
     window: int = 32
 
     def __post_init__(self) -> None:
-        if self.window < 0:
-            raise ValueError(f"{self.name}: window must be >= 0, got {self.window}")
+        check_int("pruner.window", self.window, minimum=0, meaning="prompt tokens always kept")
 
     @property
     def prunes(self) -> bool:

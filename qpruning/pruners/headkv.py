@@ -50,6 +50,7 @@ from typing import ClassVar
 
 import torch
 
+from qpruning.errors import ConfigError, DataError, MissingFileError, is_real
 from qpruning.head_scores import SCORES_DIR, shipped_models, shipped_path
 from qpruning.pruners.base import _real_lengths
 from qpruning.pruners.snapkv import SnapKV
@@ -80,7 +81,7 @@ class HeadScores:
         """``S``: L1-normalized, raised to ``temperature``, normalized again (the reference code's steps)."""
         total = self.matrix.sum()
         if not total > 0:
-            raise ValueError(f"head scores in {self.source} are all zero: they cannot allocate a budget")
+            raise DataError(f"head scores in {self.source} are all zero: they cannot allocate a budget")
         s = (self.matrix / total).pow(temperature)
         return s / s.sum()
 
@@ -92,37 +93,45 @@ def load_head_scores(path: str | os.PathLike) -> HeadScores:
     used; an empty list counts as 0) or a number."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"head scores file {path} does not exist")
+        raise MissingFileError(f"pruner.head_scores={path} does not exist", "allowed: a head-scores JSON file")
     text = path.read_text(encoding="utf-8").strip()
     try:
         data = json.loads(text)
     except json.JSONDecodeError:
         # The published files are read with json.loads(file.readline()): accept a first-line object too.
-        data = json.loads(text.splitlines()[0])
+        try:
+            data = json.loads(text.splitlines()[0]) if text else None
+        except json.JSONDecodeError as exc:
+            raise DataError(f"head scores file {path} is not JSON (line 1, column {exc.colno}: {exc.msg})",
+                            "allowed: a JSON object {'layer-head': [scores]}") from None
     meta: dict = {}
     if isinstance(data, dict) and isinstance(data.get("scores"), dict):
         meta = {k: v for k, v in data.items() if k != "scores"}
         data = data["scores"]
     if not isinstance(data, dict) or not data:
-        raise ValueError(f"{path} is not a head-scores file: expected a JSON object {{'layer-head': [scores]}}")
+        raise DataError(f"{path} is not a head-scores file: expected a JSON object {{'layer-head': [scores]}}")
     entries: dict[tuple[int, int], float] = {}
     for key, value in data.items():
         match = _KEY.match(str(key))
         if match is None:
-            raise ValueError(f"{path}: key {key!r} is not 'layer-head' (e.g. '0-3')")
+            raise DataError(f"{path}: key {key!r} is not 'layer-head' (e.g. '0-3')")
         if isinstance(value, (list, tuple)):
-            numbers = [float(v) for v in value]
+            numbers = [v for v in value if is_real(v)]
+            if len(numbers) != len(value):
+                raise DataError(f"{path}: head {key} has a score that is not a number", "allowed: numbers >= 0")
             score = sum(numbers) / len(numbers) if numbers else 0.0
-        else:
+        elif is_real(value):
             score = float(value)
+        else:
+            raise DataError(f"{path}: head {key} has score {value!r}, not a number", "allowed: numbers >= 0")
         if not math.isfinite(score) or score < 0:
-            raise ValueError(f"{path}: head {key} has score {score}; scores must be finite and >= 0")
+            raise DataError(f"{path}: head {key} has score {score}; scores must be finite and >= 0")
         entries[(int(match.group(1)), int(match.group(2)))] = score
     layers = max(layer for layer, _ in entries) + 1
     heads = max(head for _, head in entries) + 1
     missing = [f"{layer}-{head}" for layer in range(layers) for head in range(heads) if (layer, head) not in entries]
     if missing:
-        raise ValueError(
+        raise DataError(
             f"{path}: scores for {len(missing)} of {layers} x {heads} heads are missing (e.g. {missing[:4]})"
         )
     matrix = torch.zeros(layers, heads, dtype=torch.float64)
@@ -137,10 +146,11 @@ def resolve_scores_path(head_scores: str | None, model_name: str | None) -> Path
     if head_scores:
         path = Path(head_scores).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(
-                f"headkv: pruner.head_scores={head_scores} does not exist. Point it at a scores file (the published "
-                "HeadKV files such as Meta-Llama-3-8B-Instruct_retrieval_reasoning_heads.json work as they are) or "
-                "compute one with scripts/compute_head_scores.py"
+            raise MissingFileError(
+                f"headkv: pruner.head_scores={head_scores} does not exist",
+                "allowed: a scores file (the published HeadKV files such as "
+                "Meta-Llama-3-8B-Instruct_retrieval_reasoning_heads.json work as they are) or one computed with "
+                "scripts/compute_head_scores.py",
             )
         return path
     looked = shipped_path(model_name) if model_name else None
@@ -148,7 +158,7 @@ def resolve_scores_path(head_scores: str | None, model_name: str | None) -> Path
         return looked
     shipped = ", ".join(shipped_models()) or "none"
     where = f"looked for {looked}" if looked is not None else f"no model name to look for in {SCORES_DIR}"
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"headkv needs head importance scores for model {model_name!r}: pruner.head_scores is not set and no "
         f"scores file ships for it ({where}; shipped: {shipped}). Either set pruner.head_scores=/path/to/scores.json "
         "(e.g. the published Meta-Llama-3-8B-Instruct_retrieval_reasoning_heads.json or "
@@ -253,9 +263,9 @@ class HeadKV(SnapKV):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.beta >= 1.0:
-            raise ValueError(f"headkv: beta must be >= 1 (the share b // beta goes to the pool), got {self.beta}")
+            raise ConfigError(f"pruner.beta={self.beta} is below 1", "allowed: beta >= 1 (headkv: the share b // beta goes to the pool)")
         if not self.temperature > 0:
-            raise ValueError(f"headkv: temperature must be positive, got {self.temperature}")
+            raise ConfigError(f"pruner.temperature={self.temperature} is not positive", "allowed: a number > 0")
         self.importance = load_head_scores(resolve_scores_path(self.head_scores, self.model_name))
         self._plan: tuple[list[int], int] | None = None
         self._counts_key: tuple | None = None
@@ -267,10 +277,10 @@ class HeadKV(SnapKV):
         """Raise unless the scores fit a model of ``num_layers`` layers with ``q_heads`` / ``kv_heads`` heads."""
         scores = self.importance
         if scores.num_layers != num_layers or scores.num_heads not in (q_heads, kv_heads):
-            raise ValueError(
+            raise ConfigError(
                 f"headkv: the head scores in {scores.source} are for {scores.num_layers} layers x "
                 f"{scores.num_heads} heads, but the model has {num_layers} layers x {q_heads} query heads "
-                f"({kv_heads} KV heads): use the scores of this model (pruner.head_scores=...)"
+                f"({kv_heads} KV heads)", "allowed: the scores of this model (pruner.head_scores=...)"
             )
 
     def kv_importance(self, kv_heads: int) -> torch.Tensor:

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from qpruning.errors import ConfigError
 from qpruning.pruners.snapkv import SnapKV
 
 logger = logging.getLogger(__name__)
@@ -54,9 +55,9 @@ class PyramidKV(SnapKV):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.beta < 1:
-            raise ValueError(f"pyramidkv: beta must be >= 1, got {self.beta}")
+            raise ConfigError(f"pruner.beta={self.beta} is below 1", "allowed: pyramidkv beta >= 1")
         if self.short_prompt not in ("uniform", "pyramid"):
-            raise ValueError(f"pyramidkv: short_prompt must be uniform or pyramid, got {self.short_prompt!r}")
+            raise ConfigError(f"pruner.short_prompt={self.short_prompt!r} is not allowed", "allowed: uniform or pyramid")
 
     def selected_schedule(self, selected: int, num_layers: int, available: int) -> tuple[list[int], str]:
         """Selected (non-window) tokens per layer for an average of ``selected``, and how it was obtained."""

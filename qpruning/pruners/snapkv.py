@@ -15,6 +15,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from qpruning.errors import ConfigError
 from qpruning.pruners.base import Pruner, grouped_attention_probs
 
 
@@ -36,11 +37,11 @@ class SnapKV(Pruner):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.window < 1:
-            raise ValueError(f"{self.name}: the observation window must be >= 1, got {self.window}")
+            raise ConfigError(f"pruner.window={self.window} leaves {self.name} no observation window", "allowed: window >= 1")
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
-            raise ValueError(f"{self.name}: kernel_size must be a positive odd number, got {self.kernel_size}")
+            raise ConfigError(f"pruner.kernel_size={self.kernel_size} is not allowed", "allowed: a positive odd number")
         if self.pooling not in ("max", "avg"):
-            raise ValueError(f"{self.name}: pooling must be max or avg, got {self.pooling!r}")
+            raise ConfigError(f"pruner.pooling={self.pooling!r} is not allowed", "allowed: max or avg")
 
     def score(self, query, key, key_valid, scaling):
         batch, q_heads, seq, _ = query.shape

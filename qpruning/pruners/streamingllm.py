@@ -15,6 +15,7 @@ from typing import ClassVar
 
 import torch
 
+from qpruning.errors import ConfigError
 from qpruning.pruners.base import Pruner
 
 
@@ -35,7 +36,7 @@ class StreamingLLM(Pruner):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.sinks is not None and self.sinks < 0:
-            raise ValueError(f"streamingllm: sinks must be >= 0 or null, got {self.sinks}")
+            raise ConfigError(f"pruner.sinks={self.sinks} is negative", "allowed: sinks >= 0 or null")
 
     def score(self, query, key, key_valid, scaling):
         batch, heads, seq, _ = key.shape

@@ -15,7 +15,10 @@ import shlex
 import sys
 from collections.abc import Sequence
 
+from qpruning.errors import MissingFileError, reported
+
 from .build import build_report, push_to_wandb
+from .collect import find_run_dirs
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -60,6 +63,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if not args.throughput and not find_run_dirs(args.runs):
+        with reported():
+            raise MissingFileError(
+                f"no run folders under {', '.join(args.runs)}",
+                "allowed: run or sweep folders that hold metrics.json or predictions.jsonl (e.g. outputs/)",
+            )
     command = "python -m qpruning.report " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
     )

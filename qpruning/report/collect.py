@@ -171,6 +171,20 @@ def _count_predictions(run_dir: Path) -> tuple[int, int]:
     return len(by_id) - failed, failed
 
 
+def _check_agreement(run_dir: Path, recorded: tuple[Any, Any], counted: tuple[int, int], problems: list[str]) -> None:
+    """Warn when ``predictions.jsonl`` and ``metrics.json`` disagree on the samples (a file cut or edited later)."""
+    done, failed = recorded
+    if not isinstance(done, int) or counted == (done, failed if isinstance(failed, int) else counted[1]):
+        return
+    message = (
+        f"{_display_path(run_dir)}: metrics.json counts {done} samples ({failed} failed) but {PREDICTIONS_FILE} "
+        f"holds {counted[0]} ({counted[1]} failed): the predictions were cut or edited after the run; the report "
+        "uses metrics.json"
+    )
+    problems.append(message)
+    logger.warning(message)
+
+
 def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in mapping.items():
@@ -329,8 +343,12 @@ def _read_run(run_dir: Path, problems: list[str]) -> dict[str, Any]:
         mtime = metrics_path.stat().st_mtime
         done = record.get("samples")
         failed_done = record.get("failed")
-        if done is None and predictions_path.is_file():
-            done, failed_done = _count_predictions(run_dir)
+        if predictions_path.is_file():
+            counted = _count_predictions(run_dir)
+            if done is None:
+                done, failed_done = counted
+            else:
+                _check_agreement(run_dir, (done, failed_done), counted, problems)
     else:
         mtime = predictions_path.stat().st_mtime if predictions_path.is_file() else 0.0
         done, failed_done = _count_predictions(run_dir)

@@ -75,7 +75,8 @@ class LongBench(Benchmark):
         unknown = [d for d in self.datasets if d not in self.valid_datasets]
         if unknown:
             raise BenchmarkConfigError(
-                f"Unknown {self.name} dataset(s) {', '.join(map(repr, unknown))}; valid: {', '.join(self.valid_datasets)}"
+                f"benchmark.datasets: unknown {self.name} dataset(s) {', '.join(map(repr, unknown))}",
+                f"valid: {', '.join(self.valid_datasets)}",
             )
         if not self.datasets:
             raise BenchmarkConfigError(
@@ -83,7 +84,7 @@ class LongBench(Benchmark):
             )
         if self.limit is not None and self.limit < 1:
             raise BenchmarkConfigError(
-                f"limit must be a positive number of samples per dataset or null, got {self.limit}"
+                f"benchmark.limit={self.limit} is not positive", "allowed: samples per dataset >= 1, or null"
             )
 
     # -- configuration checks ------------------------------------------------------------------------------------
@@ -95,7 +96,7 @@ class LongBench(Benchmark):
             raise BenchmarkConfigError(
                 f"A context window of {context_window} tokens cannot hold {self.name}: the datasets generate up to "
                 f"{longest} tokens, which leaves {context_window - longest} tokens for the prompt "
-                f"(at least {MIN_PROMPT_TOKENS} needed)."
+                f"(at least {MIN_PROMPT_TOKENS} needed)", "allowed: a model with a longer context window"
             )
 
     # -- samples ---------------------------------------------------------------------------------------------------

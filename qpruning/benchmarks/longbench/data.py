@@ -30,6 +30,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from qpruning.errors import DataError
+
 from ..base import DataNotFoundError
 from ..common import data_cache_dir, hub_offline_by_env, hub_reachable
 
@@ -60,24 +62,38 @@ def find_file(folder: str | os.PathLike, name: str) -> Path | None:
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The records of a LongBench jsonl file; each must carry the official fields."""
+    fields = ("input", "context", "answers", "_id")
+    allowed = f"allowed: one JSON object per line with the official fields ({', '.join(fields)}); fetch the " \
+        "files again with scripts/download_longbench.py"
     records = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            record = json.loads(line)
-            missing = [f for f in ("input", "context", "answers", "_id") if f not in record]
-            if missing:
-                raise ValueError(f"{path}:{number} lacks the LongBench field(s) {', '.join(missing)}")
-            records.append(record)
+    with open(path, encoding="utf-8", errors="strict") as handle:
+        try:
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"data file {path} line {number} is not JSON ({exc.msg})", allowed) from None
+                if not isinstance(record, dict):
+                    raise DataError(f"data file {path} line {number} is not a JSON object", allowed)
+                missing = [f for f in fields if f not in record]
+                if missing:
+                    raise DataError(f"data file {path} line {number} lacks the LongBench field(s) "
+                                    f"{', '.join(missing)}", allowed)
+                records.append(record)
+        except UnicodeDecodeError:
+            raise DataError(f"data file {path} is not UTF-8 text", allowed) from None
+    if not records:
+        raise DataError(f"data file {path} is empty", allowed)
     return records
 
 
 def missing_data_message(missing: Iterable[str], where: str) -> str:
     names = sorted(missing)
     return (
-        f"LongBench data not found: {', '.join(names)} ({where}). "
-        "To get it, run on a machine with internet: "
+        f"LongBench data not found: {', '.join(names)} ({where}); "
+        "to get it, run on a machine with internet: "
         "python scripts/download_longbench.py --out DIR (it fetches the LongBench and LongBench-E files), "
         "copy DIR here and run with benchmark.data_dir=DIR. "
         f"Files put in {default_dir()} are found without data_dir."

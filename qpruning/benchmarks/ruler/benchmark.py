@@ -121,19 +121,19 @@ class Ruler(Benchmark):
         unknown = [t for t in self.tasks if t not in TASKS]
         if unknown:
             raise BenchmarkConfigError(
-                f"Unknown RULER task(s) {', '.join(map(repr, unknown))}; valid: {', '.join(ALL_TASKS)}"
+                f"benchmark.tasks: unknown RULER task(s) {', '.join(map(repr, unknown))}", f"valid: {', '.join(ALL_TASKS)}"
             )
         if not self.tasks:
-            raise BenchmarkConfigError(f"RULER tasks is empty; valid: {', '.join(ALL_TASKS)}")
+            raise BenchmarkConfigError("benchmark.tasks is empty", f"valid: {', '.join(ALL_TASKS)}")
         if int(self.length) < MIN_LENGTH:
             raise BenchmarkConfigError(
-                f"RULER length must be at least {MIN_LENGTH} tokens, got {self.length}"
+                f"benchmark.length={self.length} is too short for RULER", f"allowed: at least {MIN_LENGTH} tokens"
             )
         self.length = int(self.length)
         if self.num_samples < 1:
-            raise BenchmarkConfigError(f"num_samples must be positive, got {self.num_samples}")
+            raise BenchmarkConfigError(f"benchmark.num_samples={self.num_samples} is not positive", "allowed: >= 1")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
-            raise BenchmarkConfigError(f"max_new_tokens must be positive or null, got {self.max_new_tokens}")
+            raise BenchmarkConfigError(f"benchmark.max_new_tokens={self.max_new_tokens} is not positive", "allowed: >= 1 or null")
 
     @property
     def benchmark_length(self) -> int:
@@ -152,8 +152,8 @@ class Ruler(Benchmark):
         if need > context_window:
             raise BenchmarkConfigError(
                 f"RULER length {self.length} needs {need} tokens (prompt + up to {worst} generated), more than the "
-                f"model's context window of {context_window} tokens; use length <= "
-                f"{context_window if self.include_generation else context_window - worst}."
+                f"model's context window of {context_window} tokens",
+                f"allowed: benchmark.length <= {context_window if self.include_generation else context_window - worst}",
             )
 
     # -- qa data -------------------------------------------------------------------------------------------------

@@ -23,6 +23,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from qpruning.errors import DataError
+
 from ..base import DataNotFoundError
 from ..common import data_cache_dir, hub_offline_by_env, hub_reachable
 
@@ -178,4 +180,14 @@ def locate(dataset: str, qa_data_dir: str | os.PathLike | None = None, hub_timeo
 
 def load(dataset: str, qa_data_dir: str | os.PathLike | None = None, hub_timeout: float = 3.0):
     """``(qas, docs)`` of ``dataset`` (see :func:`read_squad`, :func:`read_hotpotqa`)."""
-    return READERS[dataset](locate(dataset, qa_data_dir, hub_timeout))
+    path = locate(dataset, qa_data_dir, hub_timeout)
+    allowed = f"allowed: the official {FILES[dataset]} ({URLS[dataset]}); fetch it with scripts/download_ruler_qa.py"
+    try:
+        qas, docs = READERS[dataset](path)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"data file {path} is not JSON (line {exc.lineno}: {exc.msg})", allowed) from None
+    except (KeyError, TypeError, IndexError, ValueError) as exc:
+        raise DataError(f"data file {path} is not a {dataset} file ({type(exc).__name__}: {exc})", allowed) from None
+    if not qas:
+        raise DataError(f"data file {path} holds no questions", allowed)
+    return qas, docs

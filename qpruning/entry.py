@@ -1,0 +1,244 @@
+"""The command-line front door of the Hydra applications: ``python run.py`` / ``qpruning run`` and ``qpruning
+optimize``.
+
+Hydra reports a mistake in its own way: a composition error (``pruner=tova``, ``bitz=4``) in several lines with
+exit status 1, and an exception in the task function or in a folder-name resolver as a traceback. Here every
+mistake in what the user gave is one line on stderr and exit status 2 (:mod:`qpruning.errors`), checked before
+anything runs:
+
+1. **Preflight** (:func:`preflight`): the configuration of every job is composed with Hydra's compose API (a
+   ``-m`` sweep is expanded as Hydra's basic sweeper expands it, ``hydra.sweeper.params`` of an experiment
+   included), its run folder name resolved, its objects built (each dataclass validates its fields) and checked
+   against the model's config (bits, group size against ``head_dim``, budget against the pruner's window). A bad
+   value anywhere in a sweep stops the sweep before its first job.
+2. **The task** (:func:`run_task`, :func:`optimize_task`): the rest, which needs the tokenizer or the data (a
+   corrupt data file, an empty benchmark), is checked by each job before its model loads, and reported the same
+   way.
+
+``--debug`` (or ``QPRUNING_DEBUG=1``, or Hydra's ``HYDRA_FULL_ERROR=1``) shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from qpruning.errors import ConfigError, MissingFileError, reported
+
+logger = logging.getLogger(__name__)
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+# Hydra flags after which nothing runs (help, printing the config, completion): no preflight for them.
+INSPECT_FLAGS = ("-h", "--help", "--hydra-help", "--info", "-i", "--cfg", "-c", "--resolve", "--shell-completion",
+                 "-sc", "--version", "-p", "--package")
+# Flags that change where configurations come from: the preflight, which composes from conf/, steps aside.
+SOURCE_FLAGS = ("--config-path", "-cp", "--config-dir", "-cd", "--experimental-rerun")
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def run_task(cfg) -> float | None:
+    """``python run.py``'s task: one run; a mistake found before the model loads is one line, exit 2."""
+    from qpruning.runner import run_job
+
+    with reported():
+        return run_job(cfg)
+
+
+def optimize_task(cfg) -> float:
+    """``qpruning optimize``'s task, reported like :func:`run_task`."""
+    from qpruning.optimize.driver import run_optimize_job
+
+    with reported():
+        return run_optimize_job(cfg)
+
+
+# -- preflight ------------------------------------------------------------------------------------------------
+
+
+def check_run(cfg, folder: str) -> None:
+    """What a run checks before its model loads, short of tokenizer and data (see :meth:`Runner.validate`)."""
+    from qpruning.runner import runner_from_config
+
+    _validated(runner_from_config(cfg, folder))
+
+
+def check_optimize(cfg, folder: str) -> None:
+    from qpruning.optimize.driver import optimize_setup
+
+    optimize_setup(cfg)
+
+
+CHECKS: dict[str, Callable[[Any, str], None]] = {"config": check_run, "optimize": check_optimize}
+
+
+def _validated(runner) -> None:
+    # A sweep has many jobs and few models: read each model's config once. A config this machine cannot read
+    # (a hub model not downloaded where a Slurm sweep is submitted) is checked by the job, before its weights.
+    try:
+        config = _model_config(runner.model)
+    except MissingFileError as exc:
+        logger.info("preflight: %s; the job checks it", exc.what)
+    else:
+        runner.compressor.plan(config)
+    runner.benchmark.validate(runner.model.context_window)
+
+
+_MODEL_CONFIGS: dict[str, Any] = {}
+
+
+def _model_config(spec):
+    key = repr(spec)
+    if key not in _MODEL_CONFIGS:
+        _MODEL_CONFIGS[key] = spec.load_config()
+    return _MODEL_CONFIGS[key]
+
+
+def split_flags(argv: list[str]) -> tuple[str | None, bool, list[str], bool]:
+    """``(config_name or None, multirun, overrides, preflight possible)`` from Hydra's command line."""
+    config_name, multirun, overrides, possible = None, False, [], True
+    args = iter(argv)
+    for arg in args:
+        flag, _, value = arg.partition("=")
+        if arg in ("-m", "--multirun"):
+            multirun = True
+        elif flag in ("-cn", "--config-name"):
+            config_name = value or next(args, None)
+        elif flag in SOURCE_FLAGS or arg in INSPECT_FLAGS or flag in ("--cfg", "--info", "--package"):
+            possible = False
+        elif arg.startswith("-"):
+            possible = False  # a flag this front door does not know: leave it to Hydra
+        else:
+            overrides.append(arg)
+    return config_name, multirun, overrides, possible
+
+
+def job_overrides(config_name: str, overrides: list[str]) -> list[list[str]]:
+    """The overrides of every job of a ``-m`` sweep, as Hydra's basic sweeper forms them."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.types import RunMode
+
+    hydra = GlobalHydra.instance().hydra
+    sweep_cfg = hydra.compose_config(config_name, overrides, run_mode=RunMode.MULTIRUN,
+                                     with_log_configuration=False)
+    parser = OverridesParser.create()
+    if sweep_cfg.hydra.sweeper.get("_target_") != BASIC_SWEEPER:  # another sweeper: check the fixed values only
+        return [[o.input_line for o in parser.parse_overrides(overrides) if not o.is_sweep_override()]]
+    params = [f"{key}={value}" for key, value in (sweep_cfg.hydra.sweeper.get("params") or {}).items()]
+    return BasicSweeper.split_arguments(parser.parse_overrides(params + overrides), None)[0]
+
+
+def preflight(config_name: str, overrides: list[str], multirun: bool = False) -> int:
+    """Compose and check the configuration of every job; raises :class:`UserError`. Returns the job count."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from qpruning.runner import register_resolvers
+
+    register_resolvers()
+    check = CHECKS.get(config_name, check_run)
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            jobs = job_overrides(config_name, overrides) if multirun else [overrides]
+            for cfg in job_configs(config_name, jobs):
+                check(cfg, str(Path(str(cfg.get("output_root", "outputs"))) / "preflight"))
+    except Exception as exc:
+        converted = as_user_error(exc)
+        if converted is exc:
+            raise
+        raise converted from exc
+    finally:
+        GlobalHydra.instance().clear()
+    return len(jobs)
+
+
+def job_configs(config_name: str, jobs: list[list[str]]) -> Iterator[Any]:
+    """The task configuration of each job (no ``hydra`` node), as Hydra composes it.
+
+    A sweep's jobs mostly differ in values (``bits=4,8,16``), not in config groups: the groups are composed
+    once per distinct choice and the values applied to a copy, as Hydra itself applies them after composing the
+    defaults. Whatever this shortcut cannot apply goes through Hydra's full composition, error included.
+    """
+    from hydra import compose
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    parser = OverridesParser.create()
+    composed: dict[tuple[str, ...], Any] = {}
+    for job in jobs:
+        try:
+            parsed = parser.parse_overrides(list(job))
+            groups = tuple(o.input_line for o in parsed if _is_group(o.key_or_group))
+            values = [o for o in parsed if not _is_group(o.key_or_group) and not o.is_hydra_override()]
+            if groups not in composed:
+                composed[groups] = compose(config_name, overrides=list(groups))
+            cfg = OmegaConf.create(composed[groups])  # a copy, flags included
+            OmegaConf.set_struct(cfg, True)
+            ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
+        except Exception:
+            cfg = compose(config_name, overrides=list(job))  # Hydra's own path: its exact config or error
+        yield cfg
+
+
+def _is_group(key: str) -> bool:
+    """A config group (``pruner``, ``+layerwise``, ``hydra/launcher``), not a value (``bits``, ``pruner.window``)."""
+    return "." not in key and ((CONF_DIR / key).is_dir() or key.startswith("hydra/"))
+
+
+def as_user_error(exc: Exception) -> Exception:
+    """A Hydra or OmegaConf error about the configuration as a :class:`ConfigError`; anything else unchanged."""
+    from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+    from qpruning.errors import UserError
+
+    if isinstance(exc, UserError):
+        return exc
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, UserError):  # raised by a resolver, wrapped by OmegaConf
+        return cause
+    if not isinstance(exc, (HydraException, OmegaConfBaseException)):
+        return exc
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    what = lines[0] if lines else type(exc).__name__
+    if isinstance(exc, MissingConfigException) and exc.options:
+        group, _, name = str(exc.missing_cfg_file or "").rpartition("/")
+        what = f"{group}={name} is not an option" if group and name else what
+        return ConfigError(what, "allowed: " + ", ".join(exc.options))
+    if isinstance(exc, ConfigCompositionException) and isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
+        key = cause.full_key or cause.key
+        return ConfigError(f"{key} is not a key of the configuration",
+                           "allowed: the keys that `--cfg job` prints (a new key needs a leading +)")
+    allowed = " ".join(lines[1:3]) or "see python run.py --help for the syntax and conf/config.yaml for the keys"
+    return ConfigError(what, allowed)
+
+
+# -- the entry ----------------------------------------------------------------------------------------------
+
+
+def hydra_entry(config_name: str, task: Callable, argv: list[str], prog: str) -> None:
+    """Preflight, then Hydra's own ``main`` with ``task`` (see the module docstring)."""
+    import hydra
+
+    from qpruning.runner import register_resolvers
+
+    if not (CONF_DIR / f"{config_name}.yaml").is_file():
+        raise SystemExit(f"qpruning {prog} needs the repository's conf/ folder ({CONF_DIR} not found): "
+                         "run it from a checkout installed with pip install -e .")
+    if "--debug" in argv:
+        argv = [a for a in argv if a != "--debug"]
+        os.environ["QPRUNING_DEBUG"] = "1"  # the tasks (and Slurm jobs, which inherit it) show tracebacks too
+    name, multirun, overrides, possible = split_flags(argv)
+    if possible:
+        with reported():
+            preflight(name or config_name, overrides, multirun)
+    register_resolvers()
+    sys.argv = [prog, *argv]
+    hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")(task)()
