@@ -321,11 +321,15 @@ IDENTITY_KEYS = (
     "model", "pruner", "quant", "benchmark", "bits", "group_size", "tokens", "budget", "budget_mode",
     "full_cache_tokens", "layers", "allocation", "limit", "seed",
 )
+# Keys that change results too but joined the identity later: counted only when set, so that the folders of
+# runs made before keep their names (and resume).
+OPTIONAL_IDENTITY_KEYS = ("storage_dtype",)
 
 
 def config_hash(config: dict[str, Any]) -> str:
     """A short hash of what determines a run's results, so that two configurations never share a folder."""
     identity = {key: config.get(key) for key in IDENTITY_KEYS}
+    identity.update({key: config[key] for key in OPTIONAL_IDENTITY_KEYS if config.get(key) is not None})
     blob = json.dumps(identity, sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:8]
 
@@ -348,7 +352,7 @@ def register_resolvers() -> None:
     def run_hash(*, _root_):
         container = {
             key: OmegaConf.to_container(_root_[key], resolve=True) if OmegaConf.is_config(_root_[key]) else _root_[key]
-            for key in IDENTITY_KEYS
+            for key in IDENTITY_KEYS + OPTIONAL_IDENTITY_KEYS
             if key in _root_
         }
         return config_hash(container)
