@@ -301,13 +301,22 @@ class ModelSpec:
         return model.eval()
 
 
-def tiny_model(architecture: str = "llama", seed: int = 0, **config_overrides):
-    """A tiny random model and SmolLM2's tokenizer, for tests (float32, sdpa, on the CPU)."""
+def tiny_model(
+    architecture: str = "llama",
+    seed: int = 0,
+    dtype: str = "float32",
+    attn_implementation: str = "sdpa",
+    **config_overrides,
+):
+    """A tiny random model and SmolLM2's tokenizer, for tests (on the CPU; float32 and sdpa by default).
+
+    The weights are built directly in ``dtype`` (``float32``, ``bfloat16`` or ``float16``).
+    """
     spec = ModelSpec(
         name=f"tiny_{architecture}",
         name_or_path=f"tiny:{architecture}",
-        dtype="float32",
-        attn_implementation="sdpa",
+        dtype=dtype,
+        attn_implementation=attn_implementation,
         device="cpu",
         tiny=config_overrides,
         seed=seed,

@@ -31,15 +31,17 @@ TEST_DTYPE = os.environ.get("QPRUNING_TEST_DTYPE", "float32")
 
 @pytest.fixture(scope="session")
 def tiny_models():
-    """A cache of tiny random models by architecture: ``tiny_models("llama") -> (model, tokenizer)``."""
+    """A cache of tiny random models: ``tiny_models("llama") -> (model, tokenizer)``, float32 and sdpa unless
+    ``dtype=`` (``bfloat16``, ``float16``: weights built in that dtype) or ``attn=`` (``eager``) say otherwise."""
     from qpruning.models import tiny_model
 
-    built: dict[str, tuple] = {}
+    built: dict[tuple[str, str, str], tuple] = {}
 
-    def get(architecture: str = "llama"):
-        if architecture not in built:
-            built[architecture] = tiny_model(architecture)
-        return built[architecture]
+    def get(architecture: str = "llama", dtype: str = "float32", attn: str = "sdpa"):
+        key = (architecture, dtype, attn)
+        if key not in built:
+            built[key] = tiny_model(architecture, dtype=dtype, attn_implementation=attn)
+        return built[key]
 
     return get
 

@@ -1,5 +1,7 @@
 """Quantized pruning on real (tiny, random) transformers models: exactness, positions, padding, errors."""
 
+import copy
+import dataclasses
 import subprocess
 import sys
 
@@ -21,11 +23,14 @@ from qpruning import (
     StreamingLLM,
 )
 from qpruning.models import tiny_config
+from qpruning.pruners import AdaKV
 from qpruning.transformers_api import cache_kwargs, output_cache
 
 PRUNERS = [NoPruner, StreamingLLM, H2O, SnapKV, PyramidKV]
 QUANTIZERS = [KIVI, FlexGen, KIVIOutlier, FlexGenOutlier, HQQ]
 ARCHITECTURES = ["llama", "mistral", "qwen2"]
+DTYPES = ["float32", "bfloat16", "float16"]
+ATTENTION = ["sdpa", "eager"]  # eager: every modeling file's own fallback
 
 
 def prompt(length, seed=0, batch=1):
@@ -62,8 +67,9 @@ def test_bits16_with_budget_at_or_above_length_reproduces_uncompressed_logits(ar
             assert not any(layer.compressed for layer in cache.layers)
 
 
-def test_hand_written_decode_loop_equals_generate(tiny_models):
-    model, _ = tiny_models("llama")
+@pytest.mark.parametrize("attn", ATTENTION)
+def test_hand_written_decode_loop_equals_generate(attn, tiny_models):
+    model, _ = tiny_models("llama", attn=attn)
     ids = prompt(300, seed=5)
     compressor = KVCompressor(pruner=SnapKV(), quantizer=KIVI(bits=4, group_size=32), tokens=96)
     out, _ = generate(model, ids, compressor, new_tokens=40)
@@ -96,14 +102,17 @@ def masked_reference_logits(model, ids, keep_positions, steps):
             token = logits[-1].argmax(-1, keepdim=True)
             allowed = torch.cat([allowed, torch.ones(1, dtype=torch.bool)])
             mask = allowed.view(1, 1, 1, -1)
+            if model.config._attn_implementation == "eager":  # eager adds its mask to the logits
+                mask = torch.zeros(mask.shape, dtype=model.dtype).masked_fill(~mask, torch.finfo(model.dtype).min)
             position = torch.tensor([[ids.shape[1] + i]])
             out = model(token, **cache_kwargs(model, cache), attention_mask=mask, position_ids=position)
             logits.append(out.logits[:, -1])
     return logits
 
 
-def test_decoding_after_pruning_continues_at_the_original_positions(tiny_models):
-    model, _ = tiny_models("llama")
+@pytest.mark.parametrize("attn", ATTENTION)
+def test_decoding_after_pruning_continues_at_the_original_positions(attn, tiny_models):
+    model, _ = tiny_models("llama", attn=attn)
     ids = prompt(200, seed=7)
     # StreamingLLM keeps the same positions in every layer and head: first 40, last 32.
     compressor = KVCompressor(pruner=StreamingLLM(window=32), quantizer=KIVI(bits=16), tokens=72, storage_dtype="model")
@@ -262,3 +271,76 @@ def test_layer_override_past_the_last_layer_is_rejected():
     compressor = KVCompressor(pruner=SnapKV(), quantizer=KIVI(bits=4), budget=1 / 64, layers=[{"layers": "2-9", "bits": 8}])
     with pytest.raises(ValueError, match="past the model's 4 layers"):
         compressor.plan(tiny_config("llama"))
+
+
+# -- the dtypes users run: models built in bfloat16 and float16, through sdpa and eager ---------------------------
+
+
+@pytest.mark.parametrize("attn", ATTENTION)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bits16_with_budget_above_length_reproduces_the_uncompressed_model_bit_for_bit_in_every_dtype(
+    dtype, attn, tiny_models
+):
+    model, _ = tiny_models("llama", dtype=dtype, attn=attn)
+    assert model.dtype == getattr(torch, dtype)
+    ids = prompt(90, seed=3)
+    reference, _ = generate(model, ids, new_tokens=4)
+    # At 16 bits the quantizer stores nothing of its own: one per pruner, alternating, is enough.
+    for pruner_cls, quantizer_cls in zip([*PRUNERS, AdaKV], [KIVI, FlexGenOutlier] * 3):
+        kwargs = {} if pruner_cls is NoPruner else {"tokens": 500}
+        compressor = KVCompressor(pruner=pruner_cls(), quantizer=quantizer_cls(bits=16), **kwargs)
+        out, cache = generate(model, ids, compressor, new_tokens=4)
+        assert torch.equal(out.sequences, reference.sequences)
+        for ours, theirs in zip(out.logits, reference.logits):
+            assert torch.equal(ours, theirs), f"{compressor.describe()} changed the {dtype} {attn} logits"
+        assert all(not layer.compressed and layer.keys.dtype == model.dtype for layer in cache.layers)
+
+
+def forced_decode_logits(model, ids, forced, compressor):
+    """Logits (float32) of every step of a decode that is fed the tokens ``forced``, one at a time, after ``ids``."""
+    logits = []
+    with compressor.attach(model), torch.no_grad():
+        cache = compressor.new_cache(model)
+        step = model(ids, **cache_kwargs(model, cache), logits_to_keep=1)
+        for i, token in enumerate(forced):
+            logits.append(step.logits[:, -1].float())
+            position = torch.tensor([[ids.shape[1] + i]])
+            step = model(token.view(1, 1), **cache_kwargs(model, cache), position_ids=position, logits_to_keep=1)
+    return torch.stack(logits), cache
+
+
+@pytest.mark.parametrize(
+    ("dtype", "attn", "quantizer"),
+    [
+        ("float16", "sdpa", KIVI(bits=4, group_size=32)),
+        ("bfloat16", "eager", FlexGenOutlier(bits=8, group_size=32)),
+    ],
+    ids=["float16-sdpa-kivi4", "bfloat16-eager-flexgen_outlier8"],
+)
+def test_compressed_decoding_in_half_precision_stays_within_the_dtypes_own_distance_from_float32(
+    dtype, attn, quantizer, tiny_models
+):
+    """A model built in ``dtype`` against the same weights in float32 (an exact upcast), both compressed alike
+    (StreamingLLM keeps the same positions whatever the dtype; the float32 one stores everything in float32):
+    36 decoded tokens go through the quantized prefix, a decoded block and the residual window, and the logits
+    stay as close to float32 as the uncompressed model in ``dtype`` does."""
+    model, _ = tiny_models("llama", dtype=dtype, attn=attn)
+    reference = copy.deepcopy(model).float()
+    ids, forced = prompt(160, seed=9), prompt(36, seed=10)[0]
+    half, _ = forced_decode_logits(model, ids, forced, KVCompressor())
+    full, _ = forced_decode_logits(reference, ids, forced, KVCompressor())
+    own = (half - full).abs().max()
+    compressor = KVCompressor(pruner=StreamingLLM(), quantizer=quantizer, tokens=96)
+    ours, cache = forced_decode_logits(model, ids, forced, compressor)
+    float32 = dataclasses.replace(compressor, storage_dtype="model")
+    theirs, reference_cache = forced_decode_logits(reference, ids, forced, float32)
+    layer = cache.layers[0]
+    assert layer.prefix[0].keys.scale.dtype == layer.residual_keys.dtype == model.dtype
+    assert reference_cache.layers[0].residual_keys.dtype == torch.float32
+    assert layer.decoded.uniform_length == 32 and layer.residual_keys.shape[2] == 4
+    # What compression moves the float32 logits by, and what the dtype adds to it: far less. The dtype's part is
+    # more than its own rounding: a key that rounds differently in ``dtype`` can land on the other side of a code
+    # boundary and move by a whole quantization step (rare, a step each).
+    compression = (theirs - full).abs().max()
+    assert compression > 10 * own, "compression should move the logits more than the dtype does"
+    assert (ours - theirs).abs().max() <= max(2 * own, compression / 10)

@@ -72,6 +72,13 @@ def test_run_names_are_deterministic_and_differ_between_configurations():
     assert "tiny_llama/niah_small/snapkv-kivi-4bit-g64-b1_16" in a
 
 
+def test_storage_dtype_names_its_own_folder_and_null_is_the_default():
+    default = compose_config(["model.dtype=float32"], return_hydra_config=True).hydra.run.dir
+    explicit_null = compose_config(["model.dtype=float32", "storage_dtype=null"], return_hydra_config=True).hydra.run.dir
+    bf16 = compose_config(["model.dtype=float32", "storage_dtype=bfloat16"], return_hydra_config=True).hydra.run.dir
+    assert default == explicit_null and bf16 != default
+
+
 def test_a_valid_configuration_validates_without_loading_weights(tmp_path):
     runner = runner_from_config(compose_config(["model=tiny_llama"]), tmp_path)
     runner.validate()

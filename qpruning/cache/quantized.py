@@ -11,8 +11,10 @@ A key or value tensor is handled as ``[n, d]``: ``n`` tokens (the rows of severa
   2024, Sec. 3). ``scale``/``zero`` have shape ``[n // group_size, d]``.
 
 Codes are ``Q = round((x - z) / s)`` with ``z`` the group minimum and ``s = (max - min) / (2**bits - 1)``,
-and ``x' = Q * s + z``. Scales and zeros are stored in a 16-bit float; codes are rounded against the stored
-(rounded) scale and zero so that the 16-bit storage adds no error of its own beyond the rounding of ``z``.
+and ``x' = Q * s + z``. Scales and zeros are stored in a 16-bit float (the model's dtype when it is 16-bit), the
+zero rounded down and the scale up so that the stored grid still spans the group; codes are rounded against the
+stored scale and zero, so every number is within half a stored step of its original, in float16 and bfloat16
+alike.
 Optionally the largest-magnitude numbers (a fraction, or those above an absolute threshold) are kept exactly
 as sparse 16-bit outliers and excluded from the groups' min/max (KVQuant, Hooper et al. 2024).
 """
@@ -70,6 +72,14 @@ class OutlierFilter:
         mask = torch.zeros_like(flat, dtype=torch.bool)
         mask[top] = True
         return mask.view_as(x)
+
+
+def round_toward(x: torch.Tensor, dtype: torch.dtype, down: bool) -> torch.Tensor:
+    """``x`` (float32) converted to ``dtype``, rounded toward -inf (``down``) or +inf instead of to nearest."""
+    y = x.to(dtype)
+    wrong_side = y.float() > x if down else y.float() < x
+    limit = torch.full_like(y, -math.inf if down else math.inf)
+    return torch.where(wrong_side, torch.nextafter(y, limit), y)
 
 
 def _grouped(x: torch.Tensor, group_size: int, axis: GroupAxis) -> torch.Tensor:
@@ -178,8 +188,12 @@ def quantize(
             hi = hi.masked_fill(empty, 0.0)
         else:
             lo, hi = grouped.amin(dim=-1), grouped.amax(dim=-1)
-        scale = ((hi - lo) / levels).to(scale_dtype)
-        zero = lo.to(scale_dtype)
+        # The stored zero is rounded down and the stored scale up, so that the stored grid still covers the group:
+        # no number is clamped, and each is within half a stored step of its original. Rounding to nearest could
+        # put the zero above the minimum or the top of the grid below the maximum, which clamps those numbers: at
+        # 8 bits with bfloat16 scales (8-bit mantissa) they would land more than a step away.
+        zero = round_toward(lo, scale_dtype, down=True)
+        scale = round_toward((hi - zero.float()) / levels, scale_dtype, down=False)
     else:
         scale, zero = (t.to(scale_dtype) for t in scale_zero)
 

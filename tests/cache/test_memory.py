@@ -5,6 +5,7 @@ import torch
 
 from qpruning import KIVI, FlexGen, KIVIOutlier, KVCompressor, SnapKV
 from qpruning.cache.budget import row_bytes, tokens_for_budget
+from qpruning.cache.context import reset_active_cache, set_active_cache
 from qpruning.cache.layer import CompressedLayer
 from qpruning.cache.quantizers import KVQuantizer
 from qpruning.transformers_api import cache_kwargs
@@ -29,12 +30,17 @@ def random_keep(rng, counts):
     return keep
 
 
-def formula(counts, quantizer: KVQuantizer, decoded=0, residual=0):
-    """Bytes by the storage rules, written out independently of the cache code."""
+def formula(counts, quantizer: KVQuantizer, decoded=0, residual=0, element=2):
+    """Bytes by the storage rules, written out independently of the cache code; ``element`` is the size of a
+    number of the storage dtype (scales, zeros, tails, residual; 2 for float16 and bfloat16)."""
     rows = [n for row in counts for n in row]
     d, b, g = DIM, quantizer.bits, quantizer.group_size
     if b == 16:
-        return {"full": sum(2 * n * d * 2 for n in rows), "index": 4 * len(rows) * 2}
+        return {
+            "full": sum(2 * n * d * element for n in rows),
+            "residual": len(rows) * 2 * residual * d * element,
+            "index": 4 * len(rows) * 2,
+        }
     quantized = [quantizer.quantizable(n) for n in rows]
     tails = [n - q for n, q in zip(rows, quantized)]
     segments = int(sum(quantized) > 0) + int(sum(tails) > 0) + int(decoded > 0)
@@ -42,10 +48,10 @@ def formula(counts, quantizer: KVQuantizer, decoded=0, residual=0):
     groups = sum(2 * (q + decoded) * d // g for q in quantized)
     return {
         "packed": packed,
-        "scales": groups * 2,
-        "zeros": groups * 2,
-        "full": sum(2 * t * d * 2 for t in tails),
-        "residual": len(rows) * 2 * residual * d * 2,
+        "scales": groups * element,
+        "zeros": groups * element,
+        "full": sum(2 * t * d * element for t in tails),
+        "residual": len(rows) * 2 * residual * d * element,
         "index": 4 * len(rows) * (1 + segments),
     }
 
@@ -135,3 +141,76 @@ def test_exact_budget_is_the_largest_token_count_that_fits(quantizer):
     assert cost(tokens) <= allowance
     assert all(cost(n) > allowance for n in range(tokens + 1, tokens + 200))
     assert tokens < tokens_for_budget(budget, full, quantizer.bits, quantizer, d, mode="nominal")
+
+
+STORAGE = {torch.float16: 2, torch.bfloat16: 2, torch.float32: 4}  # float32: storage_dtype="model" of a float32 model
+
+
+@pytest.mark.parametrize("storage", list(STORAGE), ids=lambda d: str(d).removeprefix("torch."))
+@pytest.mark.parametrize("model_dtype", [torch.float32, torch.bfloat16, torch.float16], ids=lambda d: str(d).removeprefix("torch."))
+@pytest.mark.parametrize("quantizer", [KIVI(bits=4, group_size=64), KIVIOutlier(bits=2, group_size=32), KIVI(bits=16)])
+def test_storage_dtype_holds_scales_zeros_and_16_bit_tokens_and_the_bytes_follow_its_size(quantizer, model_dtype, storage, rng):
+    counts = [[130, 71, 200], [64, 5, 199]]
+    layer = make_layer(rng, model_dtype)
+    layer.compress(random_keep(rng, counts), quantizer, storage)
+    token = set_active_cache(object())
+    try:
+        for _ in range(3):  # three decoded tokens wait in the residual window
+            layer.update(*(torch.randn(BATCH, HEADS, 1, DIM, generator=rng).to(model_dtype) for _ in range(2)))
+            layer.flush()
+    finally:
+        reset_active_cache(token)
+    for segment in layer.prefix:
+        for tensor in (segment.keys, segment.values):
+            if segment.quantized:
+                assert tensor.scale.dtype == tensor.zero.dtype == storage
+                assert tensor.outlier_value is None or tensor.outlier_value.dtype == storage
+            else:
+                assert tensor.dtype == storage
+    assert layer.residual_keys.dtype == layer.residual_values.dtype == storage
+    held = layer.nbytes()
+    outliers = held.pop("outliers")
+    expected = formula(counts, quantizer, residual=3, element=STORAGE[storage])
+    assert {k: v for k, v in held.items() if v} == {k: v for k, v in expected.items() if v}
+    if quantizer.outliers is not None:  # int32 position + one storage number each
+        assert outliers == sum(t.num_outliers for s in layer.prefix if s.quantized for t in (s.keys, s.values)) * (
+            4 + STORAGE[storage]
+        )
+
+
+@pytest.mark.parametrize(
+    ("model_dtype", "setting", "expected"),
+    [
+        (torch.float32, None, torch.float16),
+        (torch.bfloat16, None, torch.bfloat16),
+        (torch.float16, None, torch.float16),
+        (torch.bfloat16, "float16", torch.float16),
+        (torch.float16, "bfloat16", torch.bfloat16),
+        (torch.float32, "bfloat16", torch.bfloat16),
+        (torch.float32, "model", torch.float32),
+        (torch.bfloat16, "model", torch.bfloat16),
+    ],
+)
+def test_storage_is_the_models_dtype_when_16_bit_unless_storage_dtype_says_otherwise(model_dtype, setting, expected):
+    assert KVCompressor(storage_dtype=setting).storage_dtype_for(model_dtype) == expected
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_a_half_precision_model_stores_its_cache_in_its_own_dtype_and_reports_the_bytes_of_float16(dtype, tiny_models):
+    model, _ = tiny_models("llama", dtype=dtype)
+    ids = torch.randint(100, 40000, (1, 300), generator=torch.Generator().manual_seed(0))
+    summaries = {}
+    for setting in (None, "float16", "bfloat16"):
+        compressor = KVCompressor(
+            pruner=SnapKV(), quantizer=KIVIOutlier(bits=4, group_size=32), tokens=100, storage_dtype=setting
+        )
+        with compressor.attach(model), torch.no_grad():
+            cache = compressor.new_cache(model)
+            model(ids, **cache_kwargs(model, cache))
+        quantized, tail = cache.layers[0].prefix
+        expected = getattr(torch, setting or dtype)
+        assert quantized.keys.scale.dtype == quantized.values.zero.dtype == quantized.keys.outlier_value.dtype == expected
+        assert tail.keys.dtype == cache.layers[0].residual_keys.dtype == expected
+        summaries[setting] = cache.summary()["bytes"]
+    # Both 16-bit formats take two bytes a number: the same bytes whichever holds the cache.
+    assert summaries[None] == summaries["float16"] == summaries["bfloat16"]

@@ -157,3 +157,52 @@ def test_group_size_must_divide_head_dim_for_per_token_groups():
 def test_unknown_quantizer_lists_the_known_ones():
     with pytest.raises(ValueError, match="allowed: kivi, flexgen, kivi_outlier, flexgen_outlier, hqq"):
         get_quantizer("int4")
+
+
+# -- half-precision inputs and storage (models run in bfloat16 or float16) ------------------------------------
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+STORAGE_DTYPES = [torch.float16, torch.bfloat16]
+
+
+def dtype_id(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+@pytest.mark.parametrize("storage", STORAGE_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("axis", list(GroupAxis))
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_every_number_is_within_half_a_stored_step_whatever_the_input_and_storage_dtype(bits, axis, dtype, storage, rng):
+    # Offset and spread so that the zeros and scales are not round numbers in any 16-bit format.
+    x = (torch.randn(512, 128, generator=rng) * 3 + 1.3).to(dtype)
+    q = quantize(x, bits, 32, axis, storage)
+    assert q.scale.dtype == storage and q.zero.dtype == storage
+    dim = 1 if axis is GroupAxis.CHANNELS else 0
+    step = q.scale.float().repeat_interleave(32, dim=dim)
+    error = (q.dequantize() - x.float()).abs()
+    # Codes are rounded against the stored scale and zero, which cover the whole group: no number is clamped, so
+    # none is further than half a stored step from its original (up to float32 arithmetic).
+    assert (error <= step / 2 * (1 + 1e-5) + 1e-6).all(), f"worst: {(error / step).max().item():.3f} steps"
+
+
+@pytest.mark.parametrize("storage", STORAGE_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("dtype", DTYPES[1:], ids=dtype_id)
+@pytest.mark.parametrize("axis", list(GroupAxis))
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_half_precision_inputs_keep_the_gaussian_error_bound(bits, axis, dtype, storage, rng):
+    x = torch.randn(1024, 128, generator=rng).to(dtype)
+    q = quantize(x, bits, 64, axis, storage)
+    error = ((q.dequantize() - x.float()).norm() / x.float().norm()).item()
+    assert 0.5 * ERROR_BOUNDS[(bits, 64)] < error < ERROR_BOUNDS[(bits, 64)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES[1:], ids=dtype_id)
+def test_outliers_of_a_half_precision_tensor_come_back_exactly_in_its_dtype(dtype, rng):
+    x = torch.randn(256, 128, generator=rng)
+    x.view(-1)[torch.randint(0, x.numel(), (100,), generator=rng)] = 37.3
+    x = x.to(dtype)
+    q = quantize(x, 4, 64, GroupAxis.TOKENS, dtype, outliers=OutlierFilter(fraction=0.01))
+    assert q.outlier_value.dtype == dtype
+    kept = q.outlier_index.long()
+    assert torch.equal(q.dequantize(dtype).view(-1)[kept], x.view(-1)[kept])

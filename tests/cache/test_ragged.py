@@ -39,36 +39,36 @@ def random_keep(rng, counts) -> torch.Tensor:
     return keep
 
 
-def dequantized_row(x: torch.Tensor, quantizer, keys: bool) -> torch.Tensor:
+def dequantized_row(x: torch.Tensor, quantizer, keys: bool, storage: torch.dtype = STORAGE) -> torch.Tensor:
     """One row's kept tokens as the storage rules say they are held, computed on that row alone: the first
     ``quantizable(n)`` tokens quantized (groups never cross rows), the rest in 16 bits."""
     if not quantizer.enabled:
-        return x.to(STORAGE).float()
+        return x.to(storage).float()
     n = x.shape[0]
     q = quantizer.quantizable(n)
     fn = quantizer.quantize_keys if keys else quantizer.quantize_values
     parts = []
     if q:
-        parts.append(fn(x[:q], STORAGE).dequantize(torch.float32))
+        parts.append(fn(x[:q], storage).dequantize(torch.float32))
     if n - q:
-        parts.append(x[q:].to(STORAGE).float())
+        parts.append(x[q:].to(storage).float())
     return torch.cat(parts) if parts else x.new_zeros(0, x.shape[1])
 
 
-def decoded_row(x: torch.Tensor, quantizer, keys: bool, flushed: int) -> torch.Tensor:
+def decoded_row(x: torch.Tensor, quantizer, keys: bool, flushed: int, storage: torch.dtype = STORAGE) -> torch.Tensor:
     """New tokens of one row: they wait in 16 bits, and the first ``flushed`` were quantized from there in blocks of
     ``residual_length``."""
-    x = x.to(STORAGE)
+    x = x.to(storage)
     if not quantizer.enabled:
         return x.float()
     block = quantizer.residual_length
     fn = quantizer.quantize_keys if keys else quantizer.quantize_values
-    parts = [fn(x[i : i + block], STORAGE).dequantize(torch.float32) for i in range(0, flushed, block)]
+    parts = [fn(x[i : i + block], storage).dequantize(torch.float32) for i in range(0, flushed, block)]
     parts.append(x[flushed:].float())
     return torch.cat(parts)
 
 
-def per_head_reference(query, keys, values, keep, new_k, new_v, quantizer, flushed):
+def per_head_reference(query, keys, values, keep, new_k, new_v, quantizer, flushed, storage=STORAGE):
     """Attention of ``query`` ``[B, Q_HEADS, q, D]`` (the last q new tokens), computed head by head over that head's
     kept tokens (dequantized on their own) and the new tokens, causal among the last q."""
     q_len = query.shape[2]
@@ -78,12 +78,12 @@ def per_head_reference(query, keys, values, keep, new_k, new_v, quantizer, flush
         for h in range(KV_HEADS):
             kept = keep[b, h].nonzero().squeeze(-1)
             k_row = torch.cat([
-                dequantized_row(keys[b, h, kept], quantizer, True),
-                decoded_row(new_k[b, h], quantizer, True, flushed),
+                dequantized_row(keys[b, h, kept], quantizer, True, storage),
+                decoded_row(new_k[b, h], quantizer, True, flushed, storage),
             ])
             v_row = torch.cat([
-                dequantized_row(values[b, h, kept], quantizer, False),
-                decoded_row(new_v[b, h], quantizer, False, flushed),
+                dequantized_row(values[b, h, kept], quantizer, False, storage),
+                decoded_row(new_v[b, h], quantizer, False, flushed, storage),
             ])
             total = k_row.shape[0]
             for qh in range(h * group, (h + 1) * group):
@@ -111,24 +111,22 @@ QUANTIZERS = [
 ]
 
 
-@pytest.mark.parametrize("quantizer", QUANTIZERS, ids=lambda q: f"{q.name}{q.bits}g{q.group_size}")
-@pytest.mark.parametrize("mean", [5, 37, 70])
-def test_decoding_over_ragged_rows_equals_attending_per_head_over_its_kept_tokens(quantizer, mean, rng):
-    keys = torch.randn(BATCH, KV_HEADS, SEQ, DIM, generator=rng)
-    values = torch.randn(BATCH, KV_HEADS, SEQ, DIM, generator=rng)
-    counts = ragged_counts(rng, mean)
-    keep = random_keep(rng, counts)
+def compressed_layer(keys, values, keep, quantizer, storage=STORAGE) -> CompressedLayer:
     layer = CompressedLayer()
     layer.update(keys, values)
-    layer.compress(keep, quantizer, STORAGE)
-    assert layer.tokens_per_row().tolist() == [n for row in counts for n in row]
-    assert layer.prefix and layer.prefix[0].uniform_length is None  # really ragged, nothing padded
+    layer.compress(keep, quantizer, storage)
+    return layer
 
-    # Decode one token at a time (flushing full residual blocks after each step, as the attention wrapper does),
-    # then a last step of three tokens at once (a question appended after the context).
+
+def decode(rng, layer, quantizer, dtype=torch.float32):
+    """40 decoded tokens, one at a time (flushing full residual blocks after each step, as the attention wrapper
+    does), then a last step of three tokens at once (a question appended after the context).
+
+    Returns ``(new_k, new_v, flushed, query)``: ``query`` attends over the three last tokens.
+    """
     steps, last = 40, 3
-    new_k = torch.randn(BATCH, KV_HEADS, steps + last, DIM, generator=rng)
-    new_v = torch.randn(BATCH, KV_HEADS, steps + last, DIM, generator=rng)
+    new_k = torch.randn(BATCH, KV_HEADS, steps + last, DIM, generator=rng).to(dtype)
+    new_v = torch.randn(BATCH, KV_HEADS, steps + last, DIM, generator=rng).to(dtype)
     token = set_active_cache(object())
     try:
         for t in range(steps):
@@ -138,10 +136,50 @@ def test_decoding_over_ragged_rows_equals_attending_per_head_over_its_kept_token
     finally:
         reset_active_cache(token)
     flushed = (steps // quantizer.residual_length) * quantizer.residual_length if quantizer.enabled else 0
-    query = torch.randn(BATCH, Q_HEADS, last, DIM, generator=rng)
+    query = torch.randn(BATCH, Q_HEADS, last, DIM, generator=rng).to(dtype)
+    return new_k, new_v, flushed, query
+
+
+@pytest.mark.parametrize("quantizer", QUANTIZERS, ids=lambda q: f"{q.name}{q.bits}g{q.group_size}")
+@pytest.mark.parametrize("mean", [5, 37, 70])
+def test_decoding_over_ragged_rows_equals_attending_per_head_over_its_kept_tokens(quantizer, mean, rng):
+    keys = torch.randn(BATCH, KV_HEADS, SEQ, DIM, generator=rng)
+    values = torch.randn(BATCH, KV_HEADS, SEQ, DIM, generator=rng)
+    counts = ragged_counts(rng, mean)
+    keep = random_keep(rng, counts)
+    layer = compressed_layer(keys, values, keep, quantizer)
+    assert layer.tokens_per_row().tolist() == [n for row in counts for n in row]
+    assert layer.prefix and layer.prefix[0].uniform_length is None  # really ragged, nothing padded
+    new_k, new_v, flushed, query = decode(rng, layer, quantizer)
     ours = reference_attention(layer, query, SCALE)
     expected = per_head_reference(query, keys, values, keep, new_k, new_v, quantizer, flushed)
     torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-5)
+
+
+# What a float32 result rounded once to each dtype can be off by (torch.testing's defaults for the dtype).
+DTYPE_TOLERANCE = {torch.float32: (1e-4, 1e-5), torch.bfloat16: (1.6e-2, 1e-5), torch.float16: (1e-3, 1e-5)}
+
+
+@pytest.mark.parametrize("quantizer", QUANTIZERS[:4], ids=lambda q: f"{q.name}{q.bits}g{q.group_size}")
+@pytest.mark.parametrize("ragged", [False, True], ids=["uniform", "ragged"])
+@pytest.mark.parametrize("dtype", list(DTYPE_TOLERANCE), ids=lambda d: str(d).removeprefix("torch."))
+def test_decoding_in_every_dtype_matches_a_float32_reference_within_the_dtypes_rounding(quantizer, ragged, dtype, rng):
+    """Every layout (quantized prefix, 16-bit tails, decoded blocks, residual; uniform or ragged rows) of a layer
+    that a ``dtype`` model fills, with the storage that model gets by default: attention comes back in ``dtype``,
+    off a float32 computation over the same stored numbers by no more than one rounding to ``dtype``."""
+    storage = KVCompressor().storage_dtype_for(dtype)
+    keys = torch.randn(BATCH, KV_HEADS, SEQ, DIM, generator=rng).to(dtype)
+    values = torch.randn(BATCH, KV_HEADS, SEQ, DIM, generator=rng).to(dtype)
+    keep = random_keep(rng, ragged_counts(rng, 45) if ragged else [[70] * KV_HEADS] * BATCH)
+    layer = compressed_layer(keys, values, keep, quantizer, storage)
+    assert (layer.prefix[0].uniform_length is None) == ragged
+    new_k, new_v, flushed, query = decode(rng, layer, quantizer, dtype)
+    assert layer.residual_keys.dtype == storage
+    ours = reference_attention(layer, query, SCALE)
+    assert ours.dtype == dtype
+    expected = per_head_reference(query, keys, values, keep, new_k, new_v, quantizer, flushed, storage)
+    rtol, atol = DTYPE_TOLERANCE[dtype]
+    torch.testing.assert_close(ours.float(), expected, rtol=rtol, atol=atol)
 
 
 def test_rows_hold_exactly_their_kept_tokens_in_order_without_padding(rng):

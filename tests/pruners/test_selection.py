@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from qpruning.pruners import H2O, PyramidKV, SnapKV, StreamingLLM, get_pruner, select_tokens
+from qpruning.pruners import H2O, AdaKV, PyramidKV, SnapKV, StreamingLLM, get_pruner, select_tokens
 
 BATCH, Q_HEADS, KV_HEADS, SEQ, DIM = 2, 6, 2, 80, 16
 SCALE = DIM**-0.5
@@ -191,3 +191,25 @@ def test_bad_pruner_parameters_are_rejected():
         SnapKV(kernel_size=4)
     with pytest.raises(ValueError, match="max or avg"):
         SnapKV(pooling="median")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=lambda d: str(d).removeprefix("torch."))
+@pytest.mark.parametrize(
+    "pruner", [StreamingLLM(window=8), H2O(window=4), SnapKV(window=8), PyramidKV(window=8), AdaKV(window=8)],
+    ids=lambda p: p.name,
+)
+def test_selection_is_computed_in_float32_whatever_the_models_dtype(pruner, dtype, rng):
+    """A half-precision model hands its pruner half-precision queries and keys; the scores come out in float32 and
+    equal those computed from the same numbers in float32, so the choice is the one a float32 pass would make."""
+    query, key = (t.to(dtype) for t in random_qk(rng))
+    valid = torch.ones(BATCH, SEQ, dtype=torch.bool)
+    valid[1, :10] = False
+    for key_valid in (None, valid):
+        scores = pruner.score(query, key, key_valid, SCALE)
+        assert scores.dtype == torch.float32
+        upcast = pruner.score(query.float(), key.float(), key_valid, SCALE)
+        assert torch.equal(scores, upcast)
+        counts = pruner.allocate(scores, 30, key_valid)
+        assert torch.equal(counts, pruner.allocate(upcast, 30, key_valid))
+        keep = select_tokens(scores, counts, key_valid, pruner.window)
+        assert torch.equal(keep, select_tokens(upcast, counts, key_valid, pruner.window))
