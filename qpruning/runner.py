@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +35,8 @@ from qpruning.errors import DataError, check_int
 from qpruning.identity import input_files, resolved_config, run_hash
 from qpruning.loggers import NullLogger, RunLogger
 from qpruning.models import ModelSpec
-from qpruning.records import append_jsonl, read_jsonl, write_json_atomic
-from qpruning.runlock import RunLock
+from qpruning.records import RunFileError, append_jsonl, read_jsonl, write_json_atomic
+from qpruning.runlock import RunLock, RunLockedError
 from qpruning.transformers_api import cache_kwargs
 
 logger = logging.getLogger(__name__)
@@ -426,7 +427,11 @@ def run_job(cfg) -> float | None:
 
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     runner = runner_from_config(cfg, output_dir)
-    metrics = runner.run()  # a locked folder or a full disk is a UserError: one line (qpruning.entry)
+    try:
+        metrics = runner.run()
+    except (RunLockedError, RunFileError) as exc:  # one line, no traceback: the user can act on it
+        print(f"qpruning: error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(exc.exit_code) from None
     print(summary_line(metrics, output_dir), flush=True)
     return metrics.get("score")
 
