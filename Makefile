@@ -66,7 +66,7 @@ bench-throughput: $(STAMP)  ## Table 4: decode throughput and KV memory per batc
 	$(PY) scripts/bench_throughput.py $(ARGS)
 
 compile-check: $(STAMP)  ## Compile every Triton kernel variant for sm_80/sm_90 without a GPU (registers, spills)
-	$(PY) -m qpruning.kernels.compile_check $(ARGS)
+	$(PY) -m qpruning.backends.triton.compile_check $(ARGS)
 
 optimize: $(STAMP)  ## Search a per-layer token-precision allocation (qpruning optimize; ARGS="budget=0.03125")
 	$(VENV)/bin/qpruning optimize $(ARGS)

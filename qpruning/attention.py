@@ -8,8 +8,9 @@ the existing implementations are untouched. The wrapper, for each attention call
 
 - outside a compressed forward pass, or on a layer that was left uncompressed: calls the base implementation
   with the model's own mask, so an uncompressed layer computes exactly what the unmodified model computes;
-- on the first forward pass (prefill): calls the base implementation, then hands the layer's full-precision
-  queries and keys to the compressor, which prunes and quantizes the layer's cache;
+- on the first forward pass (prefill): calls the base implementation, then asks the compressor to prune and
+  quantize the layer from its full-precision queries and keys (:meth:`ForwardContext.compress_layer`); the
+  compressor returns what the layer now holds;
 - on a compressed layer: attends over the layer's segments (:meth:`CompressedLayer.attend`) with a mask built
   from the layer's own row lengths, then lets the layer quantize its residual window.
 """
@@ -17,12 +18,57 @@ the existing implementations are untouched. The wrapper, for each attention call
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from qpruning.cache.context import active_cache
+from qpruning.cache.budget import LayerPlan
+from qpruning.cache.cache import QPrunedCache
+from qpruning.cache.context import active_forward
+from qpruning.cache.layer import LayerPrefill
 
 PREFIX = "qpruning_"
 _registered: set[str] = set()
+
+
+class LayerCompressor(Protocol):
+    """What the forward needs of a compressor (:class:`qpruning.compressor.KVCompressor`)."""
+
+    def layer_tokens(self, plans: Sequence[LayerPlan], seq_len: int) -> Sequence[int | None]: ...
+
+    def compress_layer(
+        self, cache: QPrunedCache, layer_idx: int, query, key, value, scaling: float,
+        layer_tokens: Sequence[int | None] | None = None,
+    ) -> LayerPrefill | None: ...
+
+
+@dataclass
+class ForwardContext:
+    """What one compressed forward pass needs, published by ``KVCompressor.attach``'s pre-hook
+    (:mod:`qpruning.cache.context`): the compressor, the forward's cache, and per-prompt state (each layer's
+    kept-token count, computed once per prompt length)."""
+
+    compressor: LayerCompressor
+    cache: QPrunedCache
+    _layer_tokens: dict[int, Sequence[int | None]] = field(default_factory=dict, repr=False)
+
+    def layer_tokens(self, seq_len: int) -> Sequence[int | None]:
+        """Kept tokens of every layer for a prompt of ``seq_len`` tokens (computed once per length)."""
+        if seq_len not in self._layer_tokens:
+            self._layer_tokens[seq_len] = self.compressor.layer_tokens(self.cache.plans, seq_len)
+        return self._layer_tokens[seq_len]
+
+    def compress_layer(self, layer_idx: int, query, key, value, scaling: float) -> LayerPrefill | None:
+        """Prune and quantize layer ``layer_idx`` of the forward's cache; returns what it holds afterwards."""
+        return self.compressor.compress_layer(
+            self.cache, layer_idx, query, key, value, scaling, layer_tokens=self.layer_tokens(key.shape[2])
+        )
+
+
+def active_context() -> ForwardContext | None:
+    """The :class:`ForwardContext` of the compressed forward pass in progress, or None outside one."""
+    context: Any = active_forward()
+    return context
 
 
 def wrapped_name(base: str) -> str:
@@ -44,20 +90,20 @@ def _base_function(base: str, module) -> Callable:
 
 def _make_attention(base: str) -> Callable:
     def qpruning_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-        cache = active_cache()
+        context = active_context()
         base_fn = _base_function(base, module)
-        if cache is None:
+        if context is None:
             return base_fn(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
         if scaling is None:
             scaling = query.shape[-1] ** -0.5
-        layer = cache.layers[module.layer_idx]
+        layer = context.cache.layers[module.layer_idx]
         if layer.compressed:
             out = layer.attend(query, scaling)
             layer.flush()
             return out, None
         out = base_fn(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
         if layer.compression_pending:
-            cache.compressor.compress_layer(cache, module.layer_idx, query, key, value, scaling)
+            context.compress_layer(module.layer_idx, query, key, value, scaling)
         return out
 
     qpruning_attention.__name__ = f"qpruning_{base}_attention"

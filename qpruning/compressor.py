@@ -10,12 +10,18 @@ Usage, from plain Python::
     with compressor.attach(model):
         cache = compressor.new_cache(model)
         out = model.generate(**inputs, **cache_kwargs(model, cache), max_new_tokens=32)
-    print(cache.summary())   # bytes held, measured; kept tokens
+    print(cache.summary())          # bytes held now, measured; kept tokens
+    print(cache.prefill_result())   # what prefill left: each layer's kept tokens, bytes, ratio
 
 ``attach`` adds a forward pre-hook to the model's decoder and switches that model's attention to qpruning's
 wrapper (:mod:`qpruning.attention`) for the duration of the ``with`` block; both are undone on exit. Inside it,
 a forward without a cache (or with an empty ``DynamicCache``, which is what ``generate`` makes) gets a fresh
-:class:`~qpruning.cache.QPrunedCache`.
+:class:`~qpruning.cache.QPrunedCache` (``attach`` yields an :class:`Attached` whose ``last_cache`` is the latest
+forward's cache).
+
+Each layer's compression is returned, not written elsewhere: :meth:`KVCompressor.compress_layer` returns what the
+layer holds afterwards (:class:`~qpruning.cache.layer.LayerPrefill`, recorded by the layer itself), and
+:meth:`QPrunedCache.prefill_result` gathers the layers' records.
 """
 
 from __future__ import annotations
@@ -28,9 +34,11 @@ from dataclasses import dataclass, field
 import torch
 
 from qpruning import attention
+from qpruning.backends import Backend, reference_attention
 from qpruning.cache.budget import BUDGET_MODES, LayerOverride, LayerPlan, check_disjoint, tokens_for_budget
 from qpruning.cache.cache import QPrunedCache
-from qpruning.cache.context import reset_active_cache, set_active_cache
+from qpruning.cache.context import reset_active_forward, set_active_forward
+from qpruning.cache.layer import LayerPrefill
 from qpruning.cache.quantizers import KIVI, KVQuantizer
 from qpruning.errors import ConfigError, check_choice, check_int, check_real
 from qpruning.pruners.base import NoPruner, Pruner, select_tokens
@@ -89,6 +97,23 @@ def _sliding_layers(config) -> list[int]:
     if window is not None and uses:
         return list(range(config.num_hidden_layers))
     return []
+
+
+class Attached:
+    """What ``KVCompressor.attach`` yields: the compressor, and the cache of the latest compressed forward
+    (``last_cache``: the one ``generate`` made when it was handed none)."""
+
+    def __init__(self, compressor: KVCompressor) -> None:
+        self.compressor = compressor
+        self._last_cache: QPrunedCache | None = None
+
+    @property
+    def last_cache(self) -> QPrunedCache | None:
+        return self._last_cache
+
+    def saw(self, cache: QPrunedCache) -> None:
+        """Record ``cache`` as the latest forward's cache."""
+        self._last_cache = cache
 
 
 @dataclass
@@ -222,10 +247,6 @@ class KVCompressor:
             plans.append(LayerPlan(bits=bits, tokens=tokens))
         return plans
 
-    def validate(self, config) -> list[LayerPlan]:
-        """Alias of :meth:`plan`, for readability at call sites that only check."""
-        return self.plan(config)
-
     def describe(self) -> str:
         budget = f"tokens={self.tokens}" if self.tokens is not None else f"budget={self.budget}"
         return f"{self.pruner.describe()} + {self.quantizer.describe()} ({budget}, {self.budget_mode})"
@@ -234,13 +255,13 @@ class KVCompressor:
 
     def new_cache(self, model) -> QPrunedCache:
         """An empty compressed cache for ``model`` (validated against its config)."""
-        cache = QPrunedCache(model.config.num_hidden_layers, compressor=self)
-        cache.plans = self.plan(model.config)
-        return cache
+        return QPrunedCache(model.config.num_hidden_layers, plans=self.plan(model.config))
 
     @contextlib.contextmanager
-    def attach(self, model) -> Iterator[KVCompressor]:
-        """Within the block, ``model`` compresses its cache with this compressor (see the module docstring)."""
+    def attach(self, model) -> Iterator[Attached]:
+        """Within the block, ``model`` compresses its cache with this compressor (see the module docstring).
+
+        Yields an :class:`Attached` (``.last_cache``: the latest forward's cache)."""
         plans = self.plan(model.config)
         config = model.config
         previous = config._attn_implementation
@@ -248,7 +269,9 @@ class KVCompressor:
         decoder = model.get_decoder()
         # The name the installed transformers gives the cache argument of the decoder's forward.
         cache_name = cache_argument(decoder)
-        tokens: list = []
+        attached = Attached(self)
+        # One context-variable token per forward in progress (nested forwards stack), reset by ``after``.
+        context_tokens: list = []
 
         def before(module, args, kwargs):
             cache = forward_cache(kwargs, cache_name)
@@ -257,26 +280,23 @@ class KVCompressor:
                 use_cache = getattr(config, "use_cache", True)
             if cache is None or (not isinstance(cache, QPrunedCache) and cache.get_seq_length() == 0):
                 if not use_cache:
-                    tokens.append(set_active_cache(None))
+                    context_tokens.append(set_active_forward(None))
                     return args, kwargs
-                cache = QPrunedCache(config.num_hidden_layers, compressor=self)
-                cache.plans = plans
+                cache = QPrunedCache(config.num_hidden_layers, plans=plans)
                 set_forward_cache(kwargs, cache_name, cache)
             elif not isinstance(cache, QPrunedCache):
                 raise TypeError(
                     f"A {type(cache).__name__} that already holds tokens cannot be compressed; start from an empty "
                     "cache or compressor.new_cache(model)"
                 )
-            if cache.compressor is None:
-                cache.compressor = self
-                cache.plans = plans
+            cache.use_plans(plans)
             cache.record_attention_mask(kwargs.get("attention_mask"))
-            tokens.append(set_active_cache(cache))
-            self.last_cache = cache
+            context_tokens.append(set_active_forward(attention.ForwardContext(self, cache)))
+            attached.saw(cache)
             return args, kwargs
 
         def after(module, args, kwargs, output):
-            reset_active_cache(tokens.pop())
+            reset_active_forward(context_tokens.pop())
             return output
 
         handles = [
@@ -285,7 +305,7 @@ class KVCompressor:
         ]
         config._attn_implementation = name
         try:
-            yield self
+            yield attached
         finally:
             config._attn_implementation = previous
             for handle in handles:
@@ -298,71 +318,73 @@ class KVCompressor:
             return STORAGE_DTYPES[self.storage_dtype]
         return dtype if dtype in SIXTEEN_BIT else torch.float16
 
-    def layer_budgets(self, cache: QPrunedCache, seq_len: int) -> Sequence[int | None]:
-        """Per-layer token budgets for this prompt length (computed once per prefill)."""
-        cached = getattr(cache, "_budgets", None)
-        if cached is not None and cached[0] == seq_len:
-            return cached[1]
-        plans = cache.plans
+    def layer_tokens(self, plans: Sequence[LayerPlan], seq_len: int) -> Sequence[int | None]:
+        """Kept tokens of every layer for a prompt of ``seq_len`` tokens (``None``: every token): the plans'
+        tokens as this pruner spreads them (:meth:`Pruner.layer_tokens`). Compute once per prompt."""
         if self.pruner.prunes:
-            budgets = self.pruner.layer_budgets([p.tokens for p in plans], seq_len)
-        else:
-            budgets = [None] * len(plans)
-        cache._budgets = (seq_len, budgets)
-        return budgets
+            return self.pruner.layer_tokens([p.tokens for p in plans], seq_len)
+        return [None] * len(plans)
 
-    def compress_layer(self, cache: QPrunedCache, layer_idx: int, query, key, value, scaling: float) -> None:
+    def compress_layer(
+        self, cache: QPrunedCache, layer_idx: int, query, key, value, scaling: float,
+        layer_tokens: Sequence[int | None] | None = None,
+    ) -> LayerPrefill:
         """Prune and quantize one layer at the end of prefill, from its full-precision queries and keys.
 
-        After the last layer, the cache's :meth:`~QPrunedCache.summary` is kept as ``cache.prefill_summary``:
-        what the compressed cache holds before any generated token is added.
+        ``layer_tokens`` is :meth:`layer_tokens` for this prompt (computed here when not given). Returns what the
+        layer holds afterwards (also recorded by the layer: :meth:`QPrunedCache.prefill_result` gathers them).
         """
-        self._compress_layer(cache, layer_idx, query, key, scaling)
-        if layer_idx == len(cache.layers) - 1:
-            cache.prefill_summary = cache.summary()
+        if layer_tokens is None:
+            layer_tokens = self.layer_tokens(cache.plans, key.shape[2])
+        result = self._compress_layer(cache, layer_idx, query, key, scaling, layer_tokens[layer_idx])
+        if layer_idx == len(cache.layers) - 1 and logger.isEnabledFor(logging.DEBUG):
+            summary = cache.prefill_summary
             logger.debug(
                 "compressed %d tokens: %.1f kept per layer and head, %d bytes (%.3f of 16-bit)",
-                key.shape[2], cache.prefill_summary["kept_tokens"], cache.prefill_summary["kv_bytes"],
-                cache.prefill_summary["kv_ratio"],
+                key.shape[2], summary["kept_tokens"], summary["kv_bytes"], summary["kv_ratio"],
             )
+        return result
 
-    def _compress_layer(self, cache: QPrunedCache, layer_idx: int, query, key, scaling: float) -> None:
+    def _compress_layer(
+        self, cache: QPrunedCache, layer_idx: int, query, key, scaling: float, tokens: int | None
+    ) -> LayerPrefill:
         layer = cache.layers[layer_idx]
-        layer.compression_pending = False
         batch, heads, seq, _ = key.shape
         key_valid = cache.key_valid
         if key_valid is not None and key_valid.shape[-1] != seq:
             key_valid = key_valid[:, -seq:]
         bits = cache.plans[layer_idx].bits
-        budget = self.layer_budgets(cache, seq)[layer_idx]
         longest = seq if key_valid is None else int(key_valid.sum(-1).max())
-        if budget is None or budget >= longest:
+        if tokens is None or tokens >= longest:
             if bits == 16 and key_valid is None:
-                return  # nothing to remove, nothing to quantize: the layer stays exactly as the model made it
+                # nothing to remove, nothing to quantize: the layer stays exactly as the model made it
+                return layer.finish_prefill(tokens)
             keep = torch.ones(batch, heads, seq, dtype=torch.bool, device=key.device)
             if key_valid is not None:
                 keep &= key_valid.unsqueeze(1)
         else:
             scores = self.pruner.score(query, key, key_valid, scaling)
-            counts = self.pruner.allocate(scores, budget, key_valid, layer_idx)
+            counts = self.pruner.allocate(scores, tokens, key_valid, layer_idx)
             keep = select_tokens(scores, counts, key_valid, min(self.pruner.window, seq))
-        layer.compress(keep, self.quantizer.with_bits(bits), self.storage_dtype_for(key.dtype))
-        layer.use_kernel = self._use_kernel(key)
+        return layer.compress(
+            keep, self.quantizer.with_bits(bits), self.storage_dtype_for(key.dtype), self.backend_for(key), tokens
+        )
 
-    def _use_kernel(self, key: torch.Tensor) -> bool:
-        """Whether decode steps of this layer run the fused kernel: on CUDA with Triton (``auto`` or ``on``), or
-        on the CPU under Triton's interpreter when asked for explicitly (``on`` with ``TRITON_INTERPRET=1``)."""
+    def backend_for(self, key: torch.Tensor) -> Backend:
+        """The attention a layer with these keys runs after compression (:mod:`qpruning.backends`): the fused
+        Triton kernel on CUDA with Triton (``auto`` or ``on``), or on the CPU under Triton's interpreter when asked
+        for explicitly (``on`` with ``TRITON_INTERPRET=1``); the PyTorch reference otherwise."""
         if self.kernel == "off":
-            return False
-        from qpruning import kernels
+            return reference_attention
+        from qpruning.backends import triton
 
         if key.is_cuda:
-            usable = kernels.available()
+            usable = triton.available()
         else:
-            usable = self.kernel == "on" and kernels.interpreting() and kernels.triton_installed()
+            usable = self.kernel == "on" and triton.interpreting() and triton.triton_installed()
         if self.kernel == "on" and not usable:
             raise RuntimeError(
                 "kernel=on needs Triton and a CUDA device (pip install -e .[gpu]), or TRITON_INTERPRET=1 on a CPU; "
                 "use kernel=auto to fall back to the PyTorch path"
             )
-        return usable
+        return triton.fused_attention if usable else reference_attention

@@ -243,8 +243,8 @@ class Runner:
             "extra": dict(sample.extra),
         }
 
-    def _cache_fields(self, record: dict[str, Any]) -> None:
-        summary = getattr(self.compressor.last_cache, "prefill_summary", None) or self.compressor.last_cache.summary()
+    def _cache_fields(self, record: dict[str, Any], cache) -> None:
+        summary = cache.prefill_summary or cache.summary()
         record["kept_tokens"] = summary["kept_tokens"]
         record["kv_bytes"] = summary["kv_bytes"]
         record["kv_bytes_full"] = summary["kv_bytes_full"]
@@ -257,17 +257,15 @@ class Runner:
         input_ids = torch.tensor([ids], dtype=torch.long, device=device)
         kwargs = dict(self.benchmark.generation_kwargs(sample, tokenizer))
         kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
-        output = model.generate(
-            input_ids, attention_mask=torch.ones_like(input_ids), **cache_kwargs(model, self.compressor.new_cache(model)),
-            **kwargs,
-        )
+        cache = self.compressor.new_cache(model)
+        output = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), **cache_kwargs(model, cache), **kwargs)
         text = tokenizer.decode(output[0, len(ids):], skip_special_tokens=True)
         prediction = self.benchmark.postprocess(sample, text)
         record["prediction"] = prediction
         record["score"] = float(self.benchmark.score(sample, prediction))
         record["input_tokens"] = len(ids)
         record["extra"].update(self.benchmark.details(sample, prediction))
-        self._cache_fields(record)
+        self._cache_fields(record, cache)
         return record
 
     def _cross_entropy_sample(self, model, tokenizer, sample) -> dict[str, Any]:
@@ -277,11 +275,10 @@ class Runner:
         prefix, continuation = self.benchmark.split(sample, tokenizer)
         cache = self.compressor.new_cache(model)
         value = continuation_cross_entropy(model, prefix, continuation, cache=cache)
-        self.compressor.last_cache = cache
         record["prediction"] = None
         record["score"] = float(self.benchmark.score(sample, value))
         record["input_tokens"] = len(prefix)
-        self._cache_fields(record)
+        self._cache_fields(record, cache)
         return record
 
     def _metrics(self, records: list[dict[str, Any]], seconds: float) -> dict[str, Any]:

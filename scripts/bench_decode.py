@@ -7,7 +7,7 @@ head_dim 128) in bfloat16, one decode step (one query token) is timed for:
 - ``sdpa16``: ``F.scaled_dot_product_attention`` over T tokens held in 16 bits (the 1x16 setting);
 - ``dequant_sdpa``: the 4-bit cache of ``16/bits * T`` tokens (KIVI, groups of 64) dequantized whole to
   bfloat16, then SDPA over it: what transformers' quantized caches do every step (equal memory to ``sdpa16``);
-- ``fused``: :func:`qpruning.kernels.decode_attention.attend_segments` over the same packed cache, read in place;
+- ``fused``: :func:`qpruning.backends.triton.launch.attend_segments` over the same packed cache, read in place;
 - ``fused16``: the same kernel over the T 16-bit tokens (its 16-bit path, against SDPA).
 
 The *memory floor* of a method is the bytes the cache holds (codes, scales and zeros included) divided by the
@@ -274,8 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are imported
     import torch
 
+    from qpruning.backends.triton import interpreting
     from qpruning.cache.quantizers import KIVI, FlexGen
-    from qpruning.kernels import interpreting
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     on_gpu = device.type == "cuda"
@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     attend_segments = None
     if fused_ok:
         try:
-            from qpruning.kernels.decode_attention import attend_segments
+            from qpruning.backends.triton.launch import attend_segments
         except ImportError as error:  # no Triton
             fused_ok, kernel_note = False, f"fused kernel skipped: {error}"
     methods = [m for m in args.methods if fused_ok or not m.startswith("fused")]

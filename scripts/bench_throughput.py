@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from qpruning import KIVI, KVCompressor, SnapKV
-    from qpruning.kernels import available, interpreting
+    from qpruning.backends.triton import available, interpreting
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     on_gpu = device.type == "cuda"

@@ -187,11 +187,11 @@ def test_a_compressed_cache_refuses_to_be_read_outside_attach(tiny_models):
 def test_attach_compresses_the_cache_that_generate_creates(tiny_models):
     model, _ = tiny_models("llama")
     compressor = KVCompressor(pruner=SnapKV(), quantizer=KIVI(bits=4), tokens=64)
-    with compressor.attach(model):
+    with compressor.attach(model) as attached:
         out = model.generate(prompt(150), max_new_tokens=3, do_sample=False)
     assert out.shape[1] == 153
-    assert compressor.last_cache.layers[0].compressed
-    assert compressor.last_cache.kept_tokens() == 64 + 2
+    assert attached.last_cache.layers[0].compressed
+    assert attached.last_cache.kept_tokens() == 64 + 2
 
 
 def test_importing_qpruning_registers_and_patches_nothing():

@@ -88,11 +88,11 @@ def test_generate_fills_the_very_cache_object_it_is_handed(tiny_models):
     compressor = KVCompressor(pruner=SnapKV(window=4), quantizer=KIVI(bits=4, group_size=32), tokens=32)
     prompt = ids(80, seed=1)
     with entry_point("generate(cache object) through compressor.attach"), no_deprecation_from_our_calls():
-        with compressor.attach(model):
+        with compressor.attach(model) as attached:
             cache = compressor.new_cache(model)
             out = model.generate(prompt, **cache_kwargs(model, cache), max_new_tokens=4, do_sample=False)
         assert out.shape[1] == 84
-        assert compressor.last_cache is cache
+        assert attached.last_cache is cache
         assert all(layer.compressed for layer in cache.layers)
         assert cache.get_seq_length() == 83  # the last generated token is never fed back
         assert cache.prefill_summary["kept_tokens"] == 32

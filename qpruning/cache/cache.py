@@ -2,12 +2,58 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import torch
 from transformers.cache_utils import Cache
 
-from qpruning.cache.layer import BYTE_KINDS, CompressedLayer
+from qpruning.cache.budget import LayerPlan
+from qpruning.cache.layer import BYTE_KINDS, FULL_CACHE_BYTES_PER_NUMBER, CompressedLayer
 
-FULL_CACHE_BYTES_PER_NUMBER = 2  # the reference cache is 16-bit
+__all__ = ["FULL_CACHE_BYTES_PER_NUMBER", "PrefillResult", "QPrunedCache"]
+
+
+@dataclass(frozen=True)
+class PrefillResult:
+    """What a cache held right after prefill, from its layers' own records (:attr:`CompressedLayer.prefill`).
+
+    ``layer_tokens`` is each layer's kept-token count (``None``: every token); ``kept_tokens`` the mean tokens
+    held per layer and KV row; ``bytes`` by kind (:data:`qpruning.cache.layer.BYTE_KINDS`) with ``total``.
+    """
+
+    layer_tokens: tuple[int | None, ...]
+    kept_tokens: float
+    kv_bytes: int
+    kv_bytes_full: int
+    kv_ratio: float
+    seen_tokens: int
+    bytes: dict[str, int]
+
+    def summary(self) -> dict:
+        """The same fields as :meth:`QPrunedCache.summary` (what runs record)."""
+        return {
+            "kv_bytes": self.kv_bytes,
+            "kv_bytes_full": self.kv_bytes_full,
+            "kv_ratio": self.kv_ratio,
+            "kept_tokens": self.kept_tokens,
+            "seen_tokens": self.seen_tokens,
+            "bytes": self.bytes,
+        }
+
+
+def _summed(byte_counts) -> dict[str, int]:
+    out = dict.fromkeys(BYTE_KINDS, 0)
+    for counts in byte_counts:
+        for kind, n in counts.items():
+            out[kind] += n
+    out["total"] = sum(out[k] for k in BYTE_KINDS)
+    return out
+
+
+def _mean_tokens(per_row: list[torch.Tensor]) -> float:
+    counts = [t.float().mean().item() for t in per_row]
+    return sum(counts) / len(counts) if counts else 0.0
 
 
 class QPrunedCache(Cache):
@@ -17,15 +63,19 @@ class QPrunedCache(Cache):
     it reports what it holds with :meth:`nbytes` (measured from the tensors) and :meth:`summary`.
     """
 
-    def __init__(self, num_layers: int, compressor=None) -> None:
+    def __init__(self, num_layers: int, plans: Sequence[LayerPlan] = ()) -> None:
         super().__init__(layers=[CompressedLayer() for _ in range(num_layers)])
-        self.compressor = compressor
-        # Bits and token budget of every layer (KVCompressor.plan), set when the cache is made.
-        self.plans: list = []
+        # Bits and kept tokens of every layer (KVCompressor.plan), given when the cache is made; empty: the
+        # attached compressor's plans.
+        self.plans: tuple[LayerPlan, ...] = tuple(plans)
         # [batch, seq] bool of real (non-padding) prompt tokens, recorded from the first forward's 2-D mask.
         self.key_valid: torch.Tensor | None = None
-        # What the cache held right after prefill (set by the compressor after the last layer).
-        self.prefill_summary: dict | None = None
+
+    def use_plans(self, plans: Sequence[LayerPlan]) -> None:
+        """Take ``plans`` if the cache was made without any (``QPrunedCache(n)`` handed to an attached model);
+        a cache keeps the plans it was made with."""
+        if not self.plans:
+            self.plans = tuple(plans)
 
     def record_attention_mask(self, attention_mask: torch.Tensor | None) -> None:
         """Remember which prompt tokens are padding (from the first forward's 2-D attention mask)."""
@@ -36,27 +86,15 @@ class QPrunedCache(Cache):
 
     def nbytes(self) -> dict[str, int]:
         """Bytes held by all layers, by kind (see :data:`qpruning.cache.layer.BYTE_KINDS`), plus ``total``."""
-        out = dict.fromkeys(BYTE_KINDS, 0)
-        for layer in self.layers:
-            for kind, n in layer.nbytes().items():
-                out[kind] += n
-        out["total"] = sum(out[k] for k in BYTE_KINDS)
-        return out
+        return _summed(layer.nbytes() for layer in self.layers)
 
     def full_nbytes(self) -> int:
         """Bytes an uncompressed 16-bit cache would hold for the tokens seen so far (padding included)."""
-        total = 0
-        for layer in self.layers:
-            if layer.shape is None:
-                continue
-            batch, heads, head_dim = layer.shape
-            total += 2 * batch * heads * layer.seen_tokens * head_dim * FULL_CACHE_BYTES_PER_NUMBER
-        return total
+        return sum(layer.full_nbytes() for layer in self.layers)
 
     def kept_tokens(self) -> float:
         """Mean tokens held per layer and KV row (batch item x KV head)."""
-        counts = [layer.tokens_per_row().float().mean().item() for layer in self.layers if layer.shape is not None]
-        return sum(counts) / len(counts) if counts else 0.0
+        return _mean_tokens([layer.tokens_per_row() for layer in self.layers if layer.shape is not None])
 
     def summary(self) -> dict:
         """What the cache holds: bytes by kind, the 16-bit reference, the ratio, kept tokens, tokens seen."""
@@ -70,3 +108,27 @@ class QPrunedCache(Cache):
             "seen_tokens": self.layers[0].seen_tokens if self.layers else 0,
             "bytes": held,
         }
+
+    def prefill_result(self) -> PrefillResult | None:
+        """What the cache held right after prefill (before any generated token), or None before every layer's
+        prefill has ended."""
+        records = [layer.prefill for layer in self.layers]
+        if not records or any(r is None for r in records):
+            return None
+        held = _summed(r.bytes for r in records)
+        full = sum(r.full_bytes for r in records)
+        return PrefillResult(
+            layer_tokens=tuple(r.tokens for r in records),
+            kept_tokens=_mean_tokens([r.tokens_per_row for r in records]),
+            kv_bytes=held["total"],
+            kv_bytes_full=full,
+            kv_ratio=held["total"] / full if full else float("nan"),
+            seen_tokens=records[0].seen_tokens,
+            bytes=held,
+        )
+
+    @property
+    def prefill_summary(self) -> dict | None:
+        """:meth:`summary` as it was right after prefill (:meth:`prefill_result`), or None before."""
+        result = self.prefill_result()
+        return None if result is None else result.summary()

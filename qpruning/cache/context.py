@@ -1,31 +1,29 @@
-"""Which compressed cache the running forward pass uses.
+"""Whether a qpruning forward pass is running, for the storage layer's own checks.
 
 The attention function that qpruning registers with transformers receives the attention module and the query,
 key and value tensors, but not the cache object. A forward pre-hook on the decoder (installed by
-``KVCompressor.attach``) publishes the forward's cache here for the duration of that forward pass. A context
-variable, not a global: concurrent forwards in other threads or tasks see their own value.
+``KVCompressor.attach``) publishes what the forward needs (:class:`qpruning.attention.ForwardContext`: the
+compressor, the cache, per-prompt state) here for the duration of that forward pass. A context variable, not a
+global: concurrent forwards in other threads or tasks see their own value. The cache only asks whether one is
+running (a compressed layer can only be read by qpruning's attention); it never looks inside.
 """
 
 from __future__ import annotations
 
-from contextvars import ContextVar
-from typing import TYPE_CHECKING
+from contextvars import ContextVar, Token
 
-if TYPE_CHECKING:
-    from qpruning.cache.cache import QPrunedCache
-
-_ACTIVE: ContextVar[QPrunedCache | None] = ContextVar("qpruning_active_cache", default=None)
+_ACTIVE: ContextVar[object | None] = ContextVar("qpruning_active_forward", default=None)
 
 
-def active_cache() -> QPrunedCache | None:
-    """The compressed cache of the forward pass in progress, or None outside one."""
+def active_forward() -> object | None:
+    """What the qpruning forward pass in progress published, or None outside one."""
     return _ACTIVE.get()
 
 
-def set_active_cache(cache: QPrunedCache | None):
-    """Publish ``cache`` for the forward pass in progress; returns a token for :func:`reset_active_cache`."""
-    return _ACTIVE.set(cache)
+def set_active_forward(context: object | None) -> Token:
+    """Publish ``context`` for the forward pass in progress; returns a token for :func:`reset_active_forward`."""
+    return _ACTIVE.set(context)
 
 
-def reset_active_cache(token) -> None:
+def reset_active_forward(token: Token) -> None:
     _ACTIVE.reset(token)

@@ -19,16 +19,36 @@ positions whatever the layer holds.
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from transformers.cache_utils import CacheLayerMixin
 
-from qpruning.cache.context import active_cache
+from qpruning.cache.context import active_forward
 from qpruning.cache.quantizers import KVQuantizer
-from qpruning.cache.segments import Segment, gather_rows
+from qpruning.cache.segments import Segment
 
 BYTE_KINDS = ("packed", "scales", "zeros", "outliers", "full", "residual", "index")
+FULL_CACHE_BYTES_PER_NUMBER = 2  # the reference cache is 16-bit
+
+# Attention over a layer's segments (see :mod:`qpruning.backends`): ``backend(segments, query, scaling)``.
+AttentionBackend = Callable[[Sequence[Segment], torch.Tensor, float], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class LayerPrefill:
+    """What a layer held right after prefill, recorded by the layer itself when its prefill ends.
+
+    ``tokens`` is the kept-token count it was given (``None``: every token); ``tokens_per_row`` is
+    :meth:`CompressedLayer.tokens_per_row` at that moment.
+    """
+
+    tokens: int | None
+    bytes: dict[str, int]
+    full_bytes: int
+    tokens_per_row: torch.Tensor
+    seen_tokens: int
 
 
 class CompressedLayer(CacheLayerMixin):
@@ -51,7 +71,8 @@ class CompressedLayer(CacheLayerMixin):
         self.residual_values: torch.Tensor | None = None
         self.shape: tuple[int, int, int] | None = None  # batch, kv_heads, head_dim
         self.kept_per_row: torch.Tensor | None = None
-        self.use_kernel = False
+        self.backend: AttentionBackend | None = None
+        self.prefill: LayerPrefill | None = None
 
     # -- transformers' layer interface -------------------------------------------------------------------
 
@@ -71,7 +92,7 @@ class CompressedLayer(CacheLayerMixin):
             self.keys = torch.cat([self.keys, key_states], dim=-2)
             self.values = torch.cat([self.values, value_states], dim=-2)
             return self.keys, self.values
-        if active_cache() is None:
+        if active_forward() is None:
             raise RuntimeError(
                 "This layer holds a compressed KV cache, which only qpruning's attention can read: run the model "
                 "inside `with compressor.attach(model):`"
@@ -129,11 +150,29 @@ class CompressedLayer(CacheLayerMixin):
         batch, heads, _ = self.shape
         return batch * heads
 
-    def compress(self, keep: torch.Tensor, quantizer: KVQuantizer, storage_dtype: torch.dtype) -> None:
+    def finish_prefill(self, tokens: int | None = None) -> LayerPrefill:
+        """End this layer's prefill leaving it exactly as the model made it; records and returns what it holds."""
+        self.compression_pending = False
+        self.prefill = LayerPrefill(
+            tokens=tokens, bytes=self.nbytes(), full_bytes=self.full_nbytes(), tokens_per_row=self.tokens_per_row(),
+            seen_tokens=self.seen_tokens,
+        )
+        return self.prefill
+
+    def compress(
+        self,
+        keep: torch.Tensor,
+        quantizer: KVQuantizer,
+        storage_dtype: torch.dtype,
+        backend: AttentionBackend | None = None,
+        tokens: int | None = None,
+    ) -> LayerPrefill:
         """Keep the tokens of ``keep`` (``[batch, kv_heads, seq]`` bool) and quantize what fills whole groups.
 
         Tokens keep their order within each row. Each row's first ``quantizer.quantizable(n)`` kept tokens are
-        quantized; the rest (fewer than a group, for per-channel key groups) stay in 16 bits.
+        quantized; the rest (fewer than a group, for per-channel key groups) stay in 16 bits. ``backend`` is the
+        attention this layer runs from now on (:mod:`qpruning.backends`); ``tokens`` the kept-token count it was
+        given, recorded in what it returns (see :meth:`finish_prefill`).
         """
         batch, heads, seq, head_dim = self.keys.shape
         if keep.shape != (batch, heads, seq):
@@ -178,6 +217,8 @@ class CompressedLayer(CacheLayerMixin):
         self.residual_values = self.residual_keys.clone()
         self.keys = self.values = None
         self.compressed = True
+        self.backend = backend
+        return self.finish_prefill(tokens)
 
     def flush(self) -> None:
         """Quantize the residual window, a block of ``residual_length`` tokens per row at a time."""
@@ -226,14 +267,12 @@ class CompressedLayer(CacheLayerMixin):
         """Attention of ``query`` ``[batch, q_heads, q, head_dim]`` over the layer, which already holds the
         ``q`` new tokens at the end of every row. Returns ``[batch, q, q_heads, head_dim]``.
 
-        Reference path: dequantize every segment into padded rows, then exact softmax attention in float32.
-        With ``use_kernel`` (set by the compressor), decode steps run the fused Triton kernel instead.
+        Runs the backend the layer was given at :meth:`compress` over :meth:`segments`: the PyTorch reference
+        (dequantize into padded rows, exact float32 attention) or the fused Triton kernel for decode steps.
         """
-        if self.use_kernel:
-            from qpruning.kernels import fused_attention
-
-            return fused_attention(self, query, scaling)
-        return reference_attention(self, query, scaling)
+        if self.backend is None:
+            raise RuntimeError("This layer was compressed without an attention backend (compress(..., backend=...))")
+        return self.backend(self.segments(), query, scaling)
 
     # -- accounting ---------------------------------------------------------------------------------------
 
@@ -252,6 +291,13 @@ class CompressedLayer(CacheLayerMixin):
         out["index"] += _nbytes(self.kept_per_row)
         return out
 
+    def full_nbytes(self) -> int:
+        """Bytes an uncompressed 16-bit layer would hold for the tokens seen so far (padding included)."""
+        if self.shape is None:
+            return 0
+        batch, heads, head_dim = self.shape
+        return 2 * batch * heads * self.seen_tokens * head_dim * FULL_CACHE_BYTES_PER_NUMBER
+
     def tokens_per_row(self) -> torch.Tensor:
         """Tokens held by each (batch item, KV head) row, ``[rows]``."""
         if not self.compressed:
@@ -265,31 +311,3 @@ class CompressedLayer(CacheLayerMixin):
 
 def _nbytes(t: torch.Tensor | None) -> int:
     return 0 if t is None else t.numel() * t.element_size()
-
-
-def reference_attention(layer: CompressedLayer, query: torch.Tensor, scaling: float) -> torch.Tensor:
-    """Exact attention over a compressed layer through dequantized, padded rows (float32 math)."""
-    batch, q_heads, q_len, head_dim = query.shape
-    _, heads, _ = layer.shape
-    group = q_heads // heads
-    keys, values, valid, lengths = gather_rows(
-        layer.segments(), torch.float32, layer.rows, head_dim, query.device
-    )
-    seq = keys.shape[1]
-    keys = keys.view(batch, heads, 1, seq, head_dim)
-    values = values.view(batch, heads, 1, seq, head_dim)
-    q = query.float().reshape(batch, heads, group, q_len, head_dim)
-    logits = torch.matmul(q, keys.transpose(-1, -2)) * scaling  # [batch, heads, group, q, seq]
-    if q_len > 1 or valid is not None:
-        # The q new tokens are the last q of every row; new token j is visible to query i when j <= i.
-        position = torch.arange(seq, device=query.device).view(1, seq)
-        new_index = position - (lengths.view(-1, 1) - q_len)  # [rows, seq]
-        allowed = new_index.view(batch, heads, 1, 1, seq) <= torch.arange(q_len, device=query.device).view(
-            1, 1, 1, q_len, 1
-        )
-        if valid is not None:
-            allowed = allowed & valid.view(batch, heads, 1, 1, seq)
-        logits = logits.masked_fill(~allowed, -math.inf)
-    probs = torch.softmax(logits, dim=-1)
-    out = torch.matmul(probs, values)  # [batch, heads, group, q, head_dim]
-    return out.reshape(batch, q_heads, q_len, head_dim).transpose(1, 2).to(query.dtype)

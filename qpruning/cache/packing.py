@@ -1,6 +1,6 @@
 """Bit packing of 2/4/8-bit codes into bytes along the last dimension.
 
-Layout (the fused decode kernels in :mod:`qpruning.kernels` read exactly this): for ``bits`` in {2, 4, 8},
+Layout (the fused decode kernels in :mod:`qpruning.backends.triton` read exactly this): for ``bits`` in {2, 4, 8},
 ``8 // bits`` consecutive codes of the last dimension share one byte, the first code in the lowest bits.
 For 4 bits, byte ``j`` holds codes ``2j`` (bits 0-3) and ``2j+1`` (bits 4-7); for 2 bits, byte ``j`` holds codes
 ``4j .. 4j+3`` at bit offsets 0, 2, 4, 6. A ``[..., d]`` tensor of codes becomes ``[..., d * bits // 8]`` uint8.

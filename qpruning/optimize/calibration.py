@@ -48,9 +48,9 @@ class _PrefillRecorder(KVCompressor):
         super().__post_init__()
         self.recorded: list = []
 
-    def compress_layer(self, cache, layer_idx, query, key, value, scaling) -> None:
-        cache.layers[layer_idx].compression_pending = False
+    def compress_layer(self, cache, layer_idx, query, key, value, scaling, layer_tokens=None):
         self.recorded.append((query, key, value, scaling))
+        return cache.layers[layer_idx].finish_prefill()
 
 
 def record_prefill(model, input_ids: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]]:
@@ -71,10 +71,11 @@ def reference_answer(model, input_ids: torch.Tensor, generation_kwargs: dict) ->
 def build_cache(model, compressor: KVCompressor, prompt: RecordedPrompt) -> QPrunedCache:
     """The compressed cache ``compressor`` makes of ``prompt``'s prefill, without running the prefill again."""
     cache = compressor.new_cache(model)
+    layer_tokens = compressor.layer_tokens(cache.plans, prompt.length)
     with torch.inference_mode():
         for layer_idx, (query, key, value, scaling) in enumerate(prompt.layers):
             cache.layers[layer_idx].update(key, value)
-            compressor.compress_layer(cache, layer_idx, query, key, value, scaling)
+            compressor.compress_layer(cache, layer_idx, query, key, value, scaling, layer_tokens)
     return cache
 
 

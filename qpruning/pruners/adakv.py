@@ -83,19 +83,19 @@ class AdaKV(SnapKV):
         if not 0.0 <= self.floor_alpha <= 1.0:
             raise ConfigError(f"pruner.floor_alpha={self.floor_alpha} is out of range", "adakv: floor_alpha must be in [0, 1]")
 
-    def allocate(self, scores, budget, key_valid, layer_idx=0):
+    def allocate(self, scores, tokens, key_valid, layer_idx=0):
         """Tokens each KV head keeps, ``[batch, kv_heads]``: ``window + floor + share`` per head, summing to
-        ``kv_heads * budget`` per batch item; a row with at most ``budget`` real tokens keeps them all."""
+        ``kv_heads * tokens`` per batch item; a row with at most ``tokens`` real tokens keeps them all."""
         batch, heads, seq = scores.shape
         real = _real_lengths(key_valid, batch, seq, scores.device)
         window = min(self.window, seq)
         prefix = seq - window
-        selected = budget - window
+        selected = tokens - window
         if selected <= 0 or selected >= prefix:
-            return super().allocate(scores, budget, key_valid, layer_idx)
+            return super().allocate(scores, tokens, key_valid, layer_idx)
         counts = window + self.selected_counts(scores[..., :prefix], selected, key_valid)
-        # A row with no more real tokens than the budget keeps all of them (and only them).
-        short = (real <= budget).unsqueeze(1)
+        # A row with no more real tokens than its kept tokens keeps all of them (and only them).
+        short = (real <= tokens).unsqueeze(1)
         return torch.where(short, real.unsqueeze(1).expand(batch, heads), counts)
 
     def selected_counts(

@@ -3,11 +3,11 @@
 A pruner looks at one layer at the end of prefill and decides which tokens each KV head keeps. It is split
 into three steps so that methods differ only where they really differ:
 
-1. :meth:`Pruner.layer_budgets` turns the per-layer token budgets of the plan into the budgets this method
+1. :meth:`Pruner.layer_tokens` turns the per-layer kept-token counts of the plan into the counts this method
    uses (PyramidKV reshapes them into a pyramid; the others keep them);
 2. :meth:`Pruner.score` rates every token of every KV head (higher = more worth keeping), from the layer's
    full-precision queries and keys: pruning sees unquantized states and runs before quantization;
-3. :meth:`Pruner.allocate` splits a layer's budget among its heads (uniform here; Ada-KV and HeadKV give
+3. :meth:`Pruner.allocate` splits a layer's kept tokens among its heads (uniform here; Ada-KV and HeadKV give
    heads different counts), and :func:`select_tokens` turns scores and counts into a keep mask.
 
 The cache code (:mod:`qpruning.cache.layer`) then cuts and stores what was kept. With grouped-query attention,
@@ -55,9 +55,10 @@ class Pruner(ABC):
         """The smallest per-layer budget that this pruner accepts (the kept window must fit)."""
         return max(self.window, 1)
 
-    def layer_budgets(self, budgets: Sequence[int], seq_len: int) -> list[int]:
-        """Per-layer token budgets for a prompt of ``seq_len`` tokens (identity: the plan's budgets)."""
-        return list(budgets)
+    def layer_tokens(self, tokens: Sequence[int], seq_len: int) -> list[int]:
+        """Kept tokens per layer (and KV head) for a prompt of ``seq_len`` tokens, from the plan's ``tokens``
+        (identity here)."""
+        return list(tokens)
 
     @abstractmethod
     def score(
@@ -70,13 +71,13 @@ class Pruner(ABC):
         """
 
     def allocate(
-        self, scores: torch.Tensor, budget: int, key_valid: torch.Tensor | None, layer_idx: int = 0
+        self, scores: torch.Tensor, tokens: int, key_valid: torch.Tensor | None, layer_idx: int = 0
     ) -> torch.Tensor:
-        """Tokens each KV head keeps, ``[batch, kv_heads]``: the layer budget for every head, at most the
+        """Tokens each KV head keeps, ``[batch, kv_heads]``: the layer's ``tokens`` for every head, at most the
         row's real tokens."""
         batch, heads, seq = scores.shape
         real = _real_lengths(key_valid, batch, seq, scores.device)
-        counts = torch.full((batch, heads), budget, dtype=torch.long, device=scores.device)
+        counts = torch.full((batch, heads), tokens, dtype=torch.long, device=scores.device)
         return torch.minimum(counts, real.unsqueeze(1))
 
     def describe(self) -> str:

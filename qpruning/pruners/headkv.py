@@ -295,12 +295,12 @@ class HeadKV(SnapKV):
 
     # -- budgets ---------------------------------------------------------------------------------------------
 
-    def layer_budgets(self, budgets, seq_len):
-        """The plan's budgets, unchanged (they decide which layers are compressed at all); remembered so that
+    def layer_tokens(self, tokens, seq_len):
+        """The plan's kept tokens per layer, unchanged (they decide which layers are compressed at all); remembered so that
         the pool can be formed over all layers when the first layer is allocated."""
-        self._plan = (list(budgets), seq_len)
+        self._plan = (list(tokens), seq_len)
         self._counts_key = None
-        return list(budgets)
+        return list(tokens)
 
     def head_counts(self, budgets: list[int], seq_len: int, kv_heads: int) -> torch.Tensor:
         """Kept tokens (window included) per layer and KV head, ``[layers, kv_heads]``, for a prompt of
@@ -327,12 +327,12 @@ class HeadKV(SnapKV):
             counts[pooled] = chosen + window
         return counts
 
-    def allocate(self, scores, budget, key_valid, layer_idx=0):
+    def allocate(self, scores, tokens, key_valid, layer_idx=0):
         batch, heads, seq = scores.shape
         if self._plan is not None and self._plan[1] == seq:
             budgets = self._plan[0]
         else:
-            budgets = [budget] * self.importance.num_layers
+            budgets = [tokens] * self.importance.num_layers
         key = (tuple(budgets), seq, heads)
         if self._counts_key != key:
             self._counts = self.head_counts(budgets, seq, heads)

@@ -74,22 +74,22 @@ class PyramidKV(SnapKV):
         raw = [bottom - layer * step for layer in range(num_layers)]
         return largest_remainder_round(raw, selected * num_layers), mode
 
-    def layer_budgets(self, budgets: Sequence[int], seq_len: int) -> list[int]:
-        num_layers = len(budgets)
+    def layer_tokens(self, tokens: Sequence[int], seq_len: int) -> list[int]:
+        num_layers = len(tokens)
         window = min(self.window, seq_len)
-        mean_budget = sum(budgets) / num_layers
-        if mean_budget >= seq_len:
+        mean_tokens = sum(tokens) / num_layers
+        if mean_tokens >= seq_len:
             self.last_schedule = {"mode": "no-pruning", "seq_len": seq_len}
-            return list(budgets)
-        selected = [b - window for b in budgets]
+            return list(tokens)
+        selected = [b - window for b in tokens]
         mean_selected = int(round(sum(selected) / num_layers))
         if seq_len < 2 * mean_selected and self.short_prompt == "uniform":
             logger.info(
-                "pyramidkv: prompt of %d tokens is shorter than twice the budget; uniform layer budgets "
+                "pyramidkv: prompt of %d tokens is shorter than twice the kept tokens; uniform layer budgets "
                 "(the reference code's fallback)", seq_len
             )
             self.last_schedule = {"mode": "uniform-fallback", "seq_len": seq_len}
-            return list(budgets)
+            return list(tokens)
         schedule, mode = self.selected_schedule(mean_selected, num_layers, seq_len - window)
         if len(set(selected)) > 1:
             # Layer-wise plans: scale the pyramid by each layer's own share of the budget.

@@ -5,7 +5,7 @@ import torch
 
 from qpruning import KIVI, FlexGen, KIVIOutlier, KVCompressor, SnapKV
 from qpruning.cache.budget import row_bytes, tokens_for_budget
-from qpruning.cache.context import reset_active_cache, set_active_cache
+from qpruning.cache.context import reset_active_forward, set_active_forward
 from qpruning.cache.layer import CompressedLayer
 from qpruning.cache.quantizers import KVQuantizer
 from qpruning.transformers_api import cache_kwargs
@@ -71,15 +71,15 @@ def test_decoded_tokens_are_counted_in_the_residual_then_in_packed_blocks(rng):
     counts = [[96] * HEADS] * BATCH
     layer = make_layer(rng)
     layer.compress(random_keep(rng, counts), quantizer, torch.float16)
-    from qpruning.cache.context import reset_active_cache, set_active_cache
+    from qpruning.cache.context import reset_active_forward, set_active_forward
 
-    token = set_active_cache(object())  # update() of a compressed layer requires a running qpruning forward
+    token = set_active_forward(object())  # update() of a compressed layer requires a running qpruning forward
     try:
         for _ in range(40):
             layer.update(torch.randn(BATCH, HEADS, 1, DIM, generator=rng), torch.randn(BATCH, HEADS, 1, DIM, generator=rng))
             layer.flush()
     finally:
-        reset_active_cache(token)
+        reset_active_forward(token)
     held = {k: v for k, v in layer.nbytes().items() if v}
     expected = formula(counts, quantizer, decoded=32, residual=8)
     assert held == {k: v for k, v in expected.items() if v}
@@ -153,13 +153,13 @@ def test_storage_dtype_holds_scales_zeros_and_16_bit_tokens_and_the_bytes_follow
     counts = [[130, 71, 200], [64, 5, 199]]
     layer = make_layer(rng, model_dtype)
     layer.compress(random_keep(rng, counts), quantizer, storage)
-    token = set_active_cache(object())
+    token = set_active_forward(object())
     try:
         for _ in range(3):  # three decoded tokens wait in the residual window
             layer.update(*(torch.randn(BATCH, HEADS, 1, DIM, generator=rng).to(model_dtype) for _ in range(2)))
             layer.flush()
     finally:
-        reset_active_cache(token)
+        reset_active_forward(token)
     for segment in layer.prefix:
         for tensor in (segment.keys, segment.values):
             if segment.quantized:

@@ -9,8 +9,9 @@ import torch
 from transformers import DynamicCache
 
 from qpruning import KIVI, FlexGen, KVCompressor, SnapKV
-from qpruning.cache.context import reset_active_cache, set_active_cache
-from qpruning.cache.layer import CompressedLayer, reference_attention
+from qpruning.backends import reference_attention
+from qpruning.cache.context import reset_active_forward, set_active_forward
+from qpruning.cache.layer import CompressedLayer
 from qpruning.cache.segments import gather_rows
 from qpruning.pruners import AdaKV, HeadKV
 from qpruning.pruners import base as pruner_base
@@ -127,14 +128,14 @@ def decode(rng, layer, quantizer, dtype=torch.float32):
     steps, last = 40, 3
     new_k = torch.randn(BATCH, KV_HEADS, steps + last, DIM, generator=rng).to(dtype)
     new_v = torch.randn(BATCH, KV_HEADS, steps + last, DIM, generator=rng).to(dtype)
-    token = set_active_cache(object())
+    token = set_active_forward(object())
     try:
         for t in range(steps):
             layer.update(new_k[:, :, t : t + 1], new_v[:, :, t : t + 1])
             layer.flush()
         layer.update(new_k[:, :, steps:], new_v[:, :, steps:])
     finally:
-        reset_active_cache(token)
+        reset_active_forward(token)
     flushed = (steps // quantizer.residual_length) * quantizer.residual_length if quantizer.enabled else 0
     query = torch.randn(BATCH, Q_HEADS, last, DIM, generator=rng).to(dtype)
     return new_k, new_v, flushed, query
@@ -151,7 +152,7 @@ def test_decoding_over_ragged_rows_equals_attending_per_head_over_its_kept_token
     assert layer.tokens_per_row().tolist() == [n for row in counts for n in row]
     assert layer.prefix and layer.prefix[0].uniform_length is None  # really ragged, nothing padded
     new_k, new_v, flushed, query = decode(rng, layer, quantizer)
-    ours = reference_attention(layer, query, SCALE)
+    ours = reference_attention(layer.segments(), query, SCALE)
     expected = per_head_reference(query, keys, values, keep, new_k, new_v, quantizer, flushed)
     torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-5)
 
@@ -175,7 +176,7 @@ def test_decoding_in_every_dtype_matches_a_float32_reference_within_the_dtypes_r
     assert (layer.prefix[0].uniform_length is None) == ragged
     new_k, new_v, flushed, query = decode(rng, layer, quantizer, dtype)
     assert layer.residual_keys.dtype == storage
-    ours = reference_attention(layer, query, SCALE)
+    ours = reference_attention(layer.segments(), query, SCALE)
     assert ours.dtype == dtype
     expected = per_head_reference(query, keys, values, keep, new_k, new_v, quantizer, flushed, storage)
     rtol, atol = DTYPE_TOLERANCE[dtype]

@@ -22,12 +22,15 @@ import torch
 pytest.importorskip("triton", reason="the fused decode kernels need Triton (pip install triton)")
 pytest.importorskip("numpy", reason="Triton's interpreter needs numpy")
 
-from qpruning.cache.layer import CompressedLayer, reference_attention  # noqa: E402
+from qpruning.backends import reference_attention  # noqa: E402
+from qpruning.backends.triton import fused_attention, interpreting  # noqa: E402
+from qpruning.backends.triton import heuristics as hx  # noqa: E402
+from qpruning.backends.triton import launch as da  # noqa: E402
+from qpruning.cache.layer import CompressedLayer  # noqa: E402
 from qpruning.cache.quantizers import KIVI, FlexGen, FlexGenOutlier, KIVIOutlier  # noqa: E402
-from qpruning.kernels import decode_attention as da  # noqa: E402
 from qpruning.transformers_api import cache_kwargs
 
-INTERPRETED = da.interpreting()
+INTERPRETED = interpreting()
 DEVICE = torch.device("cuda" if torch.cuda.is_available() and not INTERPRETED else "cpu")
 HEAD_DIM = 128
 EXACT = 1e-5
@@ -93,8 +96,8 @@ def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
 def check(layer: CompressedLayer, group: int, tol: float, **options) -> float:
     query = random_query(layer, group)
     scaling = layer.shape[2] ** -0.5
-    ref = reference_attention(layer, query, scaling)
-    out = da.attend_layer(layer, query, scaling, **options)
+    ref = reference_attention(layer.segments(), query, scaling)
+    out = fused_attention(layer.segments(), query, scaling, **options)
     assert out.shape == ref.shape and out.dtype == ref.dtype
     assert torch.isfinite(out).all()
     err = relative_error(out, ref)
@@ -136,8 +139,8 @@ def test_every_layout_in_bfloat16_matches_reference_at_bf16_level(method, bits, 
     layer = build_layer(QUANTIZERS[method](bits=bits, group_size=group_size), batch=2, seq=170, ragged=True,
                         residual=5, dtype=torch.bfloat16)
     query = random_query(layer, 2, dtype=torch.bfloat16)
-    ref = reference_attention(layer, query, HEAD_DIM**-0.5)
-    out = da.attend_layer(layer, query, HEAD_DIM**-0.5)
+    ref = reference_attention(layer.segments(), query, HEAD_DIM**-0.5)
+    out = fused_attention(layer.segments(), query, HEAD_DIM**-0.5)
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
     assert relative_error(out, ref) < BF16_LEVEL
 
@@ -191,10 +194,10 @@ def test_outliers_matter_so_the_correction_is_tested():
     # Without the correction the error would be far above the tolerance: drop the outliers and compare.
     layer = build_layer(KIVIOutlier(bits=2, group_size=64), seq=140)
     query = random_query(layer, 2)
-    ref = reference_attention(layer, query, HEAD_DIM**-0.5)
+    ref = reference_attention(layer.segments(), query, HEAD_DIM**-0.5)
     segment = layer.segments()[0]
     segment.keys.outlier_index = segment.values.outlier_index = None
-    out = da.attend_layer(layer, query, HEAD_DIM**-0.5, dot="fp32")
+    out = fused_attention(layer.segments(), query, HEAD_DIM**-0.5, dot="fp32")
     assert relative_error(out, ref) > 100 * EXACT
 
 
@@ -203,8 +206,8 @@ def test_result_does_not_depend_on_the_split(split_tokens, block_n):
     # (16, 16): more than MERGE_BLOCK_S splits per row, so the merge runs over several chunks of splits.
     layer = build_layer(FlexGen(bits=4, group_size=32), batch=2, seq=200, ragged=True, residual=4)
     query = random_query(layer, 2)
-    ref = reference_attention(layer, query, HEAD_DIM**-0.5)
-    out = da.attend_layer(layer, query, HEAD_DIM**-0.5, dot="fp32", split_tokens=split_tokens, block_n=block_n)
+    ref = reference_attention(layer.segments(), query, HEAD_DIM**-0.5)
+    out = fused_attention(layer.segments(), query, HEAD_DIM**-0.5, dot="fp32", split_tokens=split_tokens, block_n=block_n)
     assert relative_error(out, ref) < EXACT
 
 
@@ -236,8 +239,8 @@ def test_rows_without_tokens_in_a_segment_weigh_nothing():
 def test_bf16_query_and_storage_give_bf16_output_at_bf16_level():
     layer = build_layer(KIVI(bits=4, group_size=64), seq=140, dtype=torch.bfloat16, residual=3)
     query = random_query(layer, 4, dtype=torch.bfloat16)
-    ref = reference_attention(layer, query, HEAD_DIM**-0.5)
-    out = da.attend_layer(layer, query, HEAD_DIM**-0.5)
+    ref = reference_attention(layer.segments(), query, HEAD_DIM**-0.5)
+    out = fused_attention(layer.segments(), query, HEAD_DIM**-0.5)
     assert out.dtype == torch.bfloat16
     assert relative_error(out, ref) < BF16_LEVEL
 
@@ -259,17 +262,17 @@ def test_multi_token_queries_fall_back_to_the_reference():
     layer = build_layer(KIVI(bits=4, group_size=32), seq=80, residual=4)
     batch, kv_heads, head_dim = layer.shape
     query = torch.randn(batch, kv_heads * 2, 3, head_dim).to(DEVICE)
-    out = da.attend_layer(layer, query, head_dim**-0.5)
-    assert torch.equal(out, reference_attention(layer, query, head_dim**-0.5))
+    out = fused_attention(layer.segments(), query, head_dim**-0.5)
+    assert torch.equal(out, reference_attention(layer.segments(), query, head_dim**-0.5))
 
 
 def test_split_heuristic_fills_the_device_and_respects_blocks():
     cpu = torch.device("cpu")
-    split, splits = da.split_rows(8192, rows=8, block_n=64, device=cpu, split_tokens=None)
+    split, splits = hx.split_rows(8192, rows=8, block_n=64, device=cpu, split_tokens=None)
     assert split % 64 == 0 and split * splits >= 8192
-    split, splits = da.split_rows(100, rows=2, block_n=64, device=cpu, split_tokens=10)
+    split, splits = hx.split_rows(100, rows=2, block_n=64, device=cpu, split_tokens=10)
     assert (split, splits) == (64, 2)
-    constexprs, launch = da.kernel_config(da.Layout(4, da.AXIS_TOKENS, da.AXIS_CHANNELS, 32, 32, 128), 4)
+    constexprs, launch = hx.kernel_config(hx.Layout(4, hx.AXIS_TOKENS, hx.AXIS_CHANNELS, 32, 32, 128), 4)
     assert constexprs["BLOCK_N"] == 32 and constexprs["BLOCK_G"] == 16 and constexprs["BLOCK_C"] == 64
     assert launch["num_warps"] in (4, 8)
 
@@ -298,7 +301,7 @@ def test_tiny_model_decoding_through_the_kernel_matches_the_reference_path():
         with torch.no_grad(), compressor.attach(model):
             cache = compressor.new_cache(model)
             model(prompt, **cache_kwargs(model, cache), use_cache=True)
-            assert all(layer.use_kernel == (kernel == "on") for layer in cache.layers)
+            assert all((layer.backend is fused_attention) == (kernel == "on") for layer in cache.layers)
             for i in range(steps.shape[1]):
                 out.append(model(steps[:, i : i + 1], **cache_kwargs(model, cache), use_cache=True).logits[:, -1])
         return torch.stack(out)
@@ -321,12 +324,13 @@ def run_without_interpreter_flag(code: str) -> subprocess.CompletedProcess:
 
 
 def test_without_triton_the_package_imports_and_reports_the_kernel_unavailable():
-    # Triton blocked: qpruning and qpruning.kernels import and available() is False, so the compressor leaves
-    # use_kernel off and the cache takes the reference path.
+    # Triton blocked: qpruning and qpruning.backends.triton import and available() is False, so the compressor
+    # gives layers the reference backend.
     code = (
         "import sys; sys.modules['triton'] = None\n"
-        "import qpruning, qpruning.kernels as k\n"
-        "assert 'qpruning.kernels.decode_attention' not in sys.modules\n"
+        "import qpruning, qpruning.compressor, qpruning.backends.triton as k\n"
+        "assert 'qpruning.backends.triton.launch' not in sys.modules\n"
+        "assert 'qpruning.backends.triton.kernel' not in sys.modules\n"
         "assert k.available() is False\n"
         "print('ok')\n"
     )
@@ -342,11 +346,11 @@ def test_interpreter_flag_set_after_triton_was_imported_is_refused_clearly():
         "os.environ['TRITON_INTERPRET'] = '1'\n"
         "from qpruning.cache.layer import CompressedLayer\n"
         "from qpruning.cache.quantizers import KIVI\n"
-        "from qpruning.kernels import decode_attention as da\n"
+        "from qpruning.backends.triton import fused_attention\n"
         "layer = CompressedLayer(); layer.update(torch.randn(1, 2, 64, 64), torch.randn(1, 2, 64, 64))\n"
         "layer.compress(torch.ones(1, 2, 64, dtype=torch.bool), KIVI(bits=4, group_size=32), torch.float16)\n"
         "try:\n"
-        "    da.attend_layer(layer, torch.randn(1, 4, 1, 64), 0.125)\n"
+        "    fused_attention(layer.segments(), torch.randn(1, 4, 1, 64), 0.125)\n"
         "except RuntimeError as e:\n"
         "    print(e)\n"
     )

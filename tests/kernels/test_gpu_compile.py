@@ -2,7 +2,7 @@
 
 Triton's interpreter runs code that the GPU compiler may reject (``tl.dot`` shapes, layouts) and says nothing of
 registers; Triton's wheel ships ``ptxas``, so the kernels are compiled ahead of time to cubins here, in a
-subprocess without ``TRITON_INTERPRET`` (see :mod:`qpruning.kernels.compile_check`).
+subprocess without ``TRITON_INTERPRET`` (see :mod:`qpruning.backends.triton.compile_check`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def run_without_interpreter(code: str, timeout: int) -> subprocess.CompletedProc
 
 def test_default_kivi_4bit_kernel_compiles_for_h100_without_spills():
     code = (
-        "from qpruning.kernels.compile_check import Variant, compile_variant, compile_merge, resource_usage\n"
+        "from qpruning.backends.triton.compile_check import Variant, compile_variant, compile_merge, resource_usage\n"
         "u = resource_usage(compile_variant(Variant(4, 2, 1, 64, 64), 90))\n"
         "assert u['spill'] == 0 and u['reg'] <= 128 and u['shared'] <= 227 * 1024, u\n"
         "m = resource_usage(compile_merge(90))\n"
@@ -40,5 +40,5 @@ def test_default_kivi_4bit_kernel_compiles_for_h100_without_spills():
 
 @pytest.mark.slow
 def test_every_kernel_variant_compiles_for_a100_and_h100():
-    done = run_without_interpreter("from qpruning.kernels.compile_check import main; raise SystemExit(main())", 1800)
+    done = run_without_interpreter("from qpruning.backends.triton.compile_check import main; raise SystemExit(main())", 1800)
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]

@@ -190,7 +190,7 @@ def test_headkv_budgets_equal_the_papers_formula(beta, temperature, tmp_path, rn
     pruner = HeadKV(head_scores=str(tmp_path / "s.json"), beta=beta, temperature=temperature)
     matrix = load_head_scores(tmp_path / "s.json").matrix.tolist()
     budget, seq = 40, 400
-    pruner.layer_budgets([budget] * layers, seq)
+    pruner.layer_tokens([budget] * layers, seq)
     scores = random_scores(rng, seq=seq)
     counts = torch.stack([pruner.allocate(scores, budget, None, layer)[0] for layer in range(layers)])
     expected, exact = headkv_reference(matrix, KV_HEADS, [budget] * layers, 8, beta, temperature)
@@ -207,7 +207,7 @@ def test_headkv_with_layerwise_budgets_pools_each_layers_own_share(tmp_path, rng
     layers, budgets, seq = 5, [30, 40, 50, 60, 70], 500
     write_scores(tmp_path / "s.json", layers, Q_HEADS, seed=4)
     pruner = HeadKV(head_scores=str(tmp_path / "s.json"), beta=1.2)
-    assert pruner.layer_budgets(budgets, seq) == budgets  # the plan decides which layers are compressed
+    assert pruner.layer_tokens(budgets, seq) == budgets  # the plan decides which layers are compressed
     counts = [pruner.allocate(random_scores(rng, seq=seq), b, None, layer)[0].tolist() for layer, b in enumerate(budgets)]
     matrix = load_head_scores(tmp_path / "s.json").matrix.tolist()
     assert counts == headkv_reference(matrix, KV_HEADS, budgets, 8, 1.2)[0]
@@ -220,7 +220,7 @@ def test_headkv_gives_a_kv_head_the_pool_share_of_its_query_heads(tmp_path, rng)
     zero = {(layer, q) for layer in range(layers) for q in range(Q_HEADS) if not (layer == 1 and q < group)}
     write_scores(tmp_path / "s.json", layers, Q_HEADS, zero_heads=zero)
     pruner = HeadKV(head_scores=str(tmp_path / "s.json"), beta=2.0)
-    pruner.layer_budgets([28, 28], 500)
+    pruner.layer_tokens([28, 28], 500)
     counts = torch.stack([pruner.allocate(random_scores(rng, seq=500), 28, None, layer)[0] for layer in range(2)])
     basic = 8 + 20 - 10  # window + b - b // beta
     pool = 10 * layers * KV_HEADS
@@ -234,7 +234,7 @@ def test_headkv_on_a_short_prompt_redistributes_what_a_head_cannot_use(tmp_path,
     write_scores(tmp_path / "s.json", layers, Q_HEADS, zero_heads=zero)  # one head would take the whole pool
     for redistribute in (True, False):
         pruner = HeadKV(head_scores=str(tmp_path / "s.json"), redistribute=redistribute)
-        pruner.layer_budgets([budget] * layers, seq)
+        pruner.layer_tokens([budget] * layers, seq)
         counts = torch.stack(
             [pruner.allocate(random_scores(rng, seq=seq), budget, None, layer)[0] for layer in range(layers)]
         )

@@ -152,7 +152,7 @@ def test_a_row_shorter_than_the_budget_keeps_all_its_real_tokens(rng):
 def test_pyramid_budgets_fall_linearly_and_sum_to_the_uniform_total():
     pruner = PyramidKV(window=8, beta=20)
     layers, budget, seq = 32, 520, 8000
-    budgets = pruner.layer_budgets([budget] * layers, seq)
+    budgets = pruner.layer_tokens([budget] * layers, seq)
     selected = budget - 8
     assert sum(budgets) == layers * budget
     assert budgets[0] - 8 in (2 * selected - selected // 20, 2 * selected - selected // 20 + 1)
@@ -165,7 +165,7 @@ def test_pyramid_budgets_fall_linearly_and_sum_to_the_uniform_total():
 def test_pyramid_caps_the_bottom_layer_at_the_prompt_and_keeps_the_total():
     pruner = PyramidKV(window=8, beta=20)
     # 100 selected tokens per layer: the bottom layer would take 195 + 8, more than a 201-token prompt has.
-    budgets = pruner.layer_budgets([108] * 10, 201)
+    budgets = pruner.layer_tokens([108] * 10, 201)
     assert pruner.last_schedule["mode"] == "redistributed"
     assert budgets[0] == 201 and sum(budgets) == 1080
 
@@ -173,11 +173,11 @@ def test_pyramid_caps_the_bottom_layer_at_the_prompt_and_keeps_the_total():
 def test_short_prompt_falls_back_to_uniform_budgets_and_says_so(caplog):
     pruner = PyramidKV(window=8)
     with caplog.at_level(logging.INFO, logger="qpruning.pruners.pyramidkv"):
-        budgets = pruner.layer_budgets([300] * 10, 500)
+        budgets = pruner.layer_tokens([300] * 10, 500)
     assert budgets == [300] * 10
     assert pruner.last_schedule["mode"] == "uniform-fallback"
     assert "uniform layer budgets" in caplog.text
-    explicit = PyramidKV(window=8, short_prompt="pyramid").layer_budgets([300] * 10, 500)
+    explicit = PyramidKV(window=8, short_prompt="pyramid").layer_tokens([300] * 10, 500)
     assert sum(explicit) == 3000 and explicit[0] > explicit[-1]
 
 

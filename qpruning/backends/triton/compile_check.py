@@ -5,7 +5,7 @@ cubin for a given architecture (``sm_80`` A100, ``sm_90`` H100) with no GPU and 
 Triton's interpreter does not: code that the interpreter runs but the GPU compiler rejects (``tl.dot`` shapes,
 dtypes, layouts), register spills (local memory) and shared-memory use above the device limit.
 
-    python -m qpruning.kernels.compile_check            # every variant, sm_80 and sm_90, as a table
+    python -m qpruning.backends.triton.compile_check   # every variant, sm_80 and sm_90, as a table
 
 Must run *without* ``TRITON_INTERPRET`` (the interpreter replaces the kernels by Python functions).
 """
@@ -92,13 +92,14 @@ def compile_variant(
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from qpruning.kernels import decode_attention as da
+    from qpruning.backends.triton import heuristics as hx
+    from qpruning.backends.triton import kernel as kn
 
-    layout = da.Layout(v.bits, v.k_axis, v.v_axis, v.k_group, v.v_group, v.head_dim)
-    dot, precision = da.DOT_MODES[v.dot]
-    constexprs, launch = da.kernel_config(
+    layout = hx.Layout(v.bits, v.k_axis, v.v_axis, v.k_group, v.v_group, v.head_dim)
+    dot, precision = hx.DOT_MODES[v.dot]
+    constexprs, launch = hx.kernel_config(
         layout, v.group, uniform=v.uniform, k_outliers=v.k_outliers, v_outliers=v.v_outliers, dot=dot,
-        precision=precision, fold_k=v.fold_k, block_n=block_n or da.BLOCK_N, num_warps=num_warps,
+        precision=precision, fold_k=v.fold_k, block_n=block_n or hx.BLOCK_N, num_warps=num_warps,
         maxnreg=maxnreg,
     )
     store = "*" + v.storage
@@ -117,7 +118,7 @@ def compile_variant(
         signature[name] = "constexpr"
     # As Triton's launcher specializes them: torch allocations are 16-byte aligned.
     attrs = {(i,): [["tt.divisibility", 16]] for i, t in enumerate(signature.values()) if t.startswith("*")}
-    src = ASTSource(fn=da._decode_segment_kernel, signature=signature, constexprs=constexprs, attrs=attrs)
+    src = ASTSource(fn=kn._decode_segment_kernel, signature=signature, constexprs=constexprs, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=launch)
 
 
@@ -126,14 +127,15 @@ def compile_merge(arch: int, head_dim: int = 128, out: str = "bf16"):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from qpruning.kernels import decode_attention as da
+    from qpruning.backends.triton import heuristics as hx
+    from qpruning.backends.triton import kernel as kn
 
     signature = {"m_ptr": "*fp32", "l_ptr": "*fp32", "acc_ptr": "*fp32", "out_ptr": "*" + out, "S_total": "i32",
                  "D": "constexpr", "BLOCK_D": "constexpr", "BLOCK_S": "constexpr"}
-    constexprs = {"D": head_dim, "BLOCK_D": triton.next_power_of_2(head_dim), "BLOCK_S": da.MERGE_BLOCK_S}
+    constexprs = {"D": head_dim, "BLOCK_D": triton.next_power_of_2(head_dim), "BLOCK_S": hx.MERGE_BLOCK_S}
     attrs = {(i,): [["tt.divisibility", 16]] for i, t in enumerate(signature.values()) if t.startswith("*")}
-    src = ASTSource(fn=da._merge_kernel, signature=signature, constexprs=constexprs, attrs=attrs)
-    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": da.MERGE_WARPS})
+    src = ASTSource(fn=kn._merge_kernel, signature=signature, constexprs=constexprs, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": hx.MERGE_WARPS})
 
 
 def resource_usage(kernel) -> dict[str, int]:

@@ -1,0 +1,39 @@
+"""The PyTorch reference backend: exact attention over a compressed layer's segments (float32 math)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from qpruning.cache.segments import Segment, gather_rows
+
+
+def reference_attention(segments: Sequence[Segment], query: torch.Tensor, scaling: float) -> torch.Tensor:
+    """Exact attention of ``query`` ``[batch, q_heads, q, head_dim]`` over ``segments`` (a compressed layer's, in
+    token order, the ``q`` new tokens at the end of every row) through dequantized, padded rows (float32 math).
+    Returns ``[batch, q, q_heads, head_dim]`` in ``query.dtype``."""
+    batch, q_heads, q_len, head_dim = query.shape
+    rows = segments[0].rows
+    heads = rows // batch
+    group = q_heads // heads
+    keys, values, valid, lengths = gather_rows(segments, torch.float32, rows, head_dim, query.device)
+    seq = keys.shape[1]
+    keys = keys.view(batch, heads, 1, seq, head_dim)
+    values = values.view(batch, heads, 1, seq, head_dim)
+    q = query.float().reshape(batch, heads, group, q_len, head_dim)
+    logits = torch.matmul(q, keys.transpose(-1, -2)) * scaling  # [batch, heads, group, q, seq]
+    if q_len > 1 or valid is not None:
+        # The q new tokens are the last q of every row; new token j is visible to query i when j <= i.
+        position = torch.arange(seq, device=query.device).view(1, seq)
+        new_index = position - (lengths.view(-1, 1) - q_len)  # [rows, seq]
+        allowed = new_index.view(batch, heads, 1, 1, seq) <= torch.arange(q_len, device=query.device).view(
+            1, 1, 1, q_len, 1
+        )
+        if valid is not None:
+            allowed = allowed & valid.view(batch, heads, 1, 1, seq)
+        logits = logits.masked_fill(~allowed, -math.inf)
+    probs = torch.softmax(logits, dim=-1)
+    out = torch.matmul(probs, values)  # [batch, heads, group, q, head_dim]
+    return out.reshape(batch, q_heads, q_len, head_dim).transpose(1, 2).to(query.dtype)
