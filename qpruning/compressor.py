@@ -99,13 +99,13 @@ def _sliding_layers(config) -> list[int]:
     return []
 
 
+@dataclass
 class Attached:
     """What ``KVCompressor.attach`` yields: the compressor, and the cache of the latest compressed forward
     (``last_cache``: the one ``generate`` made when it was handed none)."""
 
-    def __init__(self, compressor: KVCompressor) -> None:
-        self.compressor = compressor
-        self._last_cache: QPrunedCache | None = None
+    compressor: KVCompressor
+    _last_cache: QPrunedCache | None = field(default=None, repr=False)
 
     @property
     def last_cache(self) -> QPrunedCache | None:

@@ -1,7 +1,7 @@
 """The compressed KV cache: packed storage, quantizers, segments, layers and memory accounting."""
 
-from qpruning.cache.cache import QPrunedCache
-from qpruning.cache.layer import CompressedLayer
+from qpruning.cache.cache import PrefillResult, QPrunedCache
+from qpruning.cache.layer import CompressedLayer, LayerPrefill
 from qpruning.cache.quantized import GroupAxis, OutlierFilter, QuantizedTensor, quantize
 from qpruning.cache.quantizers import (
     HQQ,
@@ -24,7 +24,9 @@ __all__ = [
     "GroupAxis",
     "KIVIOutlier",
     "KVQuantizer",
+    "LayerPrefill",
     "OutlierFilter",
+    "PrefillResult",
     "QPrunedCache",
     "QuantizedTensor",
     "get_quantizer",
