@@ -42,7 +42,7 @@ BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
 def run_task(cfg) -> float | None:
     """``python run.py``'s task: one run; a mistake found before the model loads is one line, exit 2."""
-    from qpruning.runner import run_job
+    from qpruning.app import run_job
 
     with reported():
         return run_job(cfg)
@@ -50,7 +50,7 @@ def run_task(cfg) -> float | None:
 
 def optimize_task(cfg) -> float:
     """``qpruning optimize``'s task, reported like :func:`run_task`."""
-    from qpruning.optimize.driver import run_optimize_job
+    from qpruning.app import run_optimize_job
 
     with reported():
         return run_optimize_job(cfg)
@@ -61,13 +61,13 @@ def optimize_task(cfg) -> float:
 
 def check_run(cfg, folder: str) -> None:
     """What a run checks before its model loads, short of tokenizer and data (see :meth:`Runner.validate`)."""
-    from qpruning.runner import runner_from_config
+    from qpruning.app import runner_from_config
 
     _validated(runner_from_config(cfg, folder))
 
 
 def check_optimize(cfg, folder: str) -> None:
-    from qpruning.optimize.driver import optimize_setup
+    from qpruning.app import optimize_setup
 
     optimize_setup(cfg)
 
@@ -138,7 +138,7 @@ def preflight(config_name: str, overrides: list[str], multirun: bool = False) ->
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from qpruning.runner import register_resolvers
+    from qpruning.app import register_resolvers
 
     register_resolvers()
     check = CHECKS.get(config_name, check_run)
@@ -227,7 +227,7 @@ def hydra_entry(config_name: str, task: Callable, argv: list[str], prog: str) ->
     """Preflight, then Hydra's own ``main`` with ``task`` (see the module docstring)."""
     import hydra
 
-    from qpruning.runner import register_resolvers
+    from qpruning.app import register_resolvers
 
     if not (CONF_DIR / f"{config_name}.yaml").is_file():
         raise SystemExit(f"qpruning {prog} needs the repository's conf/ folder ({CONF_DIR} not found): "

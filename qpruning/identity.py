@@ -12,6 +12,10 @@ equal, so the identity covers every input that can change a result:
 
 Model weights are identified by the model's name and ``name_or_path`` (hashing gigabytes per run would cost more
 than it protects); ``model.local_path`` names a copy of the same weights and is run control.
+
+How a run is *named* (in ``metrics.json``, run folders and reports) is defined here once too: :class:`RunLabels`
+(the knobs a person sweeps over) and :data:`KEY_FIELDS` (the labels that tell two runs' configurations apart in a
+report), both read by the report without torch.
 """
 
 from __future__ import annotations
@@ -20,8 +24,55 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+
+@dataclass
+class RunLabels:
+    """How a run is named in ``metrics.json`` and reports (the knobs a person sweeps over).
+
+    Fields whose ``metadata`` says ``key=False`` name where a run comes from (a sweep, a benchmark variant), not
+    its configuration: they are not part of :data:`KEY_FIELDS`.
+    """
+
+    benchmark: str
+    model: str
+    pruner: str
+    quant: str
+    bits: int
+    group_size: int
+    tokens: int | None = None
+    budget: float | None = None
+    budget_mode: str = "nominal"
+    layer_config: str | None = None
+    experiment: str | None = field(default=None, metadata={"key": False})
+    benchmark_variant: str | None = field(default=None, metadata={"key": False})
+
+
+BENCHMARK_LENGTH = "benchmark_length"
+"""The one key field the run's benchmark gives (its context length), written next to the labels."""
+
+KEY_FIELDS: tuple[str, ...] = (
+    fields(RunLabels)[0].name,
+    BENCHMARK_LENGTH,
+    *(f.name for f in fields(RunLabels)[1:] if f.metadata.get("key", True)),
+)
+"""The configuration key of a run in reports: two complete runs with equal keys are duplicates."""
+
+
+def budget_label(tokens, budget, mode="nominal") -> str:
+    """``t512`` for a token budget, ``b1_64`` for a fraction (``b1_64x`` in exact accounting): run folder names."""
+    if tokens is not None:
+        return f"t{tokens}"
+    if budget is None:
+        return "full"
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0:
+        return f"b{budget}"  # not a budget: the configuration's validation says so, the name must not crash
+    inverse = 1 / float(budget)
+    label = f"b1_{round(inverse)}" if abs(inverse - round(inverse)) < 1e-6 else f"b{float(budget):g}"
+    return label + ("x" if mode == "exact" else "")
 
 # The run-control keys, in one place (dotted for nested keys). Everything else in the configuration is identity.
 RUN_CONTROL_KEYS: tuple[str, ...] = (
@@ -141,17 +192,3 @@ def run_hash(config: Mapping[str, Any]) -> str:
     """A short hash of :func:`run_identity`: the last part of a run's folder name."""
     blob = json.dumps(run_identity(config), sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:HASH_LENGTH]
-
-
-def resolved_config(root) -> dict[str, Any]:
-    """The identity-relevant part of an OmegaConf config, resolved, without touching run-control keys (``run_name``
-    interpolates the hash itself)."""
-    from omegaconf import OmegaConf
-
-    out: dict[str, Any] = {}
-    for key in root.keys():
-        if key in RUN_CONTROL_KEYS:
-            continue
-        value = root[key]
-        out[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-    return out

@@ -10,8 +10,8 @@ folder's name comes from the run's identity (:mod:`qpruning.identity`).
 
 Everything is validated before the model is loaded: the compressor against the model's config (bits, group size
 against ``head_dim``, budgets against the pruner's window, sliding windows), and the benchmark against the
-context window and its data. The Hydra entry (``run.py``) only builds a :class:`Runner` from the config
-(:func:`runner_from_config`); the library itself does not need Hydra.
+context window and its data. The Hydra application (:mod:`qpruning.app`, behind ``run.py``) builds a
+:class:`Runner` from the config; this module does not need Hydra.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,37 +29,20 @@ from typing import Any
 import torch
 
 from qpruning.benchmarks import Benchmark, SampleError
+from qpruning.benchmarks.base import EVALUATIONS
 from qpruning.compressor import KVCompressor
-from qpruning.errors import DataError, check_int
-from qpruning.identity import input_files, resolved_config, run_hash
+from qpruning.errors import DataError, check_choice, check_int
+from qpruning.identity import RunLabels, input_files, run_hash
 from qpruning.loggers import NullLogger, RunLogger
 from qpruning.models import ModelSpec
-from qpruning.records import RunFileError, append_jsonl, read_jsonl, write_json_atomic
-from qpruning.runlock import RunLock, RunLockedError
+from qpruning.records import append_jsonl, read_jsonl, write_json_atomic
+from qpruning.runlock import RunLock
 from qpruning.transformers_api import cache_kwargs
 
 logger = logging.getLogger(__name__)
 
 PREDICTIONS = "predictions.jsonl"
 METRICS = "metrics.json"
-
-
-@dataclass
-class RunLabels:
-    """How a run is named in ``metrics.json`` and reports (the knobs a person sweeps over)."""
-
-    benchmark: str
-    model: str
-    pruner: str
-    quant: str
-    bits: int
-    group_size: int
-    tokens: int | None = None
-    budget: float | None = None
-    budget_mode: str = "nominal"
-    layer_config: str | None = None
-    experiment: str | None = None
-    benchmark_variant: str | None = None
 
 
 def read_predictions(path: Path) -> list[dict[str, Any]]:
@@ -109,6 +91,7 @@ class Runner:
         self.output_dir = Path(self.output_dir)
         check_int("limit", self.limit, minimum=1, optional=True, meaning="the first N samples; null: all")
         check_int("seed", self.seed, minimum=0)
+        check_choice("benchmark.evaluation", self.benchmark.evaluation, EVALUATIONS)
 
     @property
     def predictions_path(self) -> Path:
@@ -203,17 +186,15 @@ class Runner:
 
         done = list(done)
 
-        is_crossentropy = hasattr(self.benchmark, "split")
+        evaluate = {"generate": self._generate_sample, "cross_entropy": self._cross_entropy_sample}[
+            self.benchmark.evaluation]
         with self.compressor.attach(model), torch.inference_mode():
             progress = tqdm(samples, desc=f"{self.labels.benchmark} {self.labels.pruner} {self.labels.bits}-bit",
                             unit="sample", dynamic_ncols=True)
             for sample in progress:
                 started = time.time()
                 try:
-                    if is_crossentropy:
-                        record = self._cross_entropy_sample(model, tokenizer, sample)
-                    else:
-                        record = self._generate_sample(model, tokenizer, sample)
+                    record = evaluate(model, tokenizer, sample)
                 except SampleError as exc:
                     logger.warning("sample %s failed: %s", sample.id, exc)
                     record = self._base_record(sample)
@@ -251,8 +232,8 @@ class Runner:
 
     def _generate_sample(self, model, tokenizer, sample) -> dict[str, Any]:
         record = self._base_record(sample)
-        budget = self.benchmark.max_input_tokens(sample, self.model.context_window)
-        ids = self.benchmark.encode(sample, tokenizer, budget, chat_template=self.model.chat_template)
+        max_input = self.benchmark.max_input_tokens(sample, self.model.context_window)
+        ids = self.benchmark.encode(sample, tokenizer, max_input, chat_template=self.model.chat_template)
         device = next(model.parameters()).device
         input_ids = torch.tensor([ids], dtype=torch.long, device=device)
         kwargs = dict(self.benchmark.generation_kwargs(sample, tokenizer))
@@ -319,132 +300,3 @@ def _device_name() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
     return f"cpu ({os.cpu_count()} cores)"
-
-
-# -- building a run from a Hydra config ---------------------------------------------------------------------
-
-def budget_label(tokens, budget, mode="nominal") -> str:
-    """``t512`` for a token budget, ``b1_64`` for a fraction (``b1_64x`` in exact accounting)."""
-    if tokens is not None:
-        return f"t{tokens}"
-    if budget is None:
-        return "full"
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0:
-        return f"b{budget}"  # not a budget: the configuration's validation says so, the name must not crash
-    inverse = 1 / float(budget)
-    label = f"b1_{round(inverse)}" if abs(inverse - round(inverse)) < 1e-6 else f"b{float(budget):g}"
-    return label + ("x" if mode == "exact" else "")
-
-
-def register_resolvers() -> None:
-    """OmegaConf resolvers used in ``conf/`` to name run folders (idempotent)."""
-    from omegaconf import OmegaConf
-
-    def folder_hash(*, _root_):
-        return run_hash(resolved_config(_root_))
-
-    if not OmegaConf.has_resolver("qp.budget"):
-        OmegaConf.register_new_resolver("qp.budget", budget_label)
-    if not OmegaConf.has_resolver("qp.hash"):
-        OmegaConf.register_new_resolver("qp.hash", folder_hash)
-    if not OmegaConf.has_resolver("qp.suffix"):
-        OmegaConf.register_new_resolver("qp.suffix", lambda value: "" if value in (None, "") else f"-{value}")
-
-
-def runner_from_config(cfg, output_dir: str | Path) -> Runner:
-    """Build a :class:`Runner` from a composed Hydra config (``conf/config.yaml``)."""
-    from omegaconf import OmegaConf
-
-    from qpruning.checks import budget_is_default, build, check_logger, tokens_and_budget
-
-    container = OmegaConf.to_container(cfg, resolve=True)
-    model = build(cfg, "model")
-    pruner = build(cfg, "pruner")
-    quantizer = build(cfg, "quant")
-    benchmark = build(cfg, "benchmark")
-    check_logger(cfg)
-    layers = container.get("layers") or []
-    tokens, budget = tokens_and_budget(cfg)  # a typed tokens= wins over the default budget
-    layer_config = cfg.get("layer_config")
-    allocation = cfg.get("allocation")
-    if allocation:
-        from qpruning.optimize.allocation import Allocation
-
-        found = Allocation.from_yaml(Path(allocation))
-        layers = found.overrides()  # every layer's bits and tokens
-        layer_config = layer_config or found.name
-        if tokens is None and (budget is None or budget_is_default(cfg)):
-            budget = found.meta.get("budget", budget)
-    container["tokens"], container["budget"] = tokens, budget
-    compressor = KVCompressor(
-        pruner=pruner,
-        quantizer=quantizer,
-        tokens=tokens,
-        budget=budget,
-        budget_mode=cfg.budget_mode,
-        full_cache_tokens=model.context_window if cfg.full_cache_tokens is None else cfg.full_cache_tokens,
-        layers=layers,
-        storage_dtype=cfg.get("storage_dtype"),
-        kernel=cfg.get("kernel", "auto"),
-        every_layer=bool(allocation),
-    )
-    labels = RunLabels(
-        # The benchmark itself (niah, ruler...), not the config variant (niah_small, ruler_8k), which only
-        # chooses samples: reports group runs by benchmark and benchmark_length.
-        benchmark=type(benchmark).name,
-        model=model.name,
-        pruner=pruner.name,
-        quant=quantizer.name,
-        bits=quantizer.bits,
-        group_size=quantizer.group_size,
-        tokens=compressor.tokens,
-        budget=compressor.budget,
-        budget_mode=compressor.budget_mode,
-        layer_config=layer_config,
-        experiment=cfg.get("experiment_name"),
-        benchmark_variant=cfg.benchmark.name,
-    )
-    run_logger = build(cfg, "logger") if cfg.get("logger") else NullLogger()
-    return Runner(
-        model=model,
-        compressor=compressor,
-        benchmark=benchmark,
-        labels=labels,
-        output_dir=Path(output_dir),
-        limit=cfg.limit,
-        seed=cfg.seed,
-        config=container,
-        run_logger=run_logger,
-    )
-
-
-def run_job(cfg) -> float | None:
-    """What ``run.py`` does for one Hydra job: build, validate, run, print a short summary."""
-    from hydra.core.hydra_config import HydraConfig
-
-    output_dir = Path(HydraConfig.get().runtime.output_dir)
-    runner = runner_from_config(cfg, output_dir)
-    try:
-        metrics = runner.run()
-    except (RunLockedError, RunFileError) as exc:  # one line, no traceback: the user can act on it
-        print(f"qpruning: error: {exc}", file=sys.stderr, flush=True)
-        raise SystemExit(exc.exit_code) from None
-    print(summary_line(metrics, output_dir), flush=True)
-    return metrics.get("score")
-
-
-def summary_line(metrics: dict[str, Any], output_dir: Path) -> str:
-    """One human-readable line per run."""
-    budget = budget_label(metrics.get("tokens"), metrics.get("budget"), metrics.get("budget_mode", "nominal"))
-    ratio = metrics.get("kv_ratio")
-    score = metrics.get("score")
-    return (
-        f"[qpruning] {metrics['benchmark']} | {metrics['model']} | {metrics['pruner']} + {metrics['quant']} "
-        f"{metrics['bits']}-bit g{metrics['group_size']} {budget} | score {score:.2f}"
-        if score is not None
-        else f"[qpruning] {metrics['benchmark']} | {metrics['model']} | score n/a"
-    ) + (
-        f" | kept {metrics['tokens_effective']:.0f} tokens | KV {100 * ratio:.1f}% of 16-bit"
-        if ratio is not None and metrics.get("tokens_effective") is not None
-        else ""
-    ) + f" | {metrics['samples']} samples ({metrics['failed']} failed) in {metrics['seconds']:.0f}s -> {output_dir}"

@@ -105,8 +105,8 @@ def test_the_preflight_composes_each_sweep_job_as_hydra_does():
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
+    from qpruning.app import register_resolvers
     from qpruning.entry import CONF_DIR, job_configs, job_overrides, preflight
-    from qpruning.runner import register_resolvers
 
     register_resolvers()
     overrides = ["experiment=demo", "model=tiny_llama", "pruner.window=16", "+layerwise=16bit_8-15"]

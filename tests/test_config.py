@@ -9,7 +9,7 @@ from hydra.errors import MissingConfigException
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
-from qpruning.runner import register_resolvers, runner_from_config
+from qpruning.app import register_resolvers, runner_from_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 register_resolvers()

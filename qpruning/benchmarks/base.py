@@ -30,7 +30,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 from qpruning.errors import ConfigError, MissingFileError
 
@@ -185,6 +185,10 @@ def newline_token_ids(tokenizer) -> list[int]:
     return [ids[-1]] if ids else []
 
 
+EVALUATIONS = ("generate", "cross_entropy")
+"""The values of :attr:`Benchmark.evaluation`."""
+
+
 class Benchmark(ABC):
     """A benchmark: a deterministic list of samples, their prompts, and their metric.
 
@@ -192,6 +196,10 @@ class Benchmark(ABC):
     """
 
     name: str = "benchmark"
+    evaluation: ClassVar[Literal["generate", "cross_entropy"]] = "generate"
+    """How the runner evaluates a sample: ``generate`` (greedy generation, then :meth:`postprocess` and
+    :meth:`score`) or ``cross_entropy`` (the cross-entropy of a continuation after a compressed prefix: the
+    benchmark has ``split(sample, tokenizer) -> (prefix ids, continuation ids)`` and scores the value)."""
 
     @abstractmethod
     def samples(self, tokenizer) -> Iterator[Sample]:

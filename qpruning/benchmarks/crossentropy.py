@@ -19,7 +19,7 @@ import inspect
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from qpruning.transformers_api import cache_kwargs, output_cache
 
@@ -55,6 +55,7 @@ class CrossEntropy(Benchmark):
     hub_timeout: float = 3.0
 
     name: ClassVar[str] = "crossentropy"
+    evaluation: ClassVar[Literal["generate", "cross_entropy"]] = "cross_entropy"
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:

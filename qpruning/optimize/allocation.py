@@ -6,7 +6,9 @@ tail of a partial per-channel group) plus the small per-row index the cache keep
 that fits its budget on paper also fits it when measured.
 
 Saved as YAML, an allocation is a layer-wise configuration that any run can use: ``python run.py
-allocation=path/to/allocation.yaml`` (the runner turns its groups into :class:`~qpruning.LayerOverride` s).
+allocation=path/to/allocation.yaml``: :meth:`Allocation.configuration` turns it into a plain
+:class:`LayerConfiguration` (:class:`~qpruning.LayerOverride` s, a name, the budget it was found for), which is all a
+run sees of it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,16 @@ from qpruning.errors import ConfigError, MissingFileError
 # Per (layer, row): kept-tokens count (int32) and the row lengths of at most two prefill segments (int32 each).
 INDEX_BYTES_PER_ROW = 4 * 3
 SIXTEEN_BIT = 2
+
+
+@dataclass(frozen=True)
+class LayerConfiguration:
+    """A per-layer configuration as a run takes it: ``layers`` (every layer's bits and tokens), ``name`` (the
+    run's ``layer_config`` unless one is given) and ``budget`` (the budget it was found for; None: not recorded)."""
+
+    layers: list[LayerOverride]
+    name: str
+    budget: float | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +95,10 @@ class Allocation:
 
     def overrides(self) -> list[LayerOverride]:
         return [LayerOverride(f"{g.first}-{g.last}", bits=g.bits, tokens=g.tokens) for g in self.groups]
+
+    def configuration(self) -> LayerConfiguration:
+        """What a run uses of this allocation: its layer overrides, its name and the budget it was found for."""
+        return LayerConfiguration(self.overrides(), self.name, self.meta.get("budget"))
 
     def mean_tokens(self) -> float:
         layers = self.per_layer()

@@ -23,9 +23,7 @@ from typing import Any
 
 import torch
 
-from qpruning.benchmarks import get_benchmark
 from qpruning.compressor import KVCompressor
-from qpruning.errors import ConfigError, check_int, check_real
 from qpruning.optimize.allocation import Allocation, Geometry, layer_groups
 from qpruning.optimize.calibration import (
     RecordedPrompt,
@@ -34,19 +32,9 @@ from qpruning.optimize.calibration import (
     reference_answer,
 )
 from qpruning.optimize.search import EvaluationCache, SearchResult, SearchSpace, greedy_search
+from qpruning.optimize.subsets import BenchmarkSubset
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class BenchmarkSubset:
-    """A benchmark config name and its field overrides (``get_benchmark(name, **fields)``)."""
-
-    name: str
-    fields: dict[str, Any]
-
-    def build(self):
-        return get_benchmark(self.name, **self.fields)
 
 
 def calibration_prompts(model, tokenizer, subsets: list[BenchmarkSubset], context_window: int, chat_template: bool):
@@ -162,24 +150,9 @@ def optimize(
     return result
 
 
-def _subsets(cfg, key: str, *, required: bool) -> list[BenchmarkSubset]:
-    from omegaconf import OmegaConf
-
-    allowed = "allowed: a list of {name: niah|ruler|..., fields: {...}}" + ("" if required else " (or [])")
-    entries = OmegaConf.to_container(cfg[key], resolve=True) if cfg.get(key) is not None else []
-    if not isinstance(entries, list) or (required and not entries):
-        raise ConfigError(f"{key}={entries!r} is not a non-empty list of benchmark subsets", allowed)
-    subsets = []
-    for entry in entries:
-        if not isinstance(entry, dict) or "name" not in entry or not isinstance(entry.get("fields") or {}, dict):
-            raise ConfigError(f"{key} entry {entry!r} is not a benchmark subset", allowed)
-        subsets.append(BenchmarkSubset(entry["name"], dict(entry.get("fields") or {})))
-    return subsets
-
-
 @dataclass
 class OptimizeSetup:
-    """Everything ``qpruning optimize`` checks before loading weights (:func:`optimize_setup`)."""
+    """Everything ``qpruning optimize`` checks before loading weights (built by :func:`qpruning.app.optimize_setup`)."""
 
     spec: Any
     base: KVCompressor
@@ -188,77 +161,34 @@ class OptimizeSetup:
     heldout: list[BenchmarkSubset]
 
 
-def optimize_setup(cfg) -> OptimizeSetup:
-    """Build and check the optimize configuration (``conf/optimize.yaml``) without weights; raises
-    :class:`~qpruning.errors.UserError` on any mistake (budget, bits_choices, groups, max_evaluations...)."""
-    from omegaconf import OmegaConf
-
-    from qpruning.cache.quantizers import ALLOWED_BITS
-    from qpruning.checks import build
-
-    spec = build(cfg, "model")
-    if cfg.get("budget") is None:
-        raise ConfigError("budget=null: the search needs a budget", "allowed: a fraction in (0, 1], e.g. 0.03125")
-    base = KVCompressor(
-        pruner=build(cfg, "pruner"),
-        quantizer=build(cfg, "quant"),
-        budget=cfg.budget,
-        budget_mode="exact",
-        full_cache_tokens=spec.context_window if cfg.full_cache_tokens is None else cfg.full_cache_tokens,
-        storage_dtype=cfg.get("storage_dtype"),
-    )
-    choices = cfg.get("bits_choices")
-    choices = list(choices) if OmegaConf.is_list(choices) else choices
-    if not isinstance(choices, list):
-        raise ConfigError(f"bits_choices={choices!r} is not a list", "allowed: a list of 2, 4, 8, 16, e.g. [4,8,16]")
-    for bits in choices:
-        try:
-            check_int("bits", bits, choices=ALLOWED_BITS)
-        except ConfigError as exc:
-            raise ConfigError(f"bits_choices={choices}: {exc.what}", "allowed: distinct values of "
-                              f"{', '.join(map(str, ALLOWED_BITS))}, e.g. [4,8,16]") from None
-    if not choices or len(set(choices)) != len(choices):
-        raise ConfigError(f"bits_choices={choices} is empty or repeats a value",
-                          "allowed: distinct values of 2, 4, 8, 16, e.g. [4,8,16]")
-    check_int("groups", cfg.get("groups"), minimum=1, meaning="contiguous layer groups")
-    check_int("max_evaluations", cfg.get("max_evaluations"), minimum=1)
-    check_real("transfer_fraction", cfg.get("transfer_fraction"), low=0.0, high=1.0)
-    check_int("seed", cfg.get("seed"), minimum=0)
-    model_config = spec.load_config()
-    layers = getattr(model_config, "num_hidden_layers", None)
-    if layers is not None and cfg.groups > layers:
-        raise ConfigError(f"groups={cfg.groups} is more than the model's {layers} layers",
-                          f"allowed: 1 to {layers}")
-    base.plan(model_config)
-    calibration = _subsets(cfg, "calibration", required=True)
-    heldout = _subsets(cfg, "heldout", required=False)
-    for subset in calibration + heldout:
-        subset.build().validate(spec.context_window)
-    return OptimizeSetup(spec, base, model_config, calibration, heldout)
-
-
-def run_optimize_job(cfg) -> float:
-    """What ``qpruning optimize`` does with its Hydra config (``conf/optimize.yaml``)."""
-    from hydra.core.hydra_config import HydraConfig
-
+def run_optimize(
+    setup: OptimizeSetup,
+    output_dir: Path,
+    *,
+    groups: int,
+    bits_choices: tuple[int, ...],
+    transfer_fraction: float,
+    max_evaluations: int,
+    seed: int,
+) -> float:
+    """``qpruning optimize`` after its checks (:class:`OptimizeSetup`): load the weights, search, compare on the
+    held-out subsets, print a summary. Returns the best objective."""
     from qpruning.optimize.heldout import heldout_comparison
 
-    output_dir = Path(HydraConfig.get().runtime.output_dir)
-    setup = optimize_setup(cfg)  # every check, before any weights
     spec, base, model_config = setup.spec, setup.base, setup.model_config
     calibration, heldout = setup.calibration, setup.heldout
     model, tokenizer = spec.load()
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(seed)
     result = optimize(
         model, tokenizer, spec.name, model_config, base, calibration, output_dir, spec.context_window,
-        chat_template=spec.chat_template, groups=cfg.groups, bits_choices=tuple(cfg.bits_choices),
-        transfer_fraction=cfg.transfer_fraction, max_evaluations=cfg.max_evaluations, seed=cfg.seed,
+        chat_template=spec.chat_template, groups=groups, bits_choices=bits_choices,
+        transfer_fraction=transfer_fraction, max_evaluations=max_evaluations, seed=seed,
     )
     if heldout:
         geometry = Geometry.from_config(model_config)
-        space = SearchSpace(geometry, base.quantizer, layer_groups(geometry.num_layers, cfg.groups), base.budget,
+        space = SearchSpace(geometry, base.quantizer, layer_groups(geometry.num_layers, groups), base.budget,
                             base.full_cache_tokens, max_tokens=spec.context_window,
-                            bits_choices=tuple(cfg.bits_choices))
+                            bits_choices=bits_choices)
         allocations = {f"uniform-{label}": space.allocation(state, f"uniform-{label}")
                        for label, state in space.uniform_states().items()}
         allocations["optimized"] = result.best

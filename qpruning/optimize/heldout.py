@@ -8,10 +8,11 @@ from pathlib import Path
 import pandas as pd
 
 from qpruning.compressor import KVCompressor
+from qpruning.identity import RunLabels
 from qpruning.models import ModelSpec
 from qpruning.optimize.allocation import Allocation
-from qpruning.optimize.driver import BenchmarkSubset
-from qpruning.runner import RunLabels, Runner
+from qpruning.optimize.subsets import BenchmarkSubset
+from qpruning.runner import Runner
 
 logger = logging.getLogger(__name__)
 

@@ -12,6 +12,8 @@ from typing import Any
 
 import pandas as pd
 
+from qpruning.identity import KEY_FIELDS
+
 from .collect import Collection, collect_runs
 from .figures import FigureResult, build_figures
 from .index import write_index
@@ -26,18 +28,8 @@ _RUNS_CSV_COLUMNS = (
     "n_runs",
     "duplicate_of",
     "superseded",
-    "benchmark",
-    "benchmark_length",
-    "model",
-    "pruner",
-    "quant",
-    "bits",
-    "group_size",
-    "tokens",
-    "budget",
-    "budget_mode",
+    *KEY_FIELDS,  # the run's identity (qpruning.identity)
     "tokens_effective",
-    "layer_config",
     "experiment",
     "score",
     "samples",

@@ -30,6 +30,8 @@ from typing import Any
 
 import pandas as pd
 
+from qpruning.identity import KEY_FIELDS  # the configuration key of a run, defined once
+
 from . import labels
 
 logger = logging.getLogger(__name__)
@@ -39,20 +41,7 @@ PREDICTIONS_FILE = "predictions.jsonl"
 HYDRA_CONFIG = Path(".hydra") / "config.yaml"
 HYDRA_OVERRIDES = Path(".hydra") / "overrides.yaml"
 
-KEY_FIELDS: tuple[str, ...] = (
-    "benchmark",
-    "benchmark_length",
-    "model",
-    "pruner",
-    "quant",
-    "bits",
-    "group_size",
-    "tokens",
-    "budget",
-    "budget_mode",
-    "layer_config",
-)
-"""The configuration key of a run: two complete runs with equal keys are duplicates."""
+
 
 RESULT_FIELDS: tuple[str, ...] = (
     *KEY_FIELDS,

@@ -356,7 +356,7 @@ def test_headwise_configs_compose_and_instantiate_through_hydra(tmp_path):
     from hydra.core.global_hydra import GlobalHydra
     from hydra.utils import instantiate
 
-    from qpruning.runner import register_resolvers, runner_from_config
+    from qpruning.app import register_resolvers, runner_from_config
 
     register_resolvers()
     path = tmp_path / "tiny.json"

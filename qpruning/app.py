@@ -1,0 +1,282 @@
+"""The Hydra application: everything that reads a composed configuration (``conf/``) and builds the library's
+objects from it. The library below (:class:`~qpruning.runner.Runner`, the compressor, benchmarks, models,
+``qpruning.optimize``'s search) takes plain Python values and does not import Hydra or OmegaConf.
+
+- :func:`runner_from_config` / :func:`run_job`: ``python run.py`` / ``qpruning run`` (one job);
+- :func:`optimize_setup` / :func:`run_optimize_job`: ``qpruning optimize``;
+- :func:`register_resolvers`: the ``qp.*`` resolvers that name run folders;
+- :func:`build` and the checks of a composed configuration that no single dataclass owns (the logger, ``tokens``
+  typed over the default ``budget``), with instantiation that reports the user's mistake rather than Hydra's
+  wrapper around it. The dataclasses (quantizers, pruners, :class:`~qpruning.compressor.KVCompressor`,
+  benchmarks, :class:`~qpruning.models.ModelSpec`) validate their own fields in ``__post_init__``.
+
+An allocation file (``allocation=...``) is read here and turned into a plain per-layer configuration
+(:class:`~qpruning.optimize.allocation.LayerConfiguration`) before the runner sees it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.utils import get_object, instantiate
+from omegaconf import OmegaConf
+
+from qpruning.compressor import KVCompressor
+from qpruning.errors import ConfigError, UserError, check_choice, check_int, check_real
+from qpruning.identity import RUN_CONTROL_KEYS, RunLabels, budget_label, run_hash
+from qpruning.loggers import NullLogger
+from qpruning.optimize.allocation import Allocation
+from qpruning.optimize.driver import OptimizeSetup, run_optimize
+from qpruning.optimize.subsets import BenchmarkSubset
+from qpruning.records import RunFileError
+from qpruning.runlock import RunLockedError
+from qpruning.runner import Runner
+
+# -- checks and instantiation ---------------------------------------------------------------------------
+
+LOGGER_MODES = ("online", "offline", "disabled")
+DEFAULT_BUDGET_KEY = "default_budget"
+
+
+def build(cfg: Any, key: str) -> Any:
+    """``hydra.utils.instantiate(cfg[key])``; a mistake in its fields raises the :class:`UserError` itself."""
+    node = cfg[key]
+    try:
+        return instantiate(node, _convert_="all")
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        if isinstance(cause, UserError):
+            raise cause from None
+        if isinstance(cause, TypeError) and OmegaConf.is_dict(node) and "_target_" in node:
+            target = get_object(node._target_)
+            accepted = [p for p in inspect.signature(target).parameters if p not in ("self", "args", "kwargs")]
+            unknown = [k for k in node if k != "_target_" and k not in accepted]
+            if unknown:
+                raise ConfigError(
+                    f"{key}.{unknown[0]} is not a parameter of {key}={node.get('name', target.__name__)}",
+                    f"allowed: {', '.join(accepted)}",
+                ) from None
+            raise ConfigError(f"{key}: {cause}", f"allowed: the parameters {', '.join(accepted)}") from None
+        raise
+
+
+def check_logger(cfg: Any) -> None:
+    """``logger.mode``: online, offline, disabled or null (``WANDB_MODE`` decides)."""
+    node = cfg.get("logger")
+    if node is not None and "mode" in node:
+        check_choice("logger.mode", node.mode, LOGGER_MODES, optional=True)
+
+
+def tokens_and_budget(cfg: Any) -> tuple[Any, Any]:
+    """The ``tokens`` and ``budget`` a run uses: whichever of the two the user typed wins over the default.
+
+    ``conf/config.yaml`` sets ``budget: ${default_budget}``. While ``budget`` is still that interpolation, the
+    user did not type it (nor did an experiment file), so a typed ``tokens=512`` replaces it. A typed
+    ``budget=...`` (or one from an experiment) is a plain value: with ``tokens`` as well it is an error, raised by
+    :class:`~qpruning.compressor.KVCompressor`.
+    """
+    tokens, budget = cfg.get("tokens"), cfg.get("budget")
+    if tokens is not None and budget_is_default(cfg):
+        budget = None
+    return tokens, budget
+
+
+def budget_is_default(cfg: Any) -> bool:
+    """Whether ``budget`` is still ``${default_budget}`` (not typed by the user or an experiment)."""
+    if "budget" not in cfg or not OmegaConf.is_interpolation(cfg, "budget"):
+        return False
+    return str(cfg._get_node("budget")._value()).replace(" ", "") == "${" + DEFAULT_BUDGET_KEY + "}"
+
+
+# -- python run.py --------------------------------------------------------------------------------------
+
+def resolved_config(root) -> dict[str, Any]:
+    """The identity-relevant part of an OmegaConf config, resolved, without touching run-control keys (``run_name``
+    interpolates the hash itself)."""
+    out: dict[str, Any] = {}
+    for key in root.keys():
+        if key in RUN_CONTROL_KEYS:
+            continue
+        value = root[key]
+        out[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    return out
+
+
+def register_resolvers() -> None:
+    """OmegaConf resolvers used in ``conf/`` to name run folders (idempotent)."""
+    def folder_hash(*, _root_):
+        return run_hash(resolved_config(_root_))
+
+    if not OmegaConf.has_resolver("qp.budget"):
+        OmegaConf.register_new_resolver("qp.budget", budget_label)
+    if not OmegaConf.has_resolver("qp.hash"):
+        OmegaConf.register_new_resolver("qp.hash", folder_hash)
+    if not OmegaConf.has_resolver("qp.suffix"):
+        OmegaConf.register_new_resolver("qp.suffix", lambda value: "" if value in (None, "") else f"-{value}")
+
+
+def runner_from_config(cfg, output_dir: str | Path) -> Runner:
+    """Build a :class:`Runner` from a composed Hydra config (``conf/config.yaml``)."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    model = build(cfg, "model")
+    pruner = build(cfg, "pruner")
+    quantizer = build(cfg, "quant")
+    benchmark = build(cfg, "benchmark")
+    check_logger(cfg)
+    layers = container.get("layers") or []
+    tokens, budget = tokens_and_budget(cfg)  # a typed tokens= wins over the default budget
+    layer_config = cfg.get("layer_config")
+    allocation = cfg.get("allocation")
+    if allocation:
+        found = Allocation.from_yaml(Path(allocation)).configuration()  # the run sees a plain configuration
+        layers = found.layers  # every layer's bits and tokens
+        layer_config = layer_config or found.name
+        if tokens is None and (budget is None or budget_is_default(cfg)) and found.budget is not None:
+            budget = found.budget
+    container["tokens"], container["budget"] = tokens, budget
+    compressor = KVCompressor(
+        pruner=pruner,
+        quantizer=quantizer,
+        tokens=tokens,
+        budget=budget,
+        budget_mode=cfg.budget_mode,
+        full_cache_tokens=model.context_window if cfg.full_cache_tokens is None else cfg.full_cache_tokens,
+        layers=layers,
+        storage_dtype=cfg.get("storage_dtype"),
+        kernel=cfg.get("kernel", "auto"),
+        every_layer=bool(allocation),
+    )
+    labels = RunLabels(
+        # The benchmark itself (niah, ruler...), not the config variant (niah_small, ruler_8k), which only
+        # chooses samples: reports group runs by benchmark and benchmark_length.
+        benchmark=type(benchmark).name,
+        model=model.name,
+        pruner=pruner.name,
+        quant=quantizer.name,
+        bits=quantizer.bits,
+        group_size=quantizer.group_size,
+        tokens=compressor.tokens,
+        budget=compressor.budget,
+        budget_mode=compressor.budget_mode,
+        layer_config=layer_config,
+        experiment=cfg.get("experiment_name"),
+        benchmark_variant=cfg.benchmark.name,
+    )
+    run_logger = build(cfg, "logger") if cfg.get("logger") else NullLogger()
+    return Runner(
+        model=model,
+        compressor=compressor,
+        benchmark=benchmark,
+        labels=labels,
+        output_dir=Path(output_dir),
+        limit=cfg.limit,
+        seed=cfg.seed,
+        config=container,
+        run_logger=run_logger,
+    )
+
+
+def run_job(cfg) -> float | None:
+    """What ``run.py`` does for one Hydra job: build, validate, run, print a short summary."""
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    runner = runner_from_config(cfg, output_dir)
+    try:
+        metrics = runner.run()
+    except (RunLockedError, RunFileError) as exc:  # one line, no traceback: the user can act on it
+        print(f"qpruning: error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(exc.exit_code) from None
+    print(summary_line(metrics, output_dir), flush=True)
+    return metrics.get("score")
+
+
+def summary_line(metrics: dict[str, Any], output_dir: Path) -> str:
+    """One human-readable line per run."""
+    budget = budget_label(metrics.get("tokens"), metrics.get("budget"), metrics.get("budget_mode", "nominal"))
+    ratio = metrics.get("kv_ratio")
+    score = metrics.get("score")
+    return (
+        f"[qpruning] {metrics['benchmark']} | {metrics['model']} | {metrics['pruner']} + {metrics['quant']} "
+        f"{metrics['bits']}-bit g{metrics['group_size']} {budget} | score {score:.2f}"
+        if score is not None
+        else f"[qpruning] {metrics['benchmark']} | {metrics['model']} | score n/a"
+    ) + (
+        f" | kept {metrics['tokens_effective']:.0f} tokens | KV {100 * ratio:.1f}% of 16-bit"
+        if ratio is not None and metrics.get("tokens_effective") is not None
+        else ""
+    ) + f" | {metrics['samples']} samples ({metrics['failed']} failed) in {metrics['seconds']:.0f}s -> {output_dir}"
+
+
+# -- qpruning optimize -----------------------------------------------------------------------------------
+
+def _subsets(cfg, key: str, *, required: bool) -> list[BenchmarkSubset]:
+    allowed = "allowed: a list of {name: niah|ruler|..., fields: {...}}" + ("" if required else " (or [])")
+    entries = OmegaConf.to_container(cfg[key], resolve=True) if cfg.get(key) is not None else []
+    if not isinstance(entries, list) or (required and not entries):
+        raise ConfigError(f"{key}={entries!r} is not a non-empty list of benchmark subsets", allowed)
+    subsets = []
+    for entry in entries:
+        if not isinstance(entry, dict) or "name" not in entry or not isinstance(entry.get("fields") or {}, dict):
+            raise ConfigError(f"{key} entry {entry!r} is not a benchmark subset", allowed)
+        subsets.append(BenchmarkSubset(entry["name"], dict(entry.get("fields") or {})))
+    return subsets
+
+
+def optimize_setup(cfg) -> OptimizeSetup:
+    """Build and check the optimize configuration (``conf/optimize.yaml``) without weights; raises
+    :class:`~qpruning.errors.UserError` on any mistake (budget, bits_choices, groups, max_evaluations...)."""
+    from qpruning.cache.quantizers import ALLOWED_BITS
+
+    spec = build(cfg, "model")
+    if cfg.get("budget") is None:
+        raise ConfigError("budget=null: the search needs a budget", "allowed: a fraction in (0, 1], e.g. 0.03125")
+    base = KVCompressor(
+        pruner=build(cfg, "pruner"),
+        quantizer=build(cfg, "quant"),
+        budget=cfg.budget,
+        budget_mode="exact",
+        full_cache_tokens=spec.context_window if cfg.full_cache_tokens is None else cfg.full_cache_tokens,
+        storage_dtype=cfg.get("storage_dtype"),
+    )
+    choices = cfg.get("bits_choices")
+    choices = list(choices) if OmegaConf.is_list(choices) else choices
+    if not isinstance(choices, list):
+        raise ConfigError(f"bits_choices={choices!r} is not a list", "allowed: a list of 2, 4, 8, 16, e.g. [4,8,16]")
+    for bits in choices:
+        try:
+            check_int("bits", bits, choices=ALLOWED_BITS)
+        except ConfigError as exc:
+            raise ConfigError(f"bits_choices={choices}: {exc.what}", "allowed: distinct values of "
+                              f"{', '.join(map(str, ALLOWED_BITS))}, e.g. [4,8,16]") from None
+    if not choices or len(set(choices)) != len(choices):
+        raise ConfigError(f"bits_choices={choices} is empty or repeats a value",
+                          "allowed: distinct values of 2, 4, 8, 16, e.g. [4,8,16]")
+    check_int("groups", cfg.get("groups"), minimum=1, meaning="contiguous layer groups")
+    check_int("max_evaluations", cfg.get("max_evaluations"), minimum=1)
+    check_real("transfer_fraction", cfg.get("transfer_fraction"), low=0.0, high=1.0)
+    check_int("seed", cfg.get("seed"), minimum=0)
+    model_config = spec.load_config()
+    layers = getattr(model_config, "num_hidden_layers", None)
+    if layers is not None and cfg.groups > layers:
+        raise ConfigError(f"groups={cfg.groups} is more than the model's {layers} layers",
+                          f"allowed: 1 to {layers}")
+    base.plan(model_config)
+    calibration = _subsets(cfg, "calibration", required=True)
+    heldout = _subsets(cfg, "heldout", required=False)
+    for subset in calibration + heldout:
+        subset.build().validate(spec.context_window)
+    return OptimizeSetup(spec, base, model_config, calibration, heldout)
+
+
+def run_optimize_job(cfg) -> float:
+    """What ``qpruning optimize`` does with its Hydra config (``conf/optimize.yaml``)."""
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    setup = optimize_setup(cfg)  # every check, before any weights
+    return run_optimize(
+        setup, output_dir, groups=cfg.groups, bits_choices=tuple(cfg.bits_choices),
+        transfer_fraction=cfg.transfer_fraction, max_evaluations=cfg.max_evaluations, seed=cfg.seed,
+    )
