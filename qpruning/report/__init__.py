@@ -13,9 +13,10 @@ Nothing here imports Hydra or torch; ``docs/report.md`` describes inputs, output
 
 from .build import Report, build_report, push_to_wandb
 from .collect import KEY_FIELDS, Collection, collect_runs, read_predictions
-from .figures import FigureResult
 from .paper import PaperNumbers, load_paper
-from .tables import ReportTable, read_throughput, to_latex, to_markdown, write_table
+from .plotting import FigureResult
+from .render import ReportTable, to_latex, to_markdown, write_table
+from .throughput import read_throughput
 
 __all__ = [
     "KEY_FIELDS",
