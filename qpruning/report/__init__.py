@@ -4,18 +4,23 @@ Public API:
 
 - :func:`collect_runs` (``collect.py``): walk folders, one row per run folder, complete / partial / duplicate.
 - :func:`load_paper` (``paper.py``): the paper's published numbers from ``results/paper/*.csv``.
-- ``tables.py``: ``table1`` ... ``table4`` -> :class:`ReportTable`; ``write_table`` (CSV, Markdown, LaTeX).
-- ``figures.py``: ``figure1_crossentropy`` ... ``figure10_quant``, ``niah_heatmaps`` -> PNG.
+- ``selection.py``: which runs fit an artefact and one run per cell (``pick_runs``), shared by tables and figures.
+- ``tables.py``: ``table1`` ... ``table4`` -> :class:`ReportTable` (``render.py``: the table model and
+  ``write_table``: CSV, Markdown, LaTeX); :func:`read_throughput` (``throughput.py``) reads Table 4's input.
+- ``figures.py``: ``figure1_crossentropy`` ... ``figure10_quant``, ``niah_heatmaps`` -> PNG (``plotting.py``: the
+  style, grids, legends and bars they share; :class:`FigureResult`).
 - :func:`build_report` (``build.py``): all of it into a folder with ``index.md``; :func:`push_to_wandb`.
 
-Nothing here imports Hydra or torch; ``docs/report.md`` describes inputs, outputs and rules.
+Nothing here imports Hydra, torch or the library's core (``tests/report/test_report_imports.py``);
+``docs/report.md`` describes inputs, outputs, rules and the modules.
 """
 
 from .build import Report, build_report, push_to_wandb
 from .collect import KEY_FIELDS, Collection, collect_runs, read_predictions
-from .figures import FigureResult
 from .paper import PaperNumbers, load_paper
-from .tables import ReportTable, read_throughput, to_latex, to_markdown, write_table
+from .plotting import FigureResult
+from .render import ReportTable, to_latex, to_markdown, write_table
+from .throughput import read_throughput
 
 __all__ = [
     "KEY_FIELDS",

@@ -18,7 +18,9 @@ from .collect import Collection, collect_runs
 from .figures import FigureResult, build_figures
 from .index import write_index
 from .paper import PaperNumbers, load_paper
-from .tables import ReportTable, build_tables, read_throughput, write_table
+from .render import ReportTable, write_table
+from .tables import build_tables
+from .throughput import read_throughput
 
 logger = logging.getLogger(__name__)
 
@@ -212,7 +214,7 @@ def push_to_wandb(
 
     from qpruning.loggers import wandb_init
 
-    from .tables import to_csv_frame
+    from .render import to_csv_frame
 
     group = group or report_group(report)
     run = wandb_init(

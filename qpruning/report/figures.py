@@ -1,12 +1,10 @@
-"""The paper's figures from collected runs, as PNG files (matplotlib, Agg, no pyplot state).
+"""The paper's figures from collected runs, as PNG files (matplotlib, Agg, no pyplot state): one function each.
 
 Each function takes the kept complete runs (``Collection.runs``) and an output folder, and returns a
 :class:`FigureResult` (or a list of them, for the NIAH heatmaps), or ``None`` when no run fits: a figure with no
 data is never drawn. Every figure also writes the points it plots, with the samples and the run folder behind
-each, as ``NAME.csv`` next to the PNG.
-
-Figures use :func:`matplotlib.figure.Figure` directly (no global backend switch, nothing left open), one colour
-per precision across all figures (Okabe-Ito, colour-blind safe), and fractions for budgets.
+each, as ``NAME.csv`` next to the PNG. Which runs fit: ``selection.py``; style, colours, grids, bars and
+legends: ``plotting.py``. Budgets are shown as fractions.
 """
 
 from __future__ import annotations
@@ -14,16 +12,13 @@ from __future__ import annotations
 import logging
 import math
 import re
-import textwrap
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import matplotlib
 import numpy as np
 import pandas as pd
-from matplotlib.colors import LinearSegmentedColormap
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
@@ -32,190 +27,38 @@ from . import labels
 from .collect import read_predictions
 from .labels import is_missing
 from .paper import PaperNumbers, paper_budget_points
-from .tables import _plain, _quant_ok, pick_runs
+from .plotting import (
+    FAMILY_COLORS,
+    FULL_PRECISION_COLOR,
+    KAMRADT_CMAP,
+    QUANT_COLORS,
+    SCORE_LABEL,
+    STYLE,
+    FigureResult,
+    bar_group,
+    bars_per_setting,
+    figure_legend,
+    figure_title,
+    panel_grid,
+    plotted_points,
+    save_figure,
+    setting_handles,
+    setting_patches,
+)
+from .selection import (
+    budget_runs,
+    key_tuples,
+    match_key,
+    paper_quantizer_or_16bit,
+    pick_runs,
+    rows_in,
+    sorted_unique,
+    without_layer_config,
+)
 
 logger = logging.getLogger(__name__)
 
-STYLE: dict[str, Any] = {
-    "font.size": 11,
-    "axes.titlesize": 11,
-    "axes.labelsize": 11,
-    "xtick.labelsize": 10,
-    "ytick.labelsize": 10,
-    "legend.fontsize": 10,
-    "figure.titlesize": 13,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "axes.grid": True,
-    "grid.alpha": 0.3,
-    "grid.linewidth": 0.6,
-}
-DPI = 150
-KAMRADT_CMAP = LinearSegmentedColormap.from_list("kamradt", ["#F0496E", "#EBB839", "#0CD79F"])
-"""Red-yellow-green, the colours of Kamradt's needle-in-a-haystack plots."""
-FAMILY_COLORS = {"pruning": "#0072B2", "quantization": "#D55E00", "quantized pruning": "#009E73"}
-QUANT_COLORS = {
-    "flexgen": "#56B4E9",
-    "flexgen_outlier": "#0072B2",
-    "kivi": "#E69F00",
-    "kivi_outlier": "#D55E00",
-    "hqq": "#999999",
-}
-FULL_PRECISION_COLOR = "#9E9E9E"
 LAYER_CONFIG = re.compile(r"^(\d+)bit@(\d+)-(\d+)$")
-SCORE_LABEL = "Score (0–100)"
-
-
-@dataclass
-class FigureResult:
-    """A written figure.
-
-    Attributes:
-        name: file stem (``fig2_budget``); the PNG is ``NAME.png`` and its data ``NAME.csv``.
-        title: one line.
-        caption: what is plotted, from which runs.
-        path: the PNG.
-        data: the plotted points: configuration, value, ``samples``, ``run_path``.
-        panels: number of panels.
-        notes: anything left out, and why.
-    """
-
-    name: str
-    title: str
-    caption: str
-    path: Path
-    data: pd.DataFrame
-    panels: int
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def data_path(self) -> Path:
-        return self.path.with_suffix(".csv")
-
-
-# ----------------------------------------------------------------------------------------------- helpers
-def _grid(
-    n: int, ncols: int = 3, panel: tuple[float, float] = (4.6, 3.4), top: float = 1.0
-) -> tuple[Figure, list]:
-    """A constrained-layout figure with ``n`` panels in at most ``ncols`` columns (unused axes removed)."""
-    ncols = max(1, min(n, ncols))
-    nrows = math.ceil(n / ncols)
-    fig = Figure(figsize=(panel[0] * ncols, panel[1] * nrows + top), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    flat = list(axes.flat)
-    for ax in flat[n:]:
-        fig.delaxes(ax)
-    return fig, flat[:n]
-
-
-def _suptitle(fig: Figure, text: str) -> None:
-    """A bold figure title, wrapped to the figure's width (13 pt bold: about 8 characters per inch)."""
-    width = max(20, int(fig.get_figwidth() * 8))
-    fig.suptitle(textwrap.fill(text, width=width), fontweight="bold")
-
-
-def _legend(fig: Figure, handles: Sequence[Any], loc: str = "outside lower center") -> None:
-    """A figure legend below the panels, in as many columns as fit the figure's width."""
-    longest = max((len(h.get_label()) for h in handles), default=10)
-    per_entry = 0.085 * longest + 0.75  # inches at 10 pt, with the handle and the gap
-    ncols = max(1, min(len(handles), int(fig.get_figwidth() // per_entry)))
-    fig.legend(handles=list(handles), loc=loc, ncols=ncols, frameon=False)
-
-
-def _save(fig: Figure, out_dir: Path, name: str, data: pd.DataFrame) -> Path:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{name}.png"
-    fig.savefig(path, dpi=DPI)
-    data.to_csv(path.with_suffix(".csv"), index=False, na_rep="")
-    logger.info("wrote %s", path)
-    return path
-
-
-def _setting_handles(bits: Sequence[int], marker: bool = True) -> list[Line2D]:
-    return [
-        Line2D(
-            [],
-            [],
-            color=labels.SETTING_COLORS.get(int(b), "#333333"),
-            marker=labels.SETTING_MARKERS.get(int(b), "o") if marker else None,
-            linewidth=2,
-            label=labels.setting_label(b, short=False),
-        )
-        for b in sorted(bits, reverse=True)
-    ]
-
-
-def _setting_patches(bits: Sequence[int]) -> list[Patch]:
-    return [
-        Patch(color=labels.SETTING_COLORS.get(int(b), "#333333"), label=labels.setting_label(b, short=False))
-        for b in sorted(bits, reverse=True)
-    ]
-
-
-def _budget_of(row: Any) -> str:
-    return (
-        f"budget {labels.budget_label(row['budget'])}"
-        if not is_missing(row["budget"])
-        else (f"{labels.tokens_label(row['tokens'])} tokens")
-    )
-
-
-def _records(picked: pd.DataFrame, columns: Sequence[str], value: str = "score") -> pd.DataFrame:
-    """The plotted points of a figure: configuration columns, value, samples and provenance."""
-    keep = [c for c in columns if c in picked.columns]
-    out = picked[keep].copy()
-    out["value"] = picked[value].astype(float) if value in picked else np.nan
-    out["samples"] = picked["samples"]
-    out["n_runs"] = picked["n_runs"]
-    out["run_path"] = picked["run_path"]
-    return out.reset_index(drop=True)
-
-
-def _tuples(df: pd.DataFrame, keys: Sequence[str]) -> list[tuple]:
-    """Rows of ``df[keys]`` as tuples with None for missing values (NaN != NaN would split equal panels)."""
-    return [
-        tuple(None if is_missing(v) else v for v in row) for row in df[list(keys)].itertuples(index=False)
-    ]
-
-
-def _panel_sort(keys: Sequence[str], tuples: Sequence[tuple]) -> list[tuple]:
-    return sorted(
-        dict.fromkeys(tuples), key=lambda t: tuple(labels.sort_value(k, v) for k, v in zip(keys, t))
-    )
-
-
-def _budget_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """Budget-given runs with a pruner, no layer-wise configuration, the paper's quantizer (or 16-bit)."""
-    if not len(runs):
-        return runs
-    c = runs[runs["budget"].notna() & runs["pruner"].notna() & (runs["pruner"] != "none") & _plain(runs)]
-    return c[_quant_ok(c)] if len(c) else c
-
-
-def _bar_group(
-    ax: Any,
-    x: float,
-    values: list[tuple[str, float, str]],
-    width: float,
-    annotate: bool = False,
-    digits: int = 1,
-) -> None:
-    n = len(values)
-    for i, (_label, value, color) in enumerate(values):
-        if is_missing(value):
-            continue
-        pos = x + (i - (n - 1) / 2) * width
-        ax.bar(pos, value, width=width * 0.92, color=color, edgecolor="white", linewidth=0.5)
-        if annotate:
-            ax.annotate(
-                f"{value:.{digits}f}",
-                (pos, value),
-                xytext=(0, 2),
-                textcoords="offset points",
-                ha="center",
-                va="bottom",
-                fontsize=8,
-            )
 
 
 # ----------------------------------------------------------------------------------------------- Figure 1
@@ -232,7 +75,7 @@ def figure1_crossentropy(runs: pd.DataFrame, out_dir: str | Path) -> FigureResul
         (runs["family"] == "crossentropy")
         & runs["compression"].notna()
         & runs["score"].notna()
-        & _plain(runs)
+        & without_layer_config(runs)
     ]
     if c.empty:
         return None
@@ -250,17 +93,17 @@ def figure1_crossentropy(runs: pd.DataFrame, out_dir: str | Path) -> FigureResul
     ]
     panel_keys = ["model", "benchmark", "benchmark_length"]
     picked = pick_runs(c, [*panel_keys, "pruner", "bits", "tokens", "budget", "quant", "group_size"])
-    panels = _panel_sort(panel_keys, _tuples(picked, panel_keys))
-    panels = [p for p in panels if (_match(picked, panel_keys, p)["method"] != "full").any()]
+    panels = sorted_unique(key_tuples(picked, panel_keys), panel_keys)
+    panels = [p for p in panels if (match_key(picked, panel_keys, p)["method"] != "full").any()]
     if not panels:
         return None
     out_dir = Path(out_dir)
     with matplotlib.rc_context(STYLE):
-        fig, axes = _grid(len(panels), ncols=2, panel=(5.6, 4.2), top=0.6)
+        fig, axes = panel_grid(len(panels), ncols=2, panel=(5.6, 4.2), top=0.6)
         fig.set_figwidth(fig.get_figwidth() + 3.6)
         handles: dict[str, Line2D] = {}
         for ax, panel in zip(axes, panels):
-            d = _match(picked, panel_keys, panel)
+            d = match_key(picked, panel_keys, panel)
             full = d[d["method"] == "full"]
             if len(full):
                 ax.axhline(full["score"].iloc[0], color="#444444", linestyle="--", linewidth=1.2)
@@ -331,12 +174,12 @@ def figure1_crossentropy(runs: pd.DataFrame, out_dir: str | Path) -> FigureResul
                 + (f" · {labels.length_label(length)} tokens" if not is_missing(length) else "")
             )
         fig.legend(handles=list(handles.values()), loc="outside right center", frameon=False)
-        _suptitle(fig, "Figure 1: cross-entropy against KV cache compression")
-        data = _records(
-            _only(picked, panels, panel_keys),
+        figure_title(fig, "Figure 1: cross-entropy against KV cache compression")
+        data = plotted_points(
+            rows_in(picked, panels, panel_keys),
             [*panel_keys, "method", "pruner", "bits", "tokens", "compression"],
         )
-        path = _save(fig, out_dir, "fig1_crossentropy", data)
+        path = save_figure(fig, out_dir, "fig1_crossentropy", data)
     return FigureResult(
         name="fig1_crossentropy",
         title="Figure 1: cross-entropy against compression",
@@ -352,13 +195,6 @@ def figure1_crossentropy(runs: pd.DataFrame, out_dir: str | Path) -> FigureResul
     )
 
 
-def _match(df: pd.DataFrame, keys: Sequence[str], values: tuple) -> pd.DataFrame:
-    mask = pd.Series(True, index=df.index)
-    for k, v in zip(keys, values):
-        mask &= df[k].isna() if is_missing(v) else (df[k] == v)
-    return df[mask]
-
-
 # ----------------------------------------------------------------------------------------------- Figure 2
 def figure2_budget(
     runs: pd.DataFrame, out_dir: str | Path, paper: PaperNumbers | None = None
@@ -370,7 +206,7 @@ def figure2_budget(
     Where the paper's Table 1 has the same model, benchmark and pruner, its cells are drawn as hollow markers at
     their budget (Llama-3: tokens x bits / 16 / 8k).
     """
-    c = _budget_runs(runs)
+    c = budget_runs(runs)
     if not len(c):
         return None
     c = c[c["family"].isin(["longbench", "longbench_e", "niah", "ruler"]) & c["score"].notna()]
@@ -378,8 +214,8 @@ def figure2_budget(
         return None
     panel_keys = ["model", "pruner", "benchmark", "benchmark_length"]
     picked = pick_runs(c, [*panel_keys, "budget", "bits"])
-    panels = _panel_sort(panel_keys, _tuples(picked, panel_keys))
-    n_budgets = {p: _match(picked, panel_keys, p)["budget"].nunique() for p in panels}
+    panels = sorted_unique(key_tuples(picked, panel_keys), panel_keys)
+    n_budgets = {p: match_key(picked, panel_keys, p)["budget"].nunique() for p in panels}
     notes = []
     if any(n > 1 for n in n_budgets.values()):
         single = [p for p in panels if n_budgets[p] == 1]
@@ -396,9 +232,9 @@ def figure2_budget(
     all_bits: set[int] = set()
     paper_drawn = False
     with matplotlib.rc_context(STYLE):
-        fig, axes = _grid(len(panels), ncols=3 if len(panels) != 4 else 2, panel=(4.8, 3.6), top=1.3)
+        fig, axes = panel_grid(len(panels), ncols=3 if len(panels) != 4 else 2, panel=(4.8, 3.6), top=1.3)
         for ax, panel in zip(axes, panels):
-            d = _match(picked, panel_keys, panel)
+            d = match_key(picked, panel_keys, panel)
             budgets = sorted(d["budget"].unique())
             for bits in sorted(d["bits"].unique(), reverse=True):
                 points = d[d["bits"] == bits].sort_values("budget")
@@ -457,7 +293,7 @@ def figure2_budget(
                 f"{labels.model_label(model)}\n{labels.pruner_label(pruner)} · "
                 f"{labels.benchmark_label(bench, length)}"
             )
-        handles: list[Any] = _setting_handles(sorted(all_bits))
+        handles: list[Any] = setting_handles(sorted(all_bits))
         if paper_drawn:
             handles.append(
                 Line2D(
@@ -471,15 +307,15 @@ def figure2_budget(
                     label="paper (Table 1, same setting)",
                 )
             )
-        _legend(fig, handles)
-        _suptitle(
+        figure_legend(fig, handles)
+        figure_title(
             fig, "Figure 2: token-precision trade-off under varying memory budgets (equal memory per budget)"
         )
-        data = _records(
-            _only(picked, panels, panel_keys),
+        data = plotted_points(
+            rows_in(picked, panels, panel_keys),
             [*panel_keys, "budget", "bits", "setting", "tokens_nominal", "tokens_effective", "quant"],
         )
-        path = _save(fig, out_dir, "fig2_budget", data)
+        path = save_figure(fig, out_dir, "fig2_budget", data)
     return FigureResult(
         name="fig2_budget",
         title="Figure 2: score against memory budget",
@@ -500,12 +336,6 @@ def figure2_budget(
     )
 
 
-def _only(df: pd.DataFrame, panels: Sequence[tuple], keys: Sequence[str]) -> pd.DataFrame:
-    """The rows of ``df`` that belong to one of ``panels`` (what was drawn)."""
-    wanted = set(panels)
-    return df[[t in wanted for t in _tuples(df, keys)]]
-
-
 # ----------------------------------------------------------------------------------------------- Figure 3
 def figure3_lengths(runs: pd.DataFrame, out_dir: str | Path) -> FigureResult | None:
     """Figure 3: score per input-length bucket and setting: LongBench-E buckets and RULER 4k / 8k / 16k.
@@ -513,7 +343,7 @@ def figure3_lengths(runs: pd.DataFrame, out_dir: str | Path) -> FigureResult | N
     Runs: ``budget`` given (paper: PyramidKV at 1/16), a pruner, the paper's quantizer. Panels per
     (model, pruner, budget) and source (LongBench-E, RULER); bars per setting.
     """
-    c = _budget_runs(runs)
+    c = budget_runs(runs)
     if not len(c):
         return None
     rows = []
@@ -550,33 +380,19 @@ def figure3_lengths(runs: pd.DataFrame, out_dir: str | Path) -> FigureResult | N
         return None
     data = pd.DataFrame(rows)
     panel_keys = ["model", "pruner", "budget", "source"]
-    panels = _panel_sort(panel_keys, _tuples(data, panel_keys))
+    panels = sorted_unique(key_tuples(data, panel_keys), panel_keys)
     # a panel needs at least two buckets to say something about input length
-    panels = [p for p in panels if _match(data, panel_keys, p)["bucket"].nunique() > 1]
+    panels = [p for p in panels if match_key(data, panel_keys, p)["bucket"].nunique() > 1]
     if not panels:
         return None
     out_dir = Path(out_dir)
     all_bits: set[int] = set()
     with matplotlib.rc_context(STYLE):
-        fig, axes = _grid(len(panels), ncols=2, panel=(5.0, 3.5), top=1.2)
+        fig, axes = panel_grid(len(panels), ncols=2, panel=(5.0, 3.5), top=1.2)
         for ax, panel in zip(axes, panels):
-            d = _match(data, panel_keys, panel)
+            d = match_key(data, panel_keys, panel)
             buckets = d.sort_values("order")["bucket"].drop_duplicates().tolist()
-            bits_list = sorted(d["bits"].unique(), reverse=True)
-            all_bits.update(int(b) for b in bits_list)
-            width = 0.8 / len(bits_list)
-            for i, bucket in enumerate(buckets):
-                values = []
-                for bits in bits_list:
-                    v = d[(d["bucket"] == bucket) & (d["bits"] == bits)]["value"]
-                    values.append(
-                        (
-                            "",
-                            float(v.iloc[0]) if len(v) else math.nan,
-                            labels.SETTING_COLORS.get(int(bits), "#333"),
-                        )
-                    )
-                _bar_group(ax, i, values, width)
+            all_bits.update(bars_per_setting(ax, d, "bucket", buckets, "value"))
             ax.set_xticks(range(len(buckets)), buckets)
             model, pruner, budget, source = panel
             ax.set_xlabel("Input length (tokens)" if source == "RULER" else "Input length bucket (tokens)")
@@ -587,10 +403,10 @@ def figure3_lengths(runs: pd.DataFrame, out_dir: str | Path) -> FigureResult | N
                 f"{source} · {labels.model_label(model)}\n{labels.pruner_label(pruner)} · budget "
                 f"{labels.budget_label(budget)}"
             )
-        _legend(fig, _setting_patches(sorted(all_bits)))
-        _suptitle(fig, "Figure 3: token-precision trade-off across input lengths")
-        data = _only(data, panels, panel_keys).drop(columns=["order"]).reset_index(drop=True)
-        path = _save(fig, out_dir, "fig3_lengths", data)
+        figure_legend(fig, setting_patches(sorted(all_bits)))
+        figure_title(fig, "Figure 3: token-precision trade-off across input lengths")
+        data = rows_in(data, panels, panel_keys).drop(columns=["order"]).reset_index(drop=True)
+        path = save_figure(fig, out_dir, "fig3_lengths", data)
     return FigureResult(
         name="fig3_lengths",
         title="Figure 3: input-length buckets",
@@ -623,7 +439,7 @@ def figure4_scale(
     ``model_prefix`` (the Llama family). Panels per (variant: base / instruct, pruner, budget); a panel needs two
     models or more.
     """
-    c = _budget_runs(runs)
+    c = budget_runs(runs)
     if not len(c):
         return None
     wanted = {round(b, 12) for b in budgets}
@@ -637,32 +453,18 @@ def figure4_scale(
         return None
     panel_keys = ["variant", "pruner", "budget", "benchmark"]
     picked = pick_runs(c, ["model", "pruner", "budget", "bits", "benchmark"])
-    panels = _panel_sort(panel_keys, _tuples(picked, panel_keys))
-    panels = [p for p in panels if _match(picked, panel_keys, p)["model"].nunique() > 1]
+    panels = sorted_unique(key_tuples(picked, panel_keys), panel_keys)
+    panels = [p for p in panels if match_key(picked, panel_keys, p)["model"].nunique() > 1]
     if not panels:
         return None
     out_dir = Path(out_dir)
     all_bits: set[int] = set()
     with matplotlib.rc_context(STYLE):
-        fig, axes = _grid(len(panels), ncols=2, panel=(5.6, 3.8), top=1.2)
+        fig, axes = panel_grid(len(panels), ncols=2, panel=(5.6, 3.8), top=1.2)
         for ax, panel in zip(axes, panels):
-            d = _match(picked, panel_keys, panel)
+            d = match_key(picked, panel_keys, panel)
             models = sorted(d["model"].unique(), key=lambda m: (labels.model_size(m), m))
-            bits_list = sorted(d["bits"].unique(), reverse=True)
-            all_bits.update(int(b) for b in bits_list)
-            width = 0.8 / len(bits_list)
-            for i, model in enumerate(models):
-                values = []
-                for bits in bits_list:
-                    v = d[(d["model"] == model) & (d["bits"] == bits)]["score"]
-                    values.append(
-                        (
-                            "",
-                            float(v.iloc[0]) if len(v) else math.nan,
-                            labels.SETTING_COLORS.get(int(bits), "#333"),
-                        )
-                    )
-                _bar_group(ax, i, values, width, annotate=True)
+            all_bits.update(bars_per_setting(ax, d, "model", models, "score", annotate=True))
             ax.set_xticks(
                 range(len(models)),
                 [
@@ -679,13 +481,13 @@ def figure4_scale(
                 f"{labels.pruner_label(pruner)} · budget {labels.budget_label(budget)}"
                 + (f" · {labels.benchmark_label(bench)}" if bench != "longbench" else "")
             )
-        _legend(fig, _setting_patches(sorted(all_bits)))
-        _suptitle(fig, "Figure 4: quantized pruning across model scales (Llama family)")
-        data = _records(
-            _only(picked, panels, panel_keys),
+        figure_legend(fig, setting_patches(sorted(all_bits)))
+        figure_title(fig, "Figure 4: quantized pruning across model scales (Llama family)")
+        data = plotted_points(
+            rows_in(picked, panels, panel_keys),
             ["model", "variant", "pruner", "budget", "bits", "setting", "tokens_nominal"],
         )
-        path = _save(fig, out_dir, "fig4_scale", data)
+        path = save_figure(fig, out_dir, "fig4_scale", data)
     return FigureResult(
         name="fig4_scale",
         title="Figure 4: model scale",
@@ -726,7 +528,7 @@ def figure9_layers(runs: pd.DataFrame, out_dir: str | Path) -> FigureResult | No
     rows, notes = [], []
     for _, run in layered.iterrows():
         key = tuple(None if is_missing(run[k]) else run[k] for k in match_keys)
-        base = _match(baselines, match_keys, key) if len(baselines) else baselines
+        base = match_key(baselines, match_keys, key) if len(baselines) else baselines
         if base.empty:
             notes.append(f"no 4x4 baseline for {run['run_path']} ({run['layer_config']})")
             continue
@@ -753,13 +555,13 @@ def figure9_layers(runs: pd.DataFrame, out_dir: str | Path) -> FigureResult | No
         return None
     data = pd.DataFrame(rows)
     panel_keys = ["model", "pruner", "budget", "tokens", "benchmark", "benchmark_length"]
-    panels = _panel_sort(panel_keys, _tuples(data, panel_keys))
+    panels = sorted_unique(key_tuples(data, panel_keys), panel_keys)
     out_dir = Path(out_dir)
     colors = {8: labels.SETTING_COLORS[8], 16: labels.SETTING_COLORS[16], 2: labels.SETTING_COLORS[2]}
     with matplotlib.rc_context(STYLE):
-        fig, axes = _grid(len(panels), ncols=2, panel=(5.6, 3.6), top=1.2)
+        fig, axes = panel_grid(len(panels), ncols=2, panel=(5.6, 3.6), top=1.2)
         for ax, panel in zip(axes, panels):
-            d = _match(data, panel_keys, panel)
+            d = match_key(data, panel_keys, panel)
             ranges = d.sort_values(["first", "last"])[["first", "last"]].drop_duplicates()
             series = sorted(d["layer_bits"].unique())
             width = 0.8 / len(series)
@@ -770,7 +572,7 @@ def figure9_layers(runs: pd.DataFrame, out_dir: str | Path) -> FigureResult | No
                     values.append(
                         ("", float(v.iloc[0]) if len(v) else math.nan, colors.get(int(bits), "#333"))
                     )
-                _bar_group(ax, i, values, width)
+                bar_group(ax, i, values, width)
             ax.axhline(0, color="#333333", linewidth=0.8)
             ax.set_xticks(range(len(ranges)), [f"{a}–{b}" for a, b in ranges.itertuples(index=False)])
             ax.set_xlabel("Modified layers")
@@ -791,9 +593,11 @@ def figure9_layers(runs: pd.DataFrame, out_dir: str | Path) -> FigureResult | No
             )
             for b in bits_all
         ]
-        _legend(fig, handles)
-        _suptitle(fig, "Figure 9: layer-wise token-precision, relative to 4x tokens at 4-bit in every layer")
-        path = _save(fig, out_dir, "fig9_layers", data)
+        figure_legend(fig, handles)
+        figure_title(
+            fig, "Figure 9: layer-wise token-precision, relative to 4x tokens at 4-bit in every layer"
+        )
+        path = save_figure(fig, out_dir, "fig9_layers", data)
     return FigureResult(
         name="fig9_layers",
         title="Figure 9: layer-wise configurations",
@@ -826,7 +630,7 @@ def figure10_quant(runs: pd.DataFrame, out_dir: str | Path) -> FigureResult | No
         & runs["quant"].notna()
         & runs["pruner"].notna()
         & (runs["pruner"] != "none")
-        & _plain(runs)
+        & without_layer_config(runs)
         & runs["score"].notna()
     ]
     if c.empty:
@@ -839,15 +643,15 @@ def figure10_quant(runs: pd.DataFrame, out_dir: str | Path) -> FigureResult | No
     picked = picked[strategies > 1]
     if picked.empty:
         return None
-    panels = _panel_sort(panel_keys, _tuples(picked, panel_keys))
-    full = runs[(runs["bits"] == 16) & runs["tokens"].notna() & _plain(runs)]
+    panels = sorted_unique(key_tuples(picked, panel_keys), panel_keys)
+    full = runs[(runs["bits"] == 16) & runs["tokens"].notna() & without_layer_config(runs)]
     out_dir = Path(out_dir)
     all_quants: set[str] = set()
     drew_full = False
     with matplotlib.rc_context(STYLE):
-        fig, axes = _grid(len(panels), ncols=2, panel=(5.4, 3.8), top=1.2)
+        fig, axes = panel_grid(len(panels), ncols=2, panel=(5.4, 3.8), top=1.2)
         for ax, panel in zip(axes, panels):
-            d = _match(picked, panel_keys, panel)
+            d = match_key(picked, panel_keys, panel)
             pruners = sorted(d["pruner"].unique(), key=lambda v: labels.sort_value("pruner", v))
             quants = sorted(d["quant"].unique(), key=lambda v: labels.sort_value("quant", v))
             all_quants.update(quants)
@@ -873,7 +677,7 @@ def figure10_quant(runs: pd.DataFrame, out_dir: str | Path) -> FigureResult | No
                     values.append(
                         ("", float(v.iloc[0]) if len(v) else math.nan, QUANT_COLORS.get(quant, "#333"))
                     )
-                _bar_group(ax, i, values, width, annotate=True)
+                bar_group(ax, i, values, width, annotate=True)
             ax.set_xticks(range(len(pruners)), [labels.pruner_label(p) for p in pruners])
             ax.set_ylabel(f"{labels.benchmark_label(panel[1])} score (0–100)")
             top = max([d["score"].max(), *reference.values()])
@@ -887,10 +691,10 @@ def figure10_quant(runs: pd.DataFrame, out_dir: str | Path) -> FigureResult | No
         ]
         if drew_full:
             handles.insert(0, Patch(color=FULL_PRECISION_COLOR, label="16-bit (no quantization)"))
-        _legend(fig, handles)
-        _suptitle(fig, "Figure 10: quantization strategies in quantized pruning")
-        data = _records(_only(picked, panels, panel_keys), [*panel_keys, "pruner", "quant"])
-        path = _save(fig, out_dir, "fig10_quant", data)
+        figure_legend(fig, handles)
+        figure_title(fig, "Figure 10: quantization strategies in quantized pruning")
+        data = plotted_points(rows_in(picked, panels, panel_keys), [*panel_keys, "pruner", "quant"])
+        path = save_figure(fig, out_dir, "fig10_quant", data)
     return FigureResult(
         name="fig10_quant",
         title="Figure 10: quantization strategies",
@@ -936,18 +740,18 @@ def niah_heatmaps(runs: pd.DataFrame, out_dir: str | Path) -> list[FigureResult]
     """
     if not len(runs):
         return []
-    c = runs[(runs["family"] == "niah") & runs["pruner"].notna() & _plain(runs)]
+    c = runs[(runs["family"] == "niah") & runs["pruner"].notna() & without_layer_config(runs)]
     if c.empty:
         return []
     c = c.copy()
     c["mode"] = ["budget" if not is_missing(b) else "tokens" for b in c["budget"]]
-    c = c[_quant_ok(c)]
+    c = c[paper_quantizer_or_16bit(c)]
     group_keys = ["model", "pruner", "benchmark", "mode"]
     picked = pick_runs(c, [*group_keys, "budget", "tokens", "bits"])
     results = []
     out_dir = Path(out_dir)
-    for group in _panel_sort(group_keys, _tuples(picked, group_keys)):
-        d = _match(picked, group_keys, group)
+    for group in sorted_unique(key_tuples(picked, group_keys), group_keys):
+        d = match_key(picked, group_keys, group)
         model, pruner, bench, mode = group
         row_key = "budget" if mode == "budget" else "tokens"
         row_values = sorted(d[row_key].dropna().unique())
@@ -1051,13 +855,13 @@ def niah_heatmaps(runs: pd.DataFrame, out_dir: str | Path) -> list[FigureResult]
                     aspect=max(20, 10 * nrows * shrink),
                     pad=0.02,
                 )
-            _suptitle(
+            figure_title(
                 fig,
                 f"NIAH: {labels.model_label(model)} · {labels.pruner_label(pruner)}"
                 + (f" · {labels.benchmark_label(bench)}" if bench != "niah" else ""),
             )
             data = pd.DataFrame(data_rows)
-            path = _save(fig, out_dir, name, data)
+            path = save_figure(fig, out_dir, name, data)
         results.append(
             FigureResult(
                 name=name,

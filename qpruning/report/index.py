@@ -18,9 +18,9 @@ import pandas as pd
 
 from . import labels
 from .collect import Collection
-from .figures import FigureResult
 from .labels import is_missing
-from .tables import ReportTable, to_markdown
+from .plotting import FigureResult
+from .render import ReportTable, to_markdown
 
 TABLE_NEEDS: dict[str, tuple[str, str]] = {
     "table1": (

@@ -1,22 +1,15 @@
-"""The paper's Tables 1-4 from collected runs, and their CSV / Markdown / LaTeX writers.
+"""The paper's Tables 1-4 from collected runs: one function per table.
 
-Each table function takes the kept complete runs (``Collection.runs``) and returns a :class:`ReportTable`, or
-``None`` when no run fits it (the index then says "no runs yet"). A :class:`ReportTable` keeps its cells in long
-form (one row per cell: the configuration, our value, the samples behind it, the run folder, and the paper's
-value where our configuration matches a published cell), and renders them as the paper's wide layout.
-
-Missing cells are NaN in the frames, empty in the CSV files and "–" in Markdown / LaTeX: never 0.
+Each table function takes the kept complete runs (``Collection.runs``) and returns a :class:`ReportTable`
+(``render.py``: the table model and its CSV / Markdown / LaTeX writers), or ``None`` when no run fits it (the
+index then says "no runs yet"). Which runs fit and which one fills a cell: ``selection.py``.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import numbers
-import re
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
@@ -24,475 +17,20 @@ import pandas as pd
 from . import labels
 from .labels import is_missing
 from .paper import PaperNumbers
+from .render import ReportTable
+from .selection import (
+    cell_key,
+    norm_value,
+    paper_quantizer_or_16bit,
+    pick_runs,
+    sorted_unique,
+    without_layer_config,
+)
 
 logger = logging.getLogger(__name__)
 
-MISSING_MD = "–"
-MISSING_TEX = "--"
-SOURCE_OURS = "ours"
-SOURCE_PAPER = "paper"
-SOURCE_DIFF = "Δ (ours − paper)"
 TABLE1_TOKENS: tuple[int, ...] = (128, 512, 2048)
 TABLE1_BITS: tuple[int, ...] = (16, 8, 4, 2)
-
-
-def _norm(value: Any) -> Any:
-    """Cell-key form of a value: None for missing, float for numbers (512 == 512.0), else as is."""
-    if is_missing(value):
-        return None
-    if isinstance(value, numbers.Number) and not isinstance(value, bool):
-        return float(value)
-    return value
-
-
-def _key(row: Any, keys: Sequence[str]) -> tuple:
-    return tuple(_norm(row[k]) for k in keys)
-
-
-def _sorted_unique(tuples: Iterable[tuple], keys: Sequence[str]) -> list[tuple]:
-    unique = list(dict.fromkeys(tuples))
-    return sorted(unique, key=lambda t: tuple(labels.sort_value(k, v) for k, v in zip(keys, t)))
-
-
-@dataclass
-class ReportTable:
-    """One table: long-form cells and how to lay them out.
-
-    Attributes:
-        name: file stem (``table1``).
-        title: one line (``Table 1: ...``).
-        caption: the configurations behind the cells, in words.
-        cells: one row per cell: ``row_keys`` + ``col_keys`` columns, ``value``, ``samples``, ``n_runs`` (complete
-            runs with that configuration, duplicates included), ``run_path``, ``paper`` (NaN where no published
-            cell matches) and ``diff`` (ours - paper).
-        row_keys / col_keys: the fields that make rows and columns.
-        row_order / col_order: every row / column to show, as tuples of normalized key values.
-        label_fn: display form of a key value (default :func:`labels.label`).
-        key_titles: header of each row key column.
-        col_prefix: text before a column key's label (``Token=``).
-        highlight_within: row keys that delimit blocks; per column and block the best value is bold and, with
-            ``underline``, the second best underlined (like the paper). None: no highlight.
-        info_cols: columns that are neither highlighted nor counted as missing (e.g. Table 2's token count).
-        decimals / col_decimals: digits shown in Markdown and LaTeX (CSV keeps full precision).
-        signed_rows: ``(key, value)``: rows whose ``key`` equals ``value`` are printed with a sign (differences).
-        missing: the empty cells of the layout, and published cells that no run matches, one line each.
-        notes: anything a reader should know (cells chosen among several runs...).
-    """
-
-    name: str
-    title: str
-    caption: str
-    cells: pd.DataFrame
-    row_keys: list[str]
-    col_keys: list[str]
-    row_order: list[tuple]
-    col_order: list[tuple]
-    label_fn: Callable[[str, Any], str] = labels.label
-    key_titles: dict[str, str] = field(default_factory=dict)
-    col_prefix: dict[str, str] = field(default_factory=dict)
-    highlight_within: tuple[str, ...] | None = None
-    underline: bool = True
-    higher_is_better: bool = True
-    info_cols: set[tuple] = field(default_factory=set)
-    decimals: int = 1
-    col_decimals: dict[tuple, int] = field(default_factory=dict)
-    signed_rows: tuple[str, Any] | None = None
-    missing: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    # ----- lookups
-    def lookup(self, field_name: str = "value") -> dict[tuple[tuple, tuple], Any]:
-        """``{(row tuple, column tuple): cells[field_name]}``."""
-        out: dict[tuple[tuple, tuple], Any] = {}
-        if field_name not in self.cells.columns:
-            return out
-        for _, row in self.cells.iterrows():
-            out[(_key(row, self.row_keys), _key(row, self.col_keys))] = row[field_name]
-        return out
-
-    def wide(self, field_name: str = "value") -> pd.DataFrame:
-        """The wide layout of one field (NaN where a cell is missing), raw key values in a MultiIndex."""
-        cells = self.lookup(field_name)
-        data = [[cells.get((r, c), math.nan) for c in self.col_order] for r in self.row_order]
-        index = pd.MultiIndex.from_tuples(self.row_order, names=self.row_keys)
-        columns = pd.MultiIndex.from_tuples(self.col_order, names=self.col_keys)
-        frame = pd.DataFrame(data, index=index, columns=columns)
-        return frame.apply(pd.to_numeric, errors="coerce")
-
-    @property
-    def n_layout_cells(self) -> int:
-        """Cells of the layout that count (info columns excluded)."""
-        return len(self.row_order) * len([c for c in self.col_order if c not in self.info_cols])
-
-    @property
-    def n_filled(self) -> int:
-        """Cells of the layout that hold a value (info columns excluded)."""
-        values = self.lookup("value")
-        return sum(
-            1
-            for r in self.row_order
-            for c in self.col_order
-            if c not in self.info_cols and not is_missing(values.get((r, c)))
-        )
-
-    def has_paper(self) -> bool:
-        return "paper" in self.cells.columns and bool(self.cells["paper"].notna().any())
-
-    # ----- highlighting
-    def marks(self) -> dict[tuple[tuple, tuple], str]:
-        """``{(row, col): "best" | "second"}``, per column within each block of ``highlight_within``.
-
-        Values are compared as shown (rounded to the column's decimals); ties share a rank (dense ranking); a
-        block needs at least two values in a column to be marked.
-        """
-        if self.highlight_within is None:
-            return {}
-        values = self.lookup("value")
-        block_positions = [self.row_keys.index(k) for k in self.highlight_within]
-        blocks: dict[tuple, list[tuple]] = {}
-        for r in self.row_order:
-            blocks.setdefault(tuple(r[i] for i in block_positions), []).append(r)
-        marks: dict[tuple[tuple, tuple], str] = {}
-        for rows in blocks.values():
-            for c in self.col_order:
-                if c in self.info_cols:
-                    continue
-                # ranked on the values as shown, so that two cells printed alike get the same mark
-                digits = self.col_decimals.get(c, self.decimals)
-                present = {
-                    r: round(float(values[(r, c)]), digits)
-                    for r in rows
-                    if not is_missing(values.get((r, c)))
-                }
-                if len(present) < 2:
-                    continue
-                distinct = sorted(set(present.values()), reverse=self.higher_is_better)
-                for r, v in present.items():
-                    rank = distinct.index(v)
-                    if rank == 0:
-                        marks[(r, c)] = "best"
-                    elif rank == 1 and self.underline and len(distinct) > 1:
-                        marks[(r, c)] = "second"
-        return marks
-
-    # ----- derived tables
-    def comparison(self) -> ReportTable | None:
-        """Rows that match published cells, as three rows each: ours, the paper's, and the difference.
-
-        None when no cell matches the paper.
-        """
-        if not self.has_paper():
-            return None
-        matched = self.cells[self.cells["paper"].notna()]
-        rows_with_paper = {_key(r, self.row_keys) for _, r in matched.iterrows()}
-        parts = []
-        for source, column in ((SOURCE_OURS, "value"), (SOURCE_PAPER, "paper"), (SOURCE_DIFF, "diff")):
-            part = self.cells[
-                [_key(r, self.row_keys) in rows_with_paper for _, r in self.cells.iterrows()]
-            ].copy()
-            part["value"] = part[column]
-            part["source"] = source
-            if source != SOURCE_OURS:
-                part["samples"] = math.nan
-            parts.append(part)
-        cells = pd.concat(parts, ignore_index=True)
-        cells = cells[cells["value"].notna() | (cells["source"] == SOURCE_OURS)]
-        row_order = [
-            (*r, s)
-            for r in self.row_order
-            if r in rows_with_paper
-            for s in (SOURCE_OURS, SOURCE_PAPER, SOURCE_DIFF)
-        ]
-        return replace(
-            self,
-            name=f"{self.name}_vs_paper",
-            title=f"{self.title}: ours, the paper's, and the difference",
-            caption=re.sub(r"\s*Bold:[^.]*\.(\s*[Uu]nderlined:[^.]*\.)?", "", self.caption)
-            + " Rows: our value, the paper's published value, and ours minus the paper's; "
-            "only rows with at least one matching published cell are shown.",
-            cells=cells.drop(columns=["paper", "diff"], errors="ignore"),
-            row_keys=[*self.row_keys, "source"],
-            row_order=row_order,
-            highlight_within=None,
-            signed_rows=("source", SOURCE_DIFF),
-            key_titles={**self.key_titles, "source": ""},
-            missing=[],
-            notes=[],
-        )
-
-    def samples_table(self) -> ReportTable:
-        """The same layout with the number of samples behind each cell."""
-        cells = self.cells.copy()
-        cells["value"] = cells["samples"]
-        return replace(
-            self,
-            name=f"{self.name}_samples",
-            title=f"{self.title}: samples per cell",
-            cells=cells.drop(columns=["paper", "diff"], errors="ignore"),
-            highlight_within=None,
-            decimals=0,
-            col_decimals={},
-            info_cols=set(),
-        )
-
-    # ----- formatting
-    def header_label(self, col: tuple, level: int) -> str:
-        key = self.col_keys[level]
-        value = col[level]
-        if value is None:
-            return ""
-        return f"{self.col_prefix.get(key, '')}{self.label_fn(key, value)}"
-
-    def column_label(self, col: tuple) -> str:
-        return " ".join(p for p in (self.header_label(col, i) for i in range(len(col))) if p)
-
-    def row_labels(self, row: tuple) -> list[str]:
-        return [self.label_fn(k, v) if v is not None else MISSING_MD for k, v in zip(self.row_keys, row)]
-
-    def format_value(self, row: tuple, col: tuple, value: Any) -> str | None:
-        """The number as shown (None for a missing cell)."""
-        if is_missing(value):
-            return None
-        digits = self.col_decimals.get(col, self.decimals)
-        signed = (
-            self.signed_rows is not None
-            and row[self.row_keys.index(self.signed_rows[0])] == self.signed_rows[1]
-        )
-        if signed:
-            rounded = round(float(value), digits)
-            text = f"{0.0:.{digits}f}" if rounded == 0 else f"{rounded:+.{digits}f}"
-            return text.replace("-", "−")
-        return f"{float(value):.{digits}f}"
-
-
-# ----------------------------------------------------------------------------------------------- writers
-def _escape_md(text: str) -> str:
-    return text.replace("|", "\\|")
-
-
-def to_markdown(table: ReportTable) -> str:
-    """A GitHub-flavoured Markdown table; best values in bold, second best underlined (``<ins>``), missing "–"."""
-    values = table.lookup("value")
-    marks = table.marks()
-    headers = [table.key_titles.get(k, k) for k in table.row_keys] + [
-        table.column_label(c) for c in table.col_order
-    ]
-    lines = [
-        "| " + " | ".join(_escape_md(h) for h in headers) + " |",
-        "|" + "|".join([":---"] * len(table.row_keys) + ["---:"] * len(table.col_order)) + "|",
-    ]
-    previous: list[str] | None = None
-    for row in table.row_order:
-        row_text = table.row_labels(row)
-        shown = list(row_text)
-        if previous is not None:
-            for i in range(len(row_text) - 1):
-                if row_text[: i + 1] == previous[: i + 1]:
-                    shown[i] = ""
-        previous = row_text
-        cells = []
-        for col in table.col_order:
-            text = table.format_value(row, col, values.get((row, col)))
-            if text is None:
-                cells.append(MISSING_MD)
-                continue
-            mark = marks.get((row, col))
-            cells.append(
-                f"**{text}**" if mark == "best" else f"<ins>{text}</ins>" if mark == "second" else text
-            )
-        lines.append("| " + " | ".join(_escape_md(x) for x in shown + cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-_TEX_SPECIAL = {
-    "\\": r"\textbackslash{}",
-    "&": r"\&",
-    "%": r"\%",
-    "$": r"\$",
-    "#": r"\#",
-    "_": r"\_",
-    "{": r"\{",
-    "}": r"\}",
-    "~": r"\textasciitilde{}",
-    "^": r"\textasciicircum{}",
-    "−": "$-$",
-    "Δ": r"$\Delta$",
-}
-
-
-def escape_latex(text: str) -> str:
-    """Escape LaTeX's special characters in plain text."""
-    return "".join(_TEX_SPECIAL.get(ch, ch) for ch in text)
-
-
-def to_latex(table: ReportTable) -> str:
-    """A booktabs ``table`` environment: grouped column headers, a rule between row blocks, bold / underline."""
-    values = table.lookup("value")
-    marks = table.marks()
-    n_rows = len(table.row_keys)
-    spec = "l" * n_rows + "r" * len(table.col_order)
-    out = [
-        r"% generated by python -m qpruning.report; needs \usepackage{booktabs}",
-        r"\begin{table}[t]",
-        r"\centering",
-        r"\small",
-        rf"\begin{{tabular}}{{{spec}}}",
-        r"\toprule",
-    ]
-    levels = len(table.col_keys)
-    for level in range(levels - 1):
-        groups: list[tuple[str, int]] = []
-        for col in table.col_order:
-            text = " ".join(
-                table.header_label(col, i) for i in range(level + 1) if table.header_label(col, i)
-            )
-            if groups and groups[-1][0] == text:
-                groups[-1] = (text, groups[-1][1] + 1)
-            else:
-                groups.append((text, 1))
-        cells = [""] * n_rows + [
-            rf"\multicolumn{{{span}}}{{c}}{{{escape_latex(t.split(' ')[-1] if level else t)}}}"
-            if span > 1
-            else escape_latex(t)
-            for t, span in groups
-        ]
-        out.append(" & ".join(cells) + r" \\")
-        rules, start = [], n_rows + 1
-        for text, span in groups:
-            if span > 1 and text:
-                rules.append(rf"\cmidrule(lr){{{start}-{start + span - 1}}}")
-            start += span
-        if rules:
-            out.append(" ".join(rules))
-    header = [escape_latex(table.key_titles.get(k, k)) for k in table.row_keys]
-    header += [escape_latex(table.header_label(c, levels - 1)) for c in table.col_order]
-    out.append(" & ".join(header) + r" \\")
-    out.append(r"\midrule")
-    block_positions = (
-        [table.row_keys.index(k) for k in table.highlight_within] if table.highlight_within else [0]
-    )
-    previous_block = None
-    previous: list[str] | None = None
-    for row in table.row_order:
-        block = tuple(row[i] for i in block_positions) if n_rows > 1 else None
-        if previous_block is not None and block != previous_block:
-            out.append(r"\midrule")
-            previous = None
-        previous_block = block
-        row_text = table.row_labels(row)
-        shown = list(row_text)
-        if previous is not None:
-            for i in range(len(row_text) - 1):
-                if row_text[: i + 1] == previous[: i + 1]:
-                    shown[i] = ""
-        previous = row_text
-        cells = [escape_latex(x) for x in shown]
-        for col in table.col_order:
-            text = table.format_value(row, col, values.get((row, col)))
-            if text is None:
-                cells.append(MISSING_TEX)
-                continue
-            text = escape_latex(text)
-            mark = marks.get((row, col))
-            cells.append(
-                rf"\textbf{{{text}}}"
-                if mark == "best"
-                else rf"\underline{{{text}}}"
-                if mark == "second"
-                else text
-            )
-        out.append(" & ".join(cells) + r" \\")
-    out += [
-        r"\bottomrule",
-        r"\end{tabular}",
-        rf"\caption{{{escape_latex(table.title + '. ' + table.caption)}}}",
-        rf"\label{{tab:{table.name.replace('_', '-')}}}",
-        r"\end{table}",
-    ]
-    return "\n".join(out) + "\n"
-
-
-def to_csv_frame(table: ReportTable) -> pd.DataFrame:
-    """The wide layout with display labels in the row columns, one header row, full-precision numbers."""
-    values = table.lookup("value")
-    records = []
-    for row in table.row_order:
-        record: dict[str, Any] = {}
-        for key, text in zip(table.row_keys, table.row_labels(row)):
-            record[table.key_titles.get(key, key) or key] = text
-        for col in table.col_order:
-            value = values.get((row, col))
-            record[table.column_label(col)] = math.nan if is_missing(value) else float(value)
-        records.append(record)
-    return pd.DataFrame.from_records(records)
-
-
-def write_table(table: ReportTable, out_dir: str | Path) -> dict[str, Path]:
-    """Write ``NAME.csv``, ``NAME.md``, ``NAME.tex`` and ``NAME_cells.csv`` (long form with provenance).
-
-    Returns the written paths by kind (``csv``, ``md``, ``tex``, ``cells``).
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "csv": out_dir / f"{table.name}.csv",
-        "md": out_dir / f"{table.name}.md",
-        "tex": out_dir / f"{table.name}.tex",
-        "cells": out_dir / f"{table.name}_cells.csv",
-    }
-    to_csv_frame(table).to_csv(paths["csv"], index=False, na_rep="")
-    paths["md"].write_text(f"**{table.title}.** {table.caption}\n\n{to_markdown(table)}", encoding="utf-8")
-    paths["tex"].write_text(to_latex(table), encoding="utf-8")
-    table.cells.to_csv(paths["cells"], index=False, na_rep="")
-    return paths
-
-
-# ----------------------------------------------------------------------------------------------- selection
-def pick_runs(candidates: pd.DataFrame, cell_keys: Sequence[str]) -> pd.DataFrame:
-    """One run per cell among ``candidates``, by preference, with ``n_candidates`` (runs that fitted the cell).
-
-    Preference: the full benchmark over a quick variant (``niah_small``), the paper's quantizer for the pruner (KIVI; FlexGen for Ada-KV and HeadKV) or no quantization,
-    group size 64, nominal budget accounting, then the most recent run. 16-bit runs with different ``quant``
-    labels are the same computation, so this is where they are merged.
-    """
-    if candidates.empty:
-        return candidates.assign(n_candidates=pd.Series(dtype="int64"))
-    c = candidates.copy()
-    c["_cell"] = [_key(r, cell_keys) for _, r in c.iterrows()]
-    c["_pref_quant"] = [
-        1 if (not is_missing(b) and int(b) == 16) or q == labels.paper_quant(p) else 0
-        for b, q, p in zip(c["bits"], c["quant"], c["pruner"])
-    ]
-    c["_pref_group"] = [
-        1 if not is_missing(g) and int(g) == labels.DEFAULT_GROUP_SIZE else 0 for g in c["group_size"]
-    ]
-    c["_pref_mode"] = [1 if is_missing(m) or m == "nominal" else 0 for m in c["budget_mode"]]
-    c["_pref_full"] = [0 if labels.is_reduced(b) else 1 for b in c["benchmark"]]
-    c = c.sort_values(
-        ["_pref_full", "_pref_quant", "_pref_group", "_pref_mode", "mtime", "run_path"],
-        ascending=[False, False, False, False, False, True],
-    )
-    counts = c["_cell"].value_counts()
-    picked = c.drop_duplicates(subset="_cell", keep="first").copy()
-    picked["n_candidates"] = [int(counts[k]) for k in picked["_cell"]]
-    return picked.drop(columns=["_cell", "_pref_full", "_pref_quant", "_pref_group", "_pref_mode"])
-
-
-def _quant_ok(runs: pd.DataFrame, quant: str | None = None) -> pd.Series:
-    """16-bit runs, or quantized runs with ``quant`` (default: the paper's quantizer for the run's pruner)."""
-    return pd.Series(
-        [
-            (not is_missing(b) and int(b) == 16) or q == (quant or labels.paper_quant(p))
-            for b, q, p in zip(runs["bits"], runs["quant"], runs["pruner"])
-        ],
-        index=runs.index,
-        dtype=bool,
-    )
-
-
-def _plain(runs: pd.DataFrame) -> pd.Series:
-    """Runs without a layer-wise configuration."""
-    return runs["layer_config"].isna()
 
 
 def _chosen_notes(picked: pd.DataFrame) -> list[str]:
@@ -513,18 +51,6 @@ def _chosen_notes(picked: pd.DataFrame) -> list[str]:
     if len(failed):
         notes.append(f"{len(failed)} cell(s) come from runs with failed samples (scored without them).")
     return notes
-
-
-def _holes(table: ReportTable) -> list[str]:
-    values = table.lookup("value")
-    out = []
-    for r in table.row_order:
-        for c in table.col_order:
-            if c in table.info_cols or not is_missing(values.get((r, c))):
-                continue
-            where = " / ".join(table.row_labels(r))
-            out.append(f"{where} / {table.column_label(c)}: no run")
-    return out
 
 
 def _cells_frame(records: list[dict[str, Any]], keys: Sequence[str]) -> pd.DataFrame:
@@ -560,7 +86,7 @@ def table1(runs: pd.DataFrame, paper: PaperNumbers | None = None) -> ReportTable
             & runs["pruner"].notna()
             & (runs["pruner"] != "none")
             & runs["tokens"].notna()
-            & _plain(runs)
+            & without_layer_config(runs)
         )
         if len(runs)
         else pd.Series(dtype=bool)
@@ -569,7 +95,8 @@ def table1(runs: pd.DataFrame, paper: PaperNumbers | None = None) -> ReportTable
         return None
     cands = runs[mask]
     cands = cands[
-        _quant_ok(cands) & ((cands["bits"] == 16) | (cands["group_size"] == labels.DEFAULT_GROUP_SIZE))
+        paper_quantizer_or_16bit(cands)
+        & ((cands["bits"] == 16) | (cands["group_size"] == labels.DEFAULT_GROUP_SIZE))
     ]
     if cands.empty:
         return None
@@ -583,12 +110,12 @@ def table1(runs: pd.DataFrame, paper: PaperNumbers | None = None) -> ReportTable
             ]
     records = []
     for _, run in picked.iterrows():
-        cell = {k: _norm(run[k]) for k in row_keys + col_keys}
+        cell = {k: norm_value(run[k]) for k in row_keys + col_keys}
         family = None if labels.is_reduced(run["benchmark"]) else run["family"]
         ref = published.get((run["model"], family, run["pruner"], float(run["tokens"]), float(run["bits"])))
         records.append({**cell, **_run_cell(run, run["score"], ref)})
     cells = _cells_frame(records, row_keys + col_keys)
-    rows = _sorted_unique((_key(r, row_keys) for _, r in cells.iterrows()), row_keys)
+    rows = sorted_unique((cell_key(r, row_keys) for _, r in cells.iterrows()), row_keys)
     tokens = sorted({t for t in cells["tokens"].dropna()})
     bits = sorted({b for b in cells["bits"].dropna()}, reverse=True)
     table = ReportTable(
@@ -608,7 +135,7 @@ def table1(runs: pd.DataFrame, paper: PaperNumbers | None = None) -> ReportTable
         col_prefix={"tokens": "Token="},
         highlight_within=("model", "benchmark"),
     )
-    table.missing = _holes(table)
+    table.missing = table.holes()
     if paper:
         ours = {
             (r[0], r[1], r[2], c[0], c[1]) for (r, c), v in table.lookup("value").items() if not is_missing(v)
@@ -649,8 +176,8 @@ def table2(
     """
     if not len(runs):
         return None
-    base = runs[runs["budget"].notna() & runs["pruner"].isin(list(pruners)) & _plain(runs)]
-    base = base[_quant_ok(base)] if len(base) else base
+    base = runs[runs["budget"].notna() & runs["pruner"].isin(list(pruners)) & without_layer_config(runs)]
+    base = base[paper_quantizer_or_16bit(base)] if len(base) else base
     lb = base[(base["family"] == "longbench")]
     ruler = base[(base["family"] == "ruler") & (base["length_label"] == "8k")]
     notes: list[str] = []
@@ -697,7 +224,7 @@ def table2(
             records.append({**cell, "column": "tokens", **_run_cell(run, run["tokens_nominal"], ref)})
     cells = _cells_frame(records, row_keys + col_keys)
     cells = cells.drop_duplicates(subset=row_keys + col_keys, keep="first").reset_index(drop=True)
-    rows = _sorted_unique((_key(r, row_keys) for _, r in cells.iterrows()), row_keys)
+    rows = sorted_unique((cell_key(r, row_keys) for _, r in cells.iterrows()), row_keys)
     table = ReportTable(
         name="table2",
         title="Table 2: token-precision trade-off per task type",
@@ -719,7 +246,7 @@ def table2(
         info_cols={("tokens",)},
         col_decimals={("tokens",): 0},
     )
-    table.missing = _holes(table)
+    table.missing = table.holes()
     table.notes = notes + (_chosen_notes(pd.concat(picked_all)) if picked_all else [])
     return table
 
@@ -739,15 +266,17 @@ def table3(runs: pd.DataFrame, paper: PaperNumbers | None = None, quant: str = "
         & (runs["quant"] == quant)
         & (runs["bits"] < 16)
         & runs["group_size"].notna()
-        & _plain(runs)
+        & without_layer_config(runs)
     ]
     row_keys, col_keys = ["model", "benchmark", "pruner", "tokens", "bits"], ["group_size"]
     if cands.empty:
         return None
     non_default = {
-        _key(r, row_keys) for _, r in cands.iterrows() if int(r["group_size"]) != labels.DEFAULT_GROUP_SIZE
+        cell_key(r, row_keys)
+        for _, r in cands.iterrows()
+        if int(r["group_size"]) != labels.DEFAULT_GROUP_SIZE
     }
-    cands = cands[[_key(r, row_keys) in non_default for _, r in cands.iterrows()]]
+    cands = cands[[cell_key(r, row_keys) in non_default for _, r in cands.iterrows()]]
     if cands.empty:
         return None
     picked = pick_runs(cands, row_keys + col_keys)
@@ -765,7 +294,7 @@ def table3(runs: pd.DataFrame, paper: PaperNumbers | None = None, quant: str = "
             published[key] = p["value"]
     records = []
     for _, run in picked.iterrows():
-        cell = {k: _norm(run[k]) for k in row_keys + col_keys}
+        cell = {k: norm_value(run[k]) for k in row_keys + col_keys}
         ref = published.get(tuple(cell[k] for k in row_keys + col_keys))
         records.append({**cell, **_run_cell(run, run["score"], ref)})
     cells = _cells_frame(records, row_keys + col_keys)
@@ -778,7 +307,7 @@ def table3(runs: pd.DataFrame, paper: PaperNumbers | None = None, quant: str = "
         cells=cells,
         row_keys=row_keys,
         col_keys=col_keys,
-        row_order=_sorted_unique((_key(r, row_keys) for _, r in cells.iterrows()), row_keys),
+        row_order=sorted_unique((cell_key(r, row_keys) for _, r in cells.iterrows()), row_keys),
         col_order=[(g,) for g in groups if g in present_groups or g in (32.0, 64.0, 128.0)],
         key_titles={
             "model": "Model",
@@ -789,63 +318,12 @@ def table3(runs: pd.DataFrame, paper: PaperNumbers | None = None, quant: str = "
         },
         col_prefix={"group_size": "group="},
     )
-    table.missing = _holes(table)
+    table.missing = table.holes()
     table.notes = _chosen_notes(picked)
     return table
 
 
 # ----------------------------------------------------------------------------------------------- Table 4
-THROUGHPUT_COLUMNS: tuple[str, ...] = (
-    "model",
-    "tokens",
-    "bits",
-    "batch",
-    "tokens_per_s",
-    "kv_bytes_per_item",
-    "device",
-    "command",
-    "date",
-)
-"""Required columns of a throughput CSV (see docs/report.md); optional: pruner, quant, group_size, repeats."""
-
-
-def read_throughput(paths: Iterable[str | Path]) -> tuple[pd.DataFrame, list[str]]:
-    """Concatenate throughput benchmark CSV files; files lacking required columns are skipped and reported.
-
-    Returns the rows (with ``source_file``) and a list of problems. Missing ``pruner`` / ``quant`` default to
-    the paper's Table 4 setting (SnapKV, KIVI; no quantizer at 16 bits).
-    """
-    frames, problems = [], []
-    for path in paths:
-        path = Path(path)
-        try:
-            df = pd.read_csv(path)
-        except (OSError, ValueError) as error:
-            problems.append(f"{path}: unreadable ({error})")
-            continue
-        absent = [c for c in THROUGHPUT_COLUMNS if c not in df.columns]
-        if absent:
-            problems.append(f"{path}: lacks the columns {absent}; skipped")
-            continue
-        df["source_file"] = str(path)
-        frames.append(df)
-    if not frames:
-        return pd.DataFrame(columns=[*THROUGHPUT_COLUMNS, "pruner", "quant", "source_file"]), problems
-    df = pd.concat(frames, ignore_index=True)
-    if "pruner" not in df.columns:
-        df["pruner"] = "snapkv"
-    if "quant" not in df.columns:
-        df["quant"] = None
-    df["pruner"] = df["pruner"].fillna("snapkv")
-    df["quant"] = [
-        None if int(b) == 16 else (q if isinstance(q, str) and q else "kivi")
-        for b, q in zip(df["bits"], df["quant"])
-    ]
-    for column in ("tokens", "bits", "batch", "tokens_per_s", "kv_bytes_per_item"):
-        df[column] = pd.to_numeric(df[column], errors="coerce")
-    return df, problems
-
-
 def table4(
     throughput: pd.DataFrame, runs: pd.DataFrame | None = None, paper: PaperNumbers | None = None
 ) -> ReportTable | None:
@@ -860,7 +338,7 @@ def table4(
     t = throughput.copy()
     t["_date"] = pd.to_datetime(t["date"], errors="coerce", utc=True)
     keys = ["model", "device", "tokens", "bits", "batch", "pruner", "quant"]
-    t["_cell"] = [_key(r, keys) for _, r in t.iterrows()]
+    t["_cell"] = [cell_key(r, keys) for _, r in t.iterrows()]
     t["_order"] = range(len(t))
     t = t.sort_values(["_date", "_order"], ascending=[False, False], na_position="last")
     repeats = t["_cell"].value_counts()
@@ -927,7 +405,7 @@ def table4(
                     & (runs["benchmark"] == family)
                     & (runs["tokens"] == tokens)
                     & (runs["bits"] == bits)
-                    & _plain(runs)
+                    & without_layer_config(runs)
                 ]
                 if quant is not None:
                     match = match[
@@ -964,7 +442,7 @@ def table4(
             return f"batch={int(value)}"
         return labels.label(key, value)
 
-    rows = _sorted_unique((_key(r, row_keys) for _, r in cells.iterrows()), row_keys)
+    rows = sorted_unique((cell_key(r, row_keys) for _, r in cells.iterrows()), row_keys)
     table = ReportTable(
         name="table4",
         title="Table 4: decoding throughput and KV memory per token-precision setting",
@@ -988,7 +466,7 @@ def table4(
         },
         col_decimals={c: 2 for c in col_order if c[0] in ("longbench_avg", "niah_avg")},
     )
-    table.missing = _holes(table)
+    table.missing = table.holes()
     table.notes = notes + [
         "Throughput cells: 'samples' is the number of timed repeats of the measurement (1 if not recorded)."
     ]

@@ -9,20 +9,17 @@ import pytest
 from fabricate_runs import RunSpec, write_run
 
 from qpruning.report import collect_runs
-from qpruning.report.tables import (
+from qpruning.report.render import (
     SOURCE_DIFF,
     SOURCE_OURS,
     SOURCE_PAPER,
     ReportTable,
-    read_throughput,
-    table1,
-    table2,
-    table3,
-    table4,
     to_latex,
     to_markdown,
     write_table,
 )
+from qpruning.report.tables import table1, table2, table3, table4
+from qpruning.report.throughput import read_throughput
 
 L3, MI = "llama3_8b_instruct", "mistral_7b_instruct_v02"
 
