@@ -71,8 +71,9 @@ compile-check: $(STAMP)  ## Compile every Triton kernel variant for sm_80/sm_90 
 optimize: $(STAMP)  ## Search a per-layer token-precision allocation (qpruning optimize; ARGS="budget=0.03125")
 	$(VENV)/bin/qpruning optimize $(ARGS)
 
-lint: $(STAMP)  ## ruff
+lint: $(STAMP)  ## ruff, then the layering contracts of pyproject.toml [tool.importlinter] (import-linter)
 	$(VENV)/bin/ruff check qpruning tests scripts experiments run.py
+	$(VENV)/bin/lint-imports
 
 format: $(STAMP)  ## ruff format + import sorting
 	$(VENV)/bin/ruff check --fix --select I qpruning tests scripts run.py

@@ -82,11 +82,11 @@ def get_benchmark(name: str, **config: Any) -> Benchmark:
             f"unknown field(s) {', '.join(unknown)} for benchmark {name!r}", f"valid: {', '.join(valid)}"
         )
     # Hydra hands over ListConfig/DictConfig values: turn them into plain Python containers.
-    config = {k: _plain(v) for k, v in config.items()}
+    config = {k: to_plain_python(v) for k, v in config.items()}
     return cls(**{**preset, **config})
 
 
-def _plain(value: Any) -> Any:
+def to_plain_python(value: Any) -> Any:
     try:
         from omegaconf import DictConfig, ListConfig, OmegaConf
     except ImportError:  # pragma: no cover - omegaconf is a dependency, but the library works without it
