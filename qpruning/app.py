@@ -17,7 +17,6 @@ An allocation file (``allocation=...``) is read here and turned into a plain per
 from __future__ import annotations
 
 import inspect
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +32,6 @@ from qpruning.loggers import NullLogger
 from qpruning.optimize.allocation import Allocation
 from qpruning.optimize.driver import OptimizeSetup, run_optimize
 from qpruning.optimize.subsets import BenchmarkSubset
-from qpruning.records import RunFileError
-from qpruning.runlock import RunLockedError
 from qpruning.runner import Runner
 
 # -- checks and instantiation ---------------------------------------------------------------------------
@@ -185,11 +182,7 @@ def run_job(cfg) -> float | None:
     """What ``run.py`` does for one Hydra job: build, validate, run, print a short summary."""
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     runner = runner_from_config(cfg, output_dir)
-    try:
-        metrics = runner.run()
-    except (RunLockedError, RunFileError) as exc:  # one line, no traceback: the user can act on it
-        print(f"qpruning: error: {exc}", file=sys.stderr, flush=True)
-        raise SystemExit(exc.exit_code) from None
+    metrics = runner.run()  # a locked folder or a failed write is a UserError: one line (qpruning.entry)
     print(summary_line(metrics, output_dir), flush=True)
     return metrics.get("score")
 

@@ -238,7 +238,7 @@ class KVCompressor:
                 )
             if not self.pruner.prunes:
                 tokens = None
-            elif tokens < self.pruner.min_budget():
+            elif tokens < self.pruner.min_tokens():
                 raise ConfigError(
                     f"layer {layer} keeps {tokens} tokens, fewer than {self.pruner.name}'s window of "
                     f"{self.pruner.window} tokens that are always kept",

@@ -34,6 +34,8 @@ logger = logging.getLogger(__name__)
 class UserError(Exception):
     """Something the user gave is wrong. ``what``: the mistake (name the key or file); ``allowed``: the fix."""
 
+    exit_code = EXIT_USER_ERROR  # what the command line exits with
+
     def __init__(self, what: str, allowed: str | None = None) -> None:
         self.what = what
         self.allowed = allowed
@@ -77,7 +79,7 @@ def reported(debug: bool | None = None) -> Iterator[None]:
         sys.stdout.flush()
         sys.stderr.write(exc.line() + "\n")
         sys.stderr.flush()
-        raise SystemExit(EXIT_USER_ERROR) from None
+        raise SystemExit(exc.exit_code) from None
 
 
 # -- one value at a time ------------------------------------------------------------------------------------------

@@ -17,12 +17,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from qpruning.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 REJECTED_SUFFIX = ".rejected"
 
 
-class RunFileError(RuntimeError):
+class RunFileError(UserError, RuntimeError):
     """A run file could not be written (full disk, no permission): one line for the user, exit status 1."""
 
     exit_code = 1

@@ -17,15 +17,15 @@ import logging
 import os
 from pathlib import Path
 
+from qpruning.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 LOCK_FILE = ".run.lock"
 
 
-class RunLockedError(RuntimeError):
+class RunLockedError(UserError, RuntimeError):
     """Another live process holds the run folder: one line for the user, exit status 2."""
-
-    exit_code = 2
 
 
 class RunLock:
@@ -46,8 +46,8 @@ class RunLock:
             os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise RunLockedError(
-                    f"{self.folder} is being run by process {holder}; wait for it to finish (or stop it), then "
-                    "rerun: the rerun resumes where it stopped"
+                    f"{self.folder} is being run by process {holder}",
+                    "wait for it to finish (or stop it), then rerun: the rerun resumes where it stopped",
                 ) from None
             logger.warning("cannot lock %s (%s): running without a lock", self.path, exc)
             return

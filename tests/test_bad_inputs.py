@@ -22,8 +22,10 @@ from qpruning.errors import EXIT_USER_ERROR, ConfigError
 
 @pytest.fixture(autouse=True)
 def _no_debug(monkeypatch):
-    monkeypatch.delenv("QPRUNING_DEBUG", raising=False)
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    # setenv, not delenv: `--debug` sets QPRUNING_DEBUG=1 in os.environ itself, and a delenv of an absent variable
+    # records nothing to restore, so the 1 would leak into every later test. "0" means off (errors.debug_requested).
+    monkeypatch.setenv("QPRUNING_DEBUG", "0")
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
 
 
 def test_the_table_holds_at_least_70_distinct_bad_inputs():

@@ -106,7 +106,7 @@ def optimize(
         max_tokens=max(p.length for p in prompts),
         bits_choices=tuple(bits_choices),
         transfer_fraction=transfer_fraction,
-        min_tokens=base.pruner.min_budget(),
+        min_tokens=base.pruner.min_tokens(),
     )
     cache = EvaluationCache(output_dir / "evaluations.jsonl")
     result = greedy_search(space, make_objective(model, base, prompts), cache, max_evaluations, seed)

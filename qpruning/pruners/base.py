@@ -51,8 +51,8 @@ class Pruner(ABC):
     def prunes(self) -> bool:
         return True
 
-    def min_budget(self) -> int:
-        """The smallest per-layer budget that this pruner accepts (the kept window must fit)."""
+    def min_tokens(self) -> int:
+        """The fewest tokens per layer that this pruner accepts (the kept window must fit)."""
         return max(self.window, 1)
 
     def layer_tokens(self, tokens: Sequence[int], seq_len: int) -> list[int]:
@@ -95,7 +95,7 @@ class NoPruner(Pruner):
     def prunes(self) -> bool:
         return False
 
-    def min_budget(self) -> int:
+    def min_tokens(self) -> int:
         return 0
 
     def score(self, query, key, key_valid, scaling):
