@@ -3,6 +3,9 @@ scorer against the previous one (chunks of ``grouped_attention_probs`` summed, 2
 layer's own causal attention (``scaled_dot_product_attention``), interleaved, best of ``--rounds``.
 
     python scripts/bench_h2o_score.py --tokens 4096 --threads 2 --rounds 3
+
+``--chunks 113 227 455`` also times the fused scorer with blocks of that many queries (it sets
+``qpruning.pruners.base.SCORE_BLOCK_NUMBERS`` for the run).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import time
 
 import torch
 
+from qpruning.pruners import base
 from qpruning.pruners.base import grouped_attention_probs
 from qpruning.pruners.h2o import accumulated_attention
 
@@ -37,6 +41,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=4096)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--chunks", type=int, nargs="*", default=[], help="also time these query-chunk sizes")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     generator = torch.Generator().manual_seed(0)
@@ -51,6 +56,20 @@ def main() -> None:
         "previous H2O score": lambda: previous_score(query, key, scaling),
         "fused H2O score": lambda: accumulated_attention(query, key, None, scaling),
     }
+    default_blocks = base.SCORE_BLOCK_NUMBERS
+
+    def fused_with_chunk(chunk: int):
+        def run():
+            base.SCORE_BLOCK_NUMBERS = chunk * Q_HEADS * args.tokens
+            try:
+                return accumulated_attention(query, key, None, scaling)
+            finally:
+                base.SCORE_BLOCK_NUMBERS = default_blocks
+
+        return run
+
+    for chunk in args.chunks:
+        candidates[f"fused H2O score, {chunk}-query chunks"] = fused_with_chunk(chunk)
     times: dict[str, list[float]] = {name: [] for name in candidates}
     with torch.inference_mode():
         for _ in range(args.rounds):
