@@ -6,6 +6,10 @@ the ratio to the uncompressed prefill (the cost of scoring, selecting, gathering
 cache holds after prefill are measured from its tensors, broken down by kind.
 
     python scripts/measure_prefill.py --tokens 4096 --rounds 5 --out results/core
+
+``--configs`` measures only the named configurations (the first named one is the reference of the ratios: name
+the uncompressed one first), and ``--stem`` names the output files (``prefill_overhead`` by default), so that a
+partial measurement does not overwrite the full table.
 """
 
 from __future__ import annotations
@@ -58,12 +62,22 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--out", type=Path, default=Path("results/core"))
+    names = [name for name, _ in configurations(1 / 16)]
+    parser.add_argument(
+        "--configs", nargs="+", choices=names, default=None, metavar="NAME",
+        help="measure only these configurations, the first being the ratios' reference (allowed: "
+        + "; ".join(names) + ")",
+    )
+    parser.add_argument("--stem", default="prefill_overhead", help="name of the .md and .csv files written")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     model, tokenizer = ModelSpec(name="smollm2_135m", name_or_path="embedded:smollm2_135m").load()
     ids = prompt_ids(tokenizer, args.tokens)
     configs = configurations(args.budget)
+    if args.configs:
+        by_name = dict(configs)
+        configs = [(name, by_name[name]) for name in dict.fromkeys(args.configs)]
     times: dict[str, list[float]] = {name: [] for name, _ in configs}
     summaries: dict[str, dict] = {}
     with torch.inference_mode():
@@ -100,7 +114,7 @@ def main() -> None:
         })
 
     args.out.mkdir(parents=True, exist_ok=True)
-    with (args.out / "prefill_overhead.csv").open("w", newline="") as handle:
+    with (args.out / f"{args.stem}.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
@@ -115,6 +129,8 @@ def main() -> None:
         f"Prompt: {ids.shape[1]} tokens of Paul Graham essays; budget {args.budget:g} of an 8k 16-bit cache "
         f"(nominal: 1x16 = {int(args.budget * 8192)} tokens); median of {args.rounds} interleaved rounds.",
         "",
+        f"Load average at the end (1, 5, 15 min): {', '.join(f'{x:.2f}' for x in os.getloadavg())}.",
+        "",
         "The uncompressed row keeps the model's float32 tensors (the model runs in float32 on CPU), so its bytes "
         "are twice the 16-bit reference; compressed rows store 16-bit tokens, scales and zeros.",
         "",
@@ -127,7 +143,7 @@ def main() -> None:
             f"{r['kv_bytes']:,} | {100 * r['kv_fraction_of_16bit']:.1f}% | {r['packed']:,} | "
             f"{r['scales'] + r['zeros']:,} | {r['full_precision']:,} |"
         )
-    (args.out / "prefill_overhead.md").write_text("\n".join(lines) + "\n")
+    (args.out / f"{args.stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -28,8 +28,10 @@ import torch
 from qpruning.errors import check_int
 
 # The largest attention-probability block (in float32 numbers) a scorer materializes at once: queries are
-# processed in chunks so that a 32k-token prompt never needs an L x L matrix per head.
-SCORE_BLOCK_NUMBERS = 1 << 26
+# processed in chunks so that a 32k-token prompt never needs an L x L matrix per head, and so that one block
+# (16 MiB) stays in the CPU's cache while it is masked, normalized and summed (blocks of 1 << 26 numbers, 256 MiB,
+# went through main memory at every step: results/core/h2o_prefill.md).
+SCORE_BLOCK_NUMBERS = 1 << 22
 
 
 @dataclass

@@ -8,12 +8,66 @@ under study keeps the last 32 tokens as the recent window (Appendix B). Queries 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
-from qpruning.pruners.base import Pruner, grouped_attention_probs, query_chunk_size
+from qpruning.pruners.base import Pruner, query_chunk_size
+
+
+def accumulated_attention(
+    query: torch.Tensor, key: torch.Tensor, key_valid: torch.Tensor | None, scaling: float
+) -> torch.Tensor:
+    """The causal attention every (real) prompt query paid to every key, summed over the queries and averaged
+    over the query heads of each KV head: ``[batch, kv_heads, seq]`` in float32.
+
+    ``query`` is ``[batch, q_heads, seq, d]``, ``key`` ``[batch, kv_heads, seq, d]``; ``key_valid``
+    ``[batch, seq]`` marks real tokens (``None``: nothing is padded). Padded keys receive nothing and padded
+    queries give nothing.
+
+    The same numbers as summing :func:`~qpruning.pruners.base.grouped_attention_probs` over query chunks, with
+    less memory traffic: queries are scaled and converted once; the query heads of a KV head are laid out as
+    rows of one matrix so that a chunk is a single batched product against the keys it can see; only the
+    diagonal block of a chunk (keys at the chunk's own positions) needs the causal mask, the keys before it
+    being visible to all its queries; the (weighted) sum over queries is a product with a weight vector.
+    """
+    batch, q_heads, seq, dim = query.shape
+    kv_heads = key.shape[1]
+    group = q_heads // kv_heads
+    rows = batch * kv_heads
+    # [rows, seq * group, d]: query position major, query head of the group minor.
+    q = (query.float() * scaling).reshape(rows, group, seq, dim).transpose(1, 2).reshape(rows, seq * group, dim)
+    key_t = key.float().reshape(rows, seq, dim).transpose(1, 2)
+    total = torch.zeros(rows, 1, seq, dtype=torch.float32, device=key.device)
+    chunk = query_chunk_size(batch, q_heads, seq)
+    positions = torch.arange(chunk, device=key.device)
+    later = (positions.view(1, -1) > positions.view(-1, 1)).repeat_interleave(group, dim=0)  # [chunk*group, chunk]
+    if key_valid is None:
+        weights = torch.full((rows, 1, chunk * group), 1.0 / group, device=key.device)
+    else:
+        # Query weights: 1/group for a real query, 0 for a padded one, [rows, 1, seq * group].
+        weights = (key_valid.float() / group).repeat_interleave(group, dim=1).repeat_interleave(kv_heads, dim=0)
+        weights = weights.unsqueeze(1)
+        # Padded keys get the lowest finite logit rather than -inf: a padded query that sees only padding then
+        # has a finite (uniform) row instead of NaNs, and its weight of 0 removes it; in any row with a real key,
+        # exp(lowest - max) is exactly 0, as exp(-inf) would be.
+        padded = ~key_valid.view(batch, 1, 1, seq)
+        lowest = torch.finfo(torch.float32).min
+    for start in range(0, seq, chunk):
+        stop = min(seq, start + chunk)
+        size = stop - start
+        logits = torch.bmm(q[:, start * group : stop * group], key_t[:, :, :stop])  # [rows, size*group, stop]
+        logits[:, :, start:].masked_fill_(later[: size * group, :size], -math.inf)
+        if key_valid is None:
+            chunk_weights = weights[:, :, : size * group]
+        else:
+            logits.view(batch, kv_heads, size * group, stop).masked_fill_(padded[..., :stop], lowest)
+            chunk_weights = weights[:, :, start * group : stop * group]
+        probs = torch.softmax(logits, dim=-1)
+        total[:, :, :stop] += torch.bmm(chunk_weights, probs)
+    return total.view(batch, kv_heads, seq)
 
 
 @dataclass
@@ -24,19 +78,4 @@ class H2O(Pruner):
     window: int = 32
 
     def score(self, query, key, key_valid, scaling):
-        batch, q_heads, seq, _ = query.shape
-        kv_heads = key.shape[1]
-        total = torch.zeros(batch, kv_heads, seq, dtype=torch.float32, device=key.device)
-        chunk = query_chunk_size(batch, q_heads, seq)
-        for start in range(0, seq, chunk):
-            stop = min(seq, start + chunk)
-            positions = torch.arange(start, stop, device=key.device)
-            # Causal: queries before ``stop`` see only the keys before it, so the later keys are left out of the
-            # product (half the work of the full rectangle over the prompt).
-            valid = key_valid[:, :stop] if key_valid is not None else None
-            probs = grouped_attention_probs(query[:, :, start:stop], key[:, :, :stop], scaling, positions, valid)
-            if key_valid is not None:
-                # Padding queries contribute nothing (their rows are already zero); kept explicit for clarity.
-                probs = probs * key_valid[:, start:stop].view(batch, 1, 1, -1, 1)
-            total[..., :stop] += probs.sum(dim=3).mean(dim=2)
-        return total
+        return accumulated_attention(query, key, key_valid, scaling)
