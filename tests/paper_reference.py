@@ -26,6 +26,7 @@ import math
 import torch
 
 __all__ = [
+    "agree_ties_aside",
     "expand_kv_heads",
     "h2o_allowed",
     "h2o_keep",
@@ -326,3 +327,30 @@ def hqq_outlier_roundtrip(
     rest = x.masked_fill(outliers, 0)
     out = hqq_cache_roundtrip(rest, bits, group_size, axis)
     return torch.where(outliers, x.to(out.dtype), out)
+
+
+# ----------------------------------------------------------------------------------------------- comparisons
+def agree_ties_aside(kept: torch.Tensor, expected: torch.Tensor, scores: torch.Tensor, atol: float = 1e-6) -> bool:
+    """Whether two selections ``[batch, heads, kept]`` agree except for tokens tied at the cut-off.
+
+    ``scores`` ``[batch, heads, seq - window]`` are the reference's scores of the tokens before the window. Max
+    pooling makes plateaus of equal scores, so two correct implementations may take different members of the
+    plateau at the cut-off; every token in the symmetric difference must score (within ``atol``) what the
+    lowest-scored selected token of ``expected`` scores, and both selections must have the same size.
+    """
+    if kept.shape != expected.shape:
+        return False
+    n_before = scores.shape[-1]
+    for b in range(kept.shape[0]):
+        for h in range(kept.shape[1]):
+            mine, theirs = set(kept[b, h].tolist()), set(expected[b, h].tolist())
+            if mine == theirs:
+                continue
+            chosen = [p for p in theirs if p < n_before]
+            if not chosen:
+                return False
+            cut = float(scores[b, h, chosen].min())
+            for p in mine ^ theirs:
+                if p >= n_before or abs(float(scores[b, h, p]) - cut) > atol:
+                    return False
+    return True

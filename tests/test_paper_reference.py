@@ -278,3 +278,18 @@ def test_outlier_cache_restores_large_numbers_exactly(axis):
     assert torch.equal(out[big], x[big])
     inliers = ref.hqq_cache_roundtrip(x.masked_fill(big, 0), 2, 64, axis)
     torch.testing.assert_close(out[~big], inliers[~big], rtol=0, atol=0)
+
+
+def test_agree_ties_aside_accepts_another_tie_break_and_nothing_else():
+    q, k = _qkv(batch=1, q_heads=4, kv_heads=4, seq=300)
+    scores = ref.snapkv_scores(q, k, window=8, kernel_size=7, pooling="max")
+    kept = ref.snapkv_keep(q, k, budget=40, window=8)
+    # The same selection with ties broken towards later positions: topk over the reversed scores.
+    flipped = scores.flip(-1).topk(32, dim=-1).indices
+    other = torch.cat([299 - 8 - flipped, torch.arange(292, 300).expand(1, 4, 8)], dim=-1).sort(-1).values
+    assert ref.agree_ties_aside(other, kept, scores)
+    assert not torch.equal(other, kept), "max pooling leaves ties at the cut-off on this seed"
+    worse = kept.clone()
+    best = scores[0, 0].argmax()
+    worse[0, 0][worse[0, 0] == best] = int(scores[0, 0].argmin())
+    assert not ref.agree_ties_aside(worse.sort(-1).values, kept, scores)
