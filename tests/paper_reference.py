@@ -252,29 +252,55 @@ def hqq_cache_kv_roundtrip(
     group_size: int = 64,
     axis_key: int = 1,
     axis_value: int = 0,
+    optimize: bool | None = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Keys and values as transformers' HQQ quantized cache returns them once quantized.
 
     The paper's runs pass ``cache_implementation="quantized"`` with ``backend="HQQ"``, ``nbits``,
     ``q_group_size`` (64), ``axis_key`` (1 for "KIVI", 0 for "FlexGen") and leave ``axis_value`` at its default
     0; ``residual_length`` equals the number of generated tokens, so the whole (pruned) prompt is quantized once
-    at prefill and the generated tokens are never quantized. This calls transformers' own
-    ``HQQQuantizedLayer``: its first ``update`` quantizes the prefill, and dequantizing its stored codes gives
-    what every later decoding step reads. Inputs ``[batch, heads, tokens, head_dim]`` (the paper's cache holds
-    query-head rows); needs the ``hqq`` package.
+    at prefill and the generated tokens are never quantized. Inputs ``[batch, heads, tokens, head_dim]`` (the
+    paper's cache holds query-head rows); needs the ``hqq`` package.
+
+    The cache calls hqq's ``Quantizer.quantize`` without ``optimize``, so hqq's default applies: ``False`` up to
+    hqq 0.2.6 (May 2025), ``True`` from 0.2.7 on. The paper pinned transformers 4.42 (mid-2024) and not hqq, so
+    its runs most likely had no optimizer: ``optimize=False`` (default here) reproduces that, ``True`` runs
+    HQQ's optimizer, and ``None`` goes through transformers' own ``HQQQuantizedLayer`` (first ``update``
+    quantizes the prefill; dequantizing its codes gives what every decoding step reads) with the installed hqq's
+    default.
     """
-    from transformers.cache_utils import HQQQuantizedLayer
+    if optimize is None:
+        from transformers.cache_utils import HQQQuantizedLayer
 
-    layer = HQQQuantizedLayer(
-        nbits=bits, axis_key=axis_key, axis_value=axis_value, q_group_size=group_size, residual_length=1 << 30
+        layer = HQQQuantizedLayer(
+            nbits=bits, axis_key=axis_key, axis_value=axis_value, q_group_size=group_size, residual_length=1 << 30
+        )
+        layer.update(keys, values)
+        return layer._dequantize(layer._quantized_keys), layer._dequantize(layer._quantized_values)
+    return (
+        _hqq_like_the_cache(keys, bits, group_size, axis_key, optimize),
+        _hqq_like_the_cache(values, bits, group_size, axis_value, optimize),
     )
-    layer.update(keys, values)
-    return layer._dequantize(layer._quantized_keys), layer._dequantize(layer._quantized_values)
 
 
-def hqq_cache_roundtrip(x: torch.Tensor, bits: int, group_size: int = 64, axis: int = 1) -> torch.Tensor:
+def _hqq_like_the_cache(x: torch.Tensor, bits: int, group_size: int, axis: int, optimize: bool) -> torch.Tensor:
+    """hqq's quantize/dequantize with the arguments transformers' HQQ cache layer uses, ``optimize`` explicit."""
+    from hqq.core.quantize import Quantizer
+
+    codes, meta = Quantizer.quantize(
+        x.contiguous(), axis=axis, device=x.device, compute_dtype=x.dtype, nbits=bits, group_size=group_size,
+        optimize=optimize,
+    )
+    meta["compute_dtype"] = x.dtype
+    Quantizer.cuda(codes, meta=meta, device=x.device)
+    return Quantizer.dequantize(codes, meta)
+
+
+def hqq_cache_roundtrip(
+    x: torch.Tensor, bits: int, group_size: int = 64, axis: int = 1, optimize: bool | None = False
+) -> torch.Tensor:
     """One tensor through :func:`hqq_cache_kv_roundtrip` with ``axis`` (keys' path)."""
-    return hqq_cache_kv_roundtrip(x, x, bits, group_size, axis, axis)[0]
+    return hqq_cache_kv_roundtrip(x, x, bits, group_size, axis, axis, optimize)[0]
 
 
 def hqq_group_members(shape: tuple[int, ...], group_size: int, axis: int) -> torch.Tensor:
@@ -301,7 +327,8 @@ def hqq_minmax_roundtrip(x: torch.Tensor, bits: int, group_size: int, axis: int)
     """Plain min-max asymmetric quantization over HQQ's groups (HQQ with ``optimize=False``), in float32, own
     code: scale ``(2^bits - 1) / (max - min)`` (1 when the range is at most 1e-4, at most 2e4), zero
     ``-min * scale``, codes ``round(x * scale + zero)`` clipped to ``[0, 2^bits - 1]``, back as
-    ``(code - zero) / scale``. Shows the grouping; the cache path also runs HQQ's optimizer."""
+    ``(code - zero) / scale``: what the cache computed with the hqq of the paper's time (``optimize=False``;
+    hqq up to 0.2.2 lacks the 1e-4 guard, which only changes groups whose range is at most 1e-4)."""
     members = hqq_group_members(tuple(x.shape), group_size, axis)
     flat = x.float().flatten()
     groups = flat[members]
@@ -317,7 +344,8 @@ def hqq_minmax_roundtrip(x: torch.Tensor, bits: int, group_size: int, axis: int)
 
 
 def hqq_outlier_roundtrip(
-    x: torch.Tensor, bits: int, group_size: int = 64, axis: int = 1, threshold: float = 6.0
+    x: torch.Tensor, bits: int, group_size: int = 64, axis: int = 1, threshold: float = 6.0,
+    optimize: bool | None = False,
 ) -> torch.Tensor:
     """The paper's outlier cache (``quant_method=kvquant``, ``pyramidkv/quantcache.py`` ``KVQuantizedCache``):
     numbers with ``|x| > threshold`` are set aside exactly, replaced by 0 in the tensor that HQQ then quantizes
@@ -325,7 +353,7 @@ def hqq_outlier_roundtrip(
     """
     outliers = x.abs() > threshold
     rest = x.masked_fill(outliers, 0)
-    out = hqq_cache_roundtrip(rest, bits, group_size, axis)
+    out = hqq_cache_roundtrip(rest, bits, group_size, axis, optimize)
     return torch.where(outliers, x.to(out.dtype), out)
 
 

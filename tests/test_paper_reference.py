@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import inspect
 
 import pytest
 import torch
@@ -215,7 +216,7 @@ def test_hqq_group_members_partition_the_tensor(axis):
 @pytest.mark.parametrize("axis", [0, 1])
 def test_transformers_hqq_cache_groups_as_described(bits, axis):
     x = torch.randn(1, 4, 48, 64)
-    out = ref.hqq_cache_roundtrip(x, bits, 64, axis)
+    out = ref.hqq_cache_roundtrip(x, bits, 64, axis, optimize=None)  # transformers' own layer
     assert out.shape == x.shape and out.dtype == x.dtype
     # Every group holds at most 2^bits levels: the grouping of hqq_group_members is the cache's.
     assert _distinct_per_group(out, ref.hqq_group_members(tuple(x.shape), 64, axis)) <= 2**bits
@@ -227,9 +228,10 @@ def test_transformers_hqq_cache_groups_as_described(bits, axis):
 @needs_hqq
 @pytest.mark.parametrize("bits,bound", [(2, 0.5), (4, 0.02), (8, 1e-4)])
 @pytest.mark.parametrize("axis", [0, 1])
-def test_hqq_cache_roundtrip_error_is_bounded(bits, bound, axis):
+@pytest.mark.parametrize("optimize", [False, True, None])
+def test_hqq_cache_roundtrip_error_is_bounded(bits, bound, axis, optimize):
     x = torch.randn(2, 4, 64, 64)
-    out = ref.hqq_cache_roundtrip(x, bits, 64, axis)
+    out = ref.hqq_cache_roundtrip(x, bits, 64, axis, optimize)
     rel = float((out - x).pow(2).mean() / x.pow(2).mean())
     assert 0 < rel < bound
 
@@ -249,13 +251,34 @@ def test_own_minmax_equals_hqq_without_its_optimizer(bits, axis):
 
 
 @needs_hqq
-def test_the_cache_path_runs_hqqs_optimizer():
+@pytest.mark.parametrize("axis", [0, 1])
+def test_the_direct_call_is_what_transformers_hqq_layer_computes(axis):
+    from hqq.core.quantize import Quantizer
+
+    installed_default = inspect.signature(Quantizer.quantize).parameters["optimize"].default
     x = torch.randn(1, 4, 64, 64)
-    cached = ref.hqq_cache_roundtrip(x, 2, 64, 1)
-    plain = ref.hqq_minmax_roundtrip(x, 2, 64, 1)
-    assert not torch.allclose(cached, plain, atol=1e-4)
-    # The optimizer lowers the mean absolute error (its objective is an Lp<1 error; L1 follows here).
-    assert float((cached - x).abs().mean()) < float((plain - x).abs().mean())
+    through_layer = ref.hqq_cache_roundtrip(x, 2, 64, axis, optimize=None)
+    direct = ref.hqq_cache_roundtrip(x, 2, 64, axis, optimize=installed_default)
+    torch.testing.assert_close(through_layer, direct, rtol=0, atol=0)
+
+
+@needs_hqq
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_the_paper_era_cache_is_plain_minmax_over_hqq_groups(bits):
+    # hqq up to 0.2.6 quantized with optimize=False unless told otherwise, and the cache never tells it.
+    x = torch.randn(1, 4, 64, 64)
+    for axis in (0, 1):
+        torch.testing.assert_close(ref.hqq_cache_roundtrip(x, bits, 64, axis, optimize=False),
+                                   ref.hqq_minmax_roundtrip(x, bits, 64, axis), atol=1e-5, rtol=1e-5)
+
+
+@needs_hqq
+def test_hqqs_optimizer_changes_the_values_and_lowers_the_mean_abs_error():
+    x = torch.randn(1, 4, 64, 64)
+    optimized = ref.hqq_cache_roundtrip(x, 2, 64, 1, optimize=True)
+    plain = ref.hqq_cache_roundtrip(x, 2, 64, 1, optimize=False)
+    assert not torch.allclose(optimized, plain, atol=1e-4)
+    assert float((optimized - x).abs().mean()) < float((plain - x).abs().mean())
 
 
 @needs_hqq
