@@ -73,6 +73,9 @@ class CompressedLayer(CacheLayerMixin):
         self.kept_per_row: torch.Tensor | None = None
         self.backend: AttentionBackend | None = None
         self.prefill: LayerPrefill | None = None
+        # compat=paper: each KV head repeated to the query heads that read it (the cache holds q_heads rows)
+        self.head_repeat = 1
+        self._kept_positions: torch.Tensor | None = None
 
     # -- transformers' layer interface -------------------------------------------------------------------
 
@@ -99,6 +102,9 @@ class CompressedLayer(CacheLayerMixin):
             )
         k = key_states.to(self.storage_dtype)
         v = value_states.to(self.storage_dtype)
+        if self.head_repeat > 1:
+            k = k.repeat_interleave(self.head_repeat, dim=1)
+            v = v.repeat_interleave(self.head_repeat, dim=1)
         self.residual_keys = torch.cat([self.residual_keys, k], dim=-2)
         self.residual_values = torch.cat([self.residual_values, v], dim=-2)
         # The returned tensors are not read: qpruning's attention reads the segments and the residual.
@@ -150,9 +156,37 @@ class CompressedLayer(CacheLayerMixin):
         batch, heads, _ = self.shape
         return batch * heads
 
+    def repeat_heads(self, repeat: int) -> None:
+        """Repeat every KV head ``repeat`` times (consecutive query heads share a KV head, as transformers'
+        ``repeat_kv``), before compression: from now on the layer holds one row per query head, and the tokens
+        added later are repeated too (``compat=paper``: what the paper's code caches). The 16-bit reference of
+        :meth:`full_nbytes` stays the model's KV heads."""
+        if self.compressed or self.head_repeat != 1:
+            raise RuntimeError("repeat_heads: the layer is already compressed or repeated")
+        self.keys = self.keys.repeat_interleave(repeat, dim=1)
+        self.values = self.values.repeat_interleave(repeat, dim=1)
+        batch, heads, head_dim = self.shape
+        self.shape = (batch, heads * repeat, head_dim)
+        self.head_repeat = repeat
+
+    def kept_positions(self) -> torch.Tensor:
+        """Prompt positions the layer kept at the end of prefill, ``LongTensor [batch, rows, kept]`` (``rows``:
+        KV heads, or query heads in ``compat=paper``), ascending, in the positions of the (left-padded) prompt.
+        Rows that kept fewer tokens than the longest one (head-wise budgets, padding) end with ``-1``. Before
+        compression: every position seen so far."""
+        if self._kept_positions is not None:
+            return self._kept_positions
+        if self.shape is None:
+            raise RuntimeError("kept_positions: the layer holds nothing yet")
+        batch, heads, _ = self.shape
+        seq = self.keys.shape[-2] if self.keys is not None else self.seen_tokens
+        return torch.arange(seq, device=self.device).expand(batch, heads, seq).clone()
+
     def finish_prefill(self, tokens: int | None = None) -> LayerPrefill:
         """End this layer's prefill leaving it exactly as the model made it; records and returns what it holds."""
         self.compression_pending = False
+        if self._kept_positions is None:
+            self._kept_positions = self.kept_positions()
         self.prefill = LayerPrefill(
             tokens=tokens, bytes=self.nbytes(), full_bytes=self.full_nbytes(), tokens_per_row=self.tokens_per_row(),
             seen_tokens=self.seen_tokens,
@@ -180,6 +214,7 @@ class CompressedLayer(CacheLayerMixin):
         self.quantizer = quantizer
         self.storage_dtype = storage_dtype
         lengths = keep.sum(-1)  # [batch, heads]
+        self._kept_positions = _positions(keep, lengths)
         self.kept_per_row = lengths.reshape(-1).to(torch.int32)
         segments: list[Segment] = []
         if quantizer.enabled:
@@ -296,6 +331,7 @@ class CompressedLayer(CacheLayerMixin):
         if self.shape is None:
             return 0
         batch, heads, head_dim = self.shape
+        heads //= self.head_repeat  # the model's KV heads, whatever the layer holds
         return 2 * batch * heads * self.seen_tokens * head_dim * FULL_CACHE_BYTES_PER_NUMBER
 
     def tokens_per_row(self) -> torch.Tensor:
@@ -307,6 +343,15 @@ class CompressedLayer(CacheLayerMixin):
         for segment in self.segments():
             total += segment.lengths.long()
         return total
+
+
+def _positions(keep: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Ascending positions of ``keep`` ``[batch, heads, seq]``, ``[batch, heads, max kept]``, padded with -1."""
+    seq = keep.shape[-1]
+    kmax = int(lengths.max()) if lengths.numel() else 0
+    index = torch.arange(seq, device=keep.device).expand_as(keep)
+    positions = torch.where(keep, index, seq).sort(dim=-1).values[..., :kmax]
+    return positions.masked_fill(positions == seq, -1)
 
 
 def _nbytes(t: torch.Tensor | None) -> int:
