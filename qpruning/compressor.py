@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -375,6 +376,7 @@ class KVCompressor:
             key = key.repeat_interleave(repeat, dim=1)
         batch, heads, seq, _ = key.shape
         bits = cache.plans[layer_idx].bits
+        order = None
         longest = seq if key_valid is None else int(key_valid.sum(-1).max())
         if tokens is None or tokens >= longest:
             if bits == 16 and key_valid is None and not paper:
@@ -387,9 +389,13 @@ class KVCompressor:
             score = getattr(self.pruner, "paper_score", None) if paper else None
             scores = (score or self.pruner.score)(query, key, key_valid, scaling)
             counts = self.pruner.allocate(scores, tokens, key_valid, layer_idx)
-            keep = select_tokens(scores, counts, key_valid, min(self.pruner.window, seq))
+            window = min(self.pruner.window, seq)
+            keep = select_tokens(scores, counts, key_valid, window)
+            if paper and self.pruner.name != "streamingllm":
+                order = _paper_order(scores, keep, window)
         return layer.compress(
-            keep, self.quantizer.with_bits(bits), self.storage_dtype_for(key.dtype), self.backend_for(key), tokens
+            keep, self.quantizer.with_bits(bits), self.storage_dtype_for(key.dtype), self.backend_for(key), tokens,
+            order=order,
         )
 
     def backend_for(self, key: torch.Tensor) -> Backend:
@@ -411,3 +417,14 @@ class KVCompressor:
                 "use kernel=auto to fall back to the PyTorch path"
             )
         return triton.fused_attention if usable else reference_attention
+
+
+def _paper_order(scores: torch.Tensor, keep: torch.Tensor, window: int) -> torch.Tensor:
+    """``compat=paper``: kept positions ``[batch, heads, seq]`` (kept ones first) in the order the paper's code
+    caches them: the selected earlier tokens by decreasing score (``topk``'s order), then the window in position
+    order. Ties keep position order."""
+    seq = keep.shape[-1]
+    key = scores.float().masked_fill(~keep, -math.inf)
+    key[..., seq - window :] = torch.finfo(torch.float32).min  # after every selected token, before the rest
+    key = key.masked_fill(~keep, -math.inf)
+    return key.sort(dim=-1, descending=True, stable=True).indices

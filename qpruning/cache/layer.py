@@ -200,13 +200,17 @@ class CompressedLayer(CacheLayerMixin):
         storage_dtype: torch.dtype,
         backend: AttentionBackend | None = None,
         tokens: int | None = None,
+        order: torch.Tensor | None = None,
     ) -> LayerPrefill:
         """Keep the tokens of ``keep`` (``[batch, kv_heads, seq]`` bool) and quantize what fills whole groups.
 
         Tokens keep their order within each row. Each row's first ``quantizer.quantizable(n)`` kept tokens are
         quantized; the rest (fewer than a group, for per-channel key groups) stay in 16 bits. ``backend`` is the
         attention this layer runs from now on (:mod:`qpruning.backends`); ``tokens`` the kept-token count it was
-        given, recorded in what it returns (see :meth:`finish_prefill`).
+        given, recorded in what it returns (see :meth:`finish_prefill`). ``order`` ``[batch, heads, >= kept]``
+        (``compat=paper``): the kept positions in the order the paper's code caches them (top-k order, then the
+        window), used when every row keeps the same count and every kept token is quantized: the HQQ cache's groups
+        along axis 0 depend on the order. Attention does not.
         """
         batch, heads, seq, head_dim = self.keys.shape
         if keep.shape != (batch, heads, seq):
@@ -224,10 +228,13 @@ class CompressedLayer(CacheLayerMixin):
             in_full = keep & ~in_quantized
             if int(quantized.sum()):
                 scale_dtype = storage_dtype
+                keys, values = self._in_order(order, lengths, quantized, keep)
+                if keys is None:
+                    keys, values = self.keys[in_quantized], self.values[in_quantized]
                 segments.append(
                     Segment.build(
-                        quantizer.quantize_keys(self.keys[in_quantized], scale_dtype),
-                        quantizer.quantize_values(self.values[in_quantized], scale_dtype),
+                        quantizer.quantize_keys(keys, scale_dtype),
+                        quantizer.quantize_values(values, scale_dtype),
                         quantized.reshape(-1),
                     )
                 )
@@ -254,6 +261,19 @@ class CompressedLayer(CacheLayerMixin):
         self.compressed = True
         self.backend = backend
         return self.finish_prefill(tokens)
+
+    def _in_order(self, order, lengths, quantized, keep):
+        """The kept keys and values ``[n, head_dim]`` in ``order``'s order, or ``(None, None)`` when it does not
+        apply (no order, rows of different lengths, or tokens left in 16 bits)."""
+        if order is None or not bool((quantized == lengths).all()) or int(lengths.min()) != int(lengths.max()):
+            return None, None
+        count = int(lengths.max())
+        index = order[..., :count]
+        if not bool(keep.gather(-1, index).all()):
+            raise ValueError("compress: order names positions that keep does not keep")
+        index = index.unsqueeze(-1).expand(-1, -1, -1, self.keys.shape[-1])
+        head_dim = self.keys.shape[-1]
+        return self.keys.gather(2, index).reshape(-1, head_dim), self.values.gather(2, index).reshape(-1, head_dim)
 
     def flush(self) -> None:
         """Quantize the residual window, a block of ``residual_length`` tokens per row at a time."""
