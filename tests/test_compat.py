@@ -213,3 +213,37 @@ def test_compat_paper_composes_the_paper_scripts_windows_and_a_typed_window_wins
         cfg = compose("config", overrides=["compat=paper"])
         assert cfg.compat == "paper"
     GlobalHydra.instance().clear()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pruner", [SnapKV(window=8), PyramidKV(window=8), H2O(window=8)])
+def test_on_captured_smollm2_tensors_paper_mode_keeps_what_the_paper_code_keeps(smollm2, pruner, monkeypatch):
+    """SmolLM2-135M (9 query / 3 KV heads): the real queries and keys of every layer, captured at prefill."""
+    model, tokenizer = smollm2
+    text = " ".join(f"Item {i} is a {['red', 'green', 'blue'][i % 3]} box." for i in range(60))
+    ids = tokenizer(text, return_tensors="pt").input_ids[:, :300]
+    tokens = 64
+    compressor = KVCompressor(pruner=pruner, quantizer=KIVI(bits=16), tokens=tokens, compat="paper")
+    captured: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    compress = KVCompressor.compress_layer
+
+    def capture(self, cache, layer_idx, query, key, *args, **kwargs):
+        captured[layer_idx] = (query.detach().clone(), key.detach().clone())
+        return compress(self, cache, layer_idx, query, key, *args, **kwargs)
+
+    monkeypatch.setattr(KVCompressor, "compress_layer", capture)
+    with torch.no_grad(), compressor.attach(model):
+        cache = compressor.new_cache(model)
+        model(ids, **cache_kwargs(model, cache))
+    layers = model.config.num_hidden_layers
+    assert len(captured) == layers
+    for layer, (q, k) in captured.items():
+        kept = cache.kept_positions(layer)
+        assert kept.shape[1] == model.config.num_attention_heads
+        if isinstance(pruner, H2O):
+            expected, scores = ref.h2o_keep(q, k, tokens, 8), ref.h2o_scores(q, k, 8)
+        else:
+            scores = ref.snapkv_scores(q, k, 8, 7, "max")
+            expected = (ref.pyramidkv_keep(q, k, tokens, 8, layer, layers) if isinstance(pruner, PyramidKV)
+                        else ref.snapkv_keep(q, k, tokens, 8))
+        assert ref.agree_ties_aside(kept, expected, scores, atol=1e-5), f"layer {layer}"
