@@ -394,15 +394,17 @@ class KVCompressor:
             if paper and self.pruner.name != "streamingllm":
                 order = _paper_order(scores, keep, window)
         return layer.compress(
-            keep, self.quantizer.with_bits(bits), self.storage_dtype_for(key.dtype), self.backend_for(key), tokens,
+            keep, self.quantizer.with_bits(bits), self.storage_dtype_for(key.dtype), self.backend_for(key, bits), tokens,
             order=order,
         )
 
-    def backend_for(self, key: torch.Tensor) -> Backend:
+    def backend_for(self, key: torch.Tensor, bits: int | None = None) -> Backend:
         """The attention a layer with these keys runs after compression (:mod:`qpruning.backends`): the fused
         Triton kernel on CUDA with Triton (``auto`` or ``on``), or on the CPU under Triton's interpreter when asked
-        for explicitly (``on`` with ``TRITON_INTERPRET=1``); the PyTorch reference otherwise."""
-        if self.kernel == "off" or (isinstance(self.quantizer, HQQCache) and self.quantizer.enabled):
+        for explicitly (``on`` with ``TRITON_INTERPRET=1``); the PyTorch reference otherwise, and always for a layer
+        quantized at ``bits`` < 16 by ``compat=paper``'s HQQ cache (default ``bits``: the quantizer's)."""
+        bits = self.quantizer.bits if bits is None else bits
+        if self.kernel == "off" or (isinstance(self.quantizer, HQQCache) and bits < 16):
             # compat=paper's HQQ-cache codes are read by the reference path only (dequantized through hqq)
             return reference_attention
         from qpruning.backends import triton

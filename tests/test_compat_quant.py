@@ -116,3 +116,11 @@ def test_paper_quantizers_keep_their_names_and_refuse_what_the_paper_had_not():
     assert isinstance(KVCompressor(quantizer=KIVI(bits=4)).quantizer, KIVI)
     with pytest.raises(ConfigError, match="compat=paper"):
         HQQCache(bits=4, outliers={"fraction": 0.01})
+
+
+def test_paper_quantized_layers_attend_through_the_reference_backend_whatever_the_kernel_setting():
+    from qpruning.backends import reference_attention
+
+    compressor = KVCompressor(quantizer=KIVI(bits=16), compat="paper", kernel="on",
+                              layers=[{"layers": "0", "bits": 4}])
+    assert compressor.backend_for(torch.zeros(1), bits=4) is reference_attention
