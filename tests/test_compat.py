@@ -247,3 +247,20 @@ def test_on_captured_smollm2_tensors_paper_mode_keeps_what_the_paper_code_keeps(
             expected = (ref.pyramidkv_keep(q, k, tokens, 8, layer, layers) if isinstance(pruner, PyramidKV)
                         else ref.snapkv_keep(q, k, tokens, 8))
         assert ref.agree_ties_aside(kept, expected, scores, atol=1e-5), f"layer {layer}"
+
+
+def test_report_cells_prefer_the_paper_mode_run_and_label_the_mode():
+    import pandas as pd
+
+    from qpruning.report import labels
+    from qpruning.report.selection import pick_runs
+
+    base = {"benchmark": "niah", "model": "m", "pruner": "snapkv", "quant": "kivi", "bits": 4, "group_size": 64,
+            "budget_mode": "nominal", "tokens": 128}
+    runs = pd.DataFrame([
+        {**base, "compat": "paper", "mtime": 1.0, "run_path": "a"},
+        {**base, "compat": "methods", "mtime": 2.0, "run_path": "b"},  # more recent, but not the paper's setting
+    ])
+    picked = pick_runs(runs, ["benchmark", "model", "pruner", "bits", "tokens"])
+    assert picked["run_path"].tolist() == ["a"] and picked["n_candidates"].tolist() == [2]
+    assert labels.label("compat", "paper") == "paper's code"
