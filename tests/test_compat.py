@@ -264,3 +264,12 @@ def test_report_cells_prefer_the_paper_mode_run_and_label_the_mode():
     picked = pick_runs(runs, ["benchmark", "model", "pruner", "bits", "tokens"])
     assert picked["run_path"].tolist() == ["a"] and picked["n_candidates"].tolist() == [2]
     assert labels.label("compat", "paper") == "paper's code"
+
+
+def test_paper_runs_get_their_own_folder_and_methods_runs_keep_theirs():
+    from tests.test_app import FOLDERS
+    from tests.test_config import compose_config
+
+    assert compose_config(["compat=methods"]).run_name == FOLDERS[()]
+    paper = compose_config(["compat=paper"]).run_name
+    assert paper.startswith("smollm2_135m/niah_small/snapkv-kivi-4bit-g64-b1_16-paper-") and paper != FOLDERS[()]
