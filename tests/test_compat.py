@@ -137,8 +137,7 @@ def test_paper_mode_decodes_over_query_head_rows_like_the_uncompressed_model(tin
     """Nothing pruned (the budget covers the prompt) at 16 bits: the paper's cache holds every token once per
     query head, and attention over the repeated rows is the model's own attention."""
     model, _ = tiny_models("llama")
-    if model.config.num_attention_heads == model.config.num_key_value_heads:
-        pytest.skip("the tiny llama has no grouped-query attention")
+    assert model.config.num_attention_heads > model.config.num_key_value_heads  # grouped-query attention
     ids = torch.randint(0, model.config.vocab_size, (1, 24), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         plain = model.generate(ids, max_new_tokens=6, do_sample=False)
@@ -215,14 +214,12 @@ def test_compat_paper_composes_the_paper_scripts_windows_and_a_typed_window_wins
     GlobalHydra.instance().clear()
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("pruner", [SnapKV(window=8), PyramidKV(window=8), H2O(window=8)])
-def test_on_captured_smollm2_tensors_paper_mode_keeps_what_the_paper_code_keeps(smollm2, pruner, monkeypatch):
-    """SmolLM2-135M (9 query / 3 KV heads): the real queries and keys of every layer, captured at prefill."""
-    model, tokenizer = smollm2
-    text = " ".join(f"Item {i} is a {['red', 'green', 'blue'][i % 3]} box." for i in range(60))
-    ids = tokenizer(text, return_tensors="pt").input_ids[:, :300]
-    tokens = 64
+CAPTURE_PRUNERS = [SnapKV(window=8), PyramidKV(window=8), H2O(window=8)]
+
+
+def _assert_captured_selections_are_the_paper_codes(model, ids, pruner, monkeypatch, tokens: int = 64):
+    """Run ``model`` on ``ids`` in paper mode, capturing every layer's queries and keys at prefill, and compare
+    each layer's kept positions with the reference on those very tensors."""
     compressor = KVCompressor(pruner=pruner, quantizer=KIVI(bits=16), tokens=tokens, compat="paper")
     captured: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     compress = KVCompressor.compress_layer
@@ -247,6 +244,24 @@ def test_on_captured_smollm2_tensors_paper_mode_keeps_what_the_paper_code_keeps(
             expected = (ref.pyramidkv_keep(q, k, tokens, 8, layer, layers) if isinstance(pruner, PyramidKV)
                         else ref.snapkv_keep(q, k, tokens, 8))
         assert ref.agree_ties_aside(kept, expected, scores, atol=1e-5), f"layer {layer}"
+
+
+@pytest.mark.parametrize("pruner", CAPTURE_PRUNERS)
+def test_on_a_tiny_gqa_models_tensors_paper_mode_keeps_what_the_paper_code_keeps(tiny_models, pruner, monkeypatch):
+    model, _ = tiny_models("llama")
+    assert model.config.num_attention_heads > model.config.num_key_value_heads  # grouped-query attention
+    ids = torch.randint(0, model.config.vocab_size, (1, 200), generator=torch.Generator().manual_seed(2))
+    _assert_captured_selections_are_the_paper_codes(model, ids, pruner, monkeypatch)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pruner", CAPTURE_PRUNERS)
+def test_on_captured_smollm2_tensors_paper_mode_keeps_what_the_paper_code_keeps(smollm2, pruner, monkeypatch):
+    """SmolLM2-135M (9 query / 3 KV heads): the real queries and keys of every layer, captured at prefill."""
+    model, tokenizer = smollm2
+    text = " ".join(f"Item {i} is a {['red', 'green', 'blue'][i % 3]} box." for i in range(60))
+    ids = tokenizer(text, return_tensors="pt").input_ids[:, :300]
+    _assert_captured_selections_are_the_paper_codes(model, ids, pruner, monkeypatch)
 
 
 def test_report_cells_prefer_the_paper_mode_run_and_label_the_mode():
