@@ -25,9 +25,10 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from omegaconf import OmegaConf
 
+from qpruning.compat import paper_sinks, paper_window
 from qpruning.compressor import KVCompressor
 from qpruning.errors import ConfigError, UserError, check_choice, check_int, check_real
-from qpruning.identity import RUN_CONTROL_KEYS, RunLabels, budget_label, run_hash
+from qpruning.identity import DEFAULT_COMPAT, RUN_CONTROL_KEYS, RunLabels, budget_label, run_hash
 from qpruning.loggers import NullLogger
 from qpruning.optimize.allocation import Allocation
 from qpruning.optimize.driver import OptimizeSetup, run_optimize
@@ -113,6 +114,12 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("qp.budget", budget_label)
     if not OmegaConf.has_resolver("qp.hash"):
         OmegaConf.register_new_resolver("qp.hash", folder_hash)
+    if not OmegaConf.has_resolver("qp.paper_window"):
+        OmegaConf.register_new_resolver("qp.paper_window", paper_window)
+    if not OmegaConf.has_resolver("qp.paper_sinks"):
+        OmegaConf.register_new_resolver("qp.paper_sinks", paper_sinks)
+    if not OmegaConf.has_resolver("qp.compat"):  # "-paper" in folder names; nothing for the default mode
+        OmegaConf.register_new_resolver("qp.compat", lambda mode: "" if mode in (None, DEFAULT_COMPAT) else f"-{mode}")
     if not OmegaConf.has_resolver("qp.suffix"):
         OmegaConf.register_new_resolver("qp.suffix", lambda value: "" if value in (None, "") else f"-{value}")
 
@@ -147,6 +154,7 @@ def runner_from_config(cfg, output_dir: str | Path) -> Runner:
         storage_dtype=cfg.get("storage_dtype"),
         kernel=cfg.get("kernel", "auto"),
         every_layer=bool(allocation),
+        compat=cfg.get("compat", "methods"),
     )
     labels = RunLabels(
         # The benchmark itself (niah, ruler...), not the config variant (niah_small, ruler_8k), which only
@@ -161,6 +169,7 @@ def runner_from_config(cfg, output_dir: str | Path) -> Runner:
         budget=compressor.budget,
         budget_mode=compressor.budget_mode,
         layer_config=layer_config,
+        compat=compressor.compat,
         experiment=cfg.get("experiment_name"),
         benchmark_variant=cfg.benchmark.name,
     )

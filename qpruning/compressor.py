@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -38,8 +39,10 @@ from qpruning.backends import Backend, reference_attention
 from qpruning.cache.budget import BUDGET_MODES, LayerOverride, LayerPlan, check_disjoint, tokens_for_budget
 from qpruning.cache.cache import QPrunedCache
 from qpruning.cache.context import reset_active_forward, set_active_forward
+from qpruning.cache.hqq_cache import HQQCache, paper_quantizer
 from qpruning.cache.layer import LayerPrefill
 from qpruning.cache.quantizers import KIVI, KVQuantizer
+from qpruning.compat import COMPAT_MODES, PAPER_PRUNERS
 from qpruning.errors import ConfigError, check_choice, check_int, check_real
 from qpruning.pruners.base import NoPruner, Pruner, select_tokens
 from qpruning.transformers_api import cache_argument, forward_cache, set_forward_cache
@@ -134,6 +137,10 @@ class KVCompressor:
             float16. ``model`` keeps the model's dtype even when it is float32 (for exact comparisons in tests).
             A layer that ends up uncompressed keeps the model's own tensors.
         kernel: ``auto`` (fused Triton decode attention on CUDA when available), ``off``, or ``on``.
+        compat: ``methods`` (each method as its own paper defines it) or ``paper`` (what the code of the paper
+            under study computed: selection per query head with the cache holding ``q_heads`` rows, H2O's
+            non-causal mask, PyramidKV's integer steps, transformers' HQQ cache for the quantizers; see
+            docs/fidelity.md).
     """
 
     pruner: Pruner = field(default_factory=NoPruner)
@@ -146,8 +153,15 @@ class KVCompressor:
     storage_dtype: str | None = None
     kernel: str = "auto"
     every_layer: bool = False  # the overrides must configure every layer (an allocation file does)
+    compat: str = "methods"
 
     def __post_init__(self) -> None:
+        check_choice("compat", self.compat, COMPAT_MODES)
+        if self.compat == "paper" and self.pruner.name not in PAPER_PRUNERS:
+            raise ConfigError(f"pruner={self.pruner.name} is not in the paper's code, so compat=paper cannot run it",
+                              f"allowed with compat=paper: {', '.join(PAPER_PRUNERS)}; or compat=methods")
+        if self.compat == "paper":
+            self.quantizer = paper_quantizer(self.quantizer)  # the HQQ cache of the paper's scripts
         if not isinstance(self.layers, (list, tuple)):
             raise ConfigError(f"layers={self.layers!r} is not a list", 'allowed: e.g. [{layers: "8-15", bits: 16}]')
         self.layers = [LayerOverride.from_mapping(o) for o in self.layers]
@@ -322,7 +336,8 @@ class KVCompressor:
         """Kept tokens of every layer for a prompt of ``seq_len`` tokens (``None``: every token): the plans'
         tokens as this pruner spreads them (:meth:`Pruner.layer_tokens`). Compute once per prompt."""
         if self.pruner.prunes:
-            return self.pruner.layer_tokens([p.tokens for p in plans], seq_len)
+            spread = getattr(self.pruner, "paper_layer_tokens", None) if self.compat == "paper" else None
+            return (spread or self.pruner.layer_tokens)([p.tokens for p in plans], seq_len)
         return [None] * len(plans)
 
     def compress_layer(
@@ -349,32 +364,48 @@ class KVCompressor:
         self, cache: QPrunedCache, layer_idx: int, query, key, scaling: float, tokens: int | None
     ) -> LayerPrefill:
         layer = cache.layers[layer_idx]
-        batch, heads, seq, _ = key.shape
         key_valid = cache.key_valid
-        if key_valid is not None and key_valid.shape[-1] != seq:
-            key_valid = key_valid[:, -seq:]
+        if key_valid is not None and key_valid.shape[-1] != key.shape[2]:
+            key_valid = key_valid[:, -key.shape[2]:]
+        paper = self.compat == "paper" and self.pruner.prunes
+        if paper and query.shape[1] != key.shape[1]:
+            # The paper's code repeats the KV heads to the query heads before selecting: every query head keeps
+            # its own tokens and the cache holds q_heads rows (the decode attention then has groups of one).
+            repeat = query.shape[1] // key.shape[1]
+            layer.repeat_heads(repeat)
+            key = key.repeat_interleave(repeat, dim=1)
+        batch, heads, seq, _ = key.shape
         bits = cache.plans[layer_idx].bits
+        order = None
         longest = seq if key_valid is None else int(key_valid.sum(-1).max())
         if tokens is None or tokens >= longest:
-            if bits == 16 and key_valid is None:
+            if bits == 16 and key_valid is None and not paper:
                 # nothing to remove, nothing to quantize: the layer stays exactly as the model made it
                 return layer.finish_prefill(tokens)
             keep = torch.ones(batch, heads, seq, dtype=torch.bool, device=key.device)
             if key_valid is not None:
                 keep &= key_valid.unsqueeze(1)
         else:
-            scores = self.pruner.score(query, key, key_valid, scaling)
+            score = getattr(self.pruner, "paper_score", None) if paper else None
+            scores = (score or self.pruner.score)(query, key, key_valid, scaling)
             counts = self.pruner.allocate(scores, tokens, key_valid, layer_idx)
-            keep = select_tokens(scores, counts, key_valid, min(self.pruner.window, seq))
+            window = min(self.pruner.window, seq)
+            keep = select_tokens(scores, counts, key_valid, window)
+            if paper and self.pruner.name != "streamingllm":
+                order = _paper_order(scores, keep, window)
         return layer.compress(
-            keep, self.quantizer.with_bits(bits), self.storage_dtype_for(key.dtype), self.backend_for(key), tokens
+            keep, self.quantizer.with_bits(bits), self.storage_dtype_for(key.dtype), self.backend_for(key, bits), tokens,
+            order=order,
         )
 
-    def backend_for(self, key: torch.Tensor) -> Backend:
+    def backend_for(self, key: torch.Tensor, bits: int | None = None) -> Backend:
         """The attention a layer with these keys runs after compression (:mod:`qpruning.backends`): the fused
         Triton kernel on CUDA with Triton (``auto`` or ``on``), or on the CPU under Triton's interpreter when asked
-        for explicitly (``on`` with ``TRITON_INTERPRET=1``); the PyTorch reference otherwise."""
-        if self.kernel == "off":
+        for explicitly (``on`` with ``TRITON_INTERPRET=1``); the PyTorch reference otherwise, and always for a layer
+        quantized at ``bits`` < 16 by ``compat=paper``'s HQQ cache (default ``bits``: the quantizer's)."""
+        bits = self.quantizer.bits if bits is None else bits
+        if self.kernel == "off" or (isinstance(self.quantizer, HQQCache) and bits < 16):
+            # compat=paper's HQQ-cache codes are read by the reference path only (dequantized through hqq)
             return reference_attention
         from qpruning.backends import triton
 
@@ -388,3 +419,14 @@ class KVCompressor:
                 "use kernel=auto to fall back to the PyTorch path"
             )
         return triton.fused_attention if usable else reference_attention
+
+
+def _paper_order(scores: torch.Tensor, keep: torch.Tensor, window: int) -> torch.Tensor:
+    """``compat=paper``: kept positions ``[batch, heads, seq]`` (kept ones first) in the order the paper's code
+    caches them: the selected earlier tokens by decreasing score (``topk``'s order), then the window in position
+    order. Ties keep position order."""
+    seq = keep.shape[-1]
+    key = scores.float().masked_fill(~keep, -math.inf)
+    key[..., seq - window :] = torch.finfo(torch.float32).min  # after every selected token, before the rest
+    key = key.masked_fill(~keep, -math.inf)
+    return key.sort(dim=-1, descending=True, stable=True).indices

@@ -6,6 +6,7 @@ equal, so the identity covers every input that can change a result:
 - every key of the resolved configuration except :data:`RUN_CONTROL_KEYS` (where to write, how many samples,
   where to log: they change what is done or shown, never a sample's result). ``limit`` is run control: a run
   with ``limit=2`` and one with ``limit=4`` share a folder, and the second continues the first.
+- ``compat`` when it is ``methods`` (the default) is left out: methods runs keep their folders.
 - for the keys in :data:`PATH_KEYS` (an allocation file, head-score files, local data files and folders), the
   SHA-256 of the contents instead of the path: editing ``allocation.yaml`` gives a new folder, moving the data
   does not. HeadKV's shipped scores file counts too when no file is given.
@@ -47,6 +48,7 @@ class RunLabels:
     budget: float | None = None
     budget_mode: str = "nominal"
     layer_config: str | None = None
+    compat: str = "methods"
     experiment: str | None = field(default=None, metadata={"key": False})
     benchmark_variant: str | None = field(default=None, metadata={"key": False})
 
@@ -98,6 +100,7 @@ PATH_KEYS: tuple[str, ...] = (
     "benchmark.qa_data_dir",
 )
 
+DEFAULT_COMPAT = "methods"
 HASH_LENGTH = 8
 _digests: dict[tuple, str] = {}
 
@@ -182,6 +185,9 @@ def run_identity(config: Mapping[str, Any]) -> dict[str, Any]:
     identity = json.loads(json.dumps({k: v for k, v in config.items() if k not in RUN_CONTROL_KEYS}, default=str))
     for dotted in RUN_CONTROL_KEYS:
         _drop(identity, dotted)
+    if identity.get("compat") == DEFAULT_COMPAT:
+        # the default mode is left out, so methods runs keep the folders they had before ``compat`` existed
+        identity.pop("compat")
     files = input_files(config)
     for key in PATH_KEYS:
         _put(identity, key, files.get(key))

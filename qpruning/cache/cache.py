@@ -84,6 +84,12 @@ class QPrunedCache(Cache):
         valid = attention_mask.bool()
         self.key_valid = None if bool(valid.all()) else valid
 
+    def kept_positions(self, layer_idx: int) -> torch.Tensor:
+        """The prompt positions layer ``layer_idx`` kept, ``LongTensor [batch, rows, kept]`` (rows: KV heads, or
+        query heads with ``compat=paper``), ascending; rows that kept fewer tokens end with ``-1``
+        (:meth:`CompressedLayer.kept_positions`)."""
+        return self.layers[layer_idx].kept_positions()
+
     def nbytes(self) -> dict[str, int]:
         """Bytes held by all layers, by kind (see :data:`qpruning.cache.layer.BYTE_KINDS`), plus ``total``."""
         return _summed(layer.nbytes() for layer in self.layers)

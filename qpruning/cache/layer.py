@@ -73,6 +73,9 @@ class CompressedLayer(CacheLayerMixin):
         self.kept_per_row: torch.Tensor | None = None
         self.backend: AttentionBackend | None = None
         self.prefill: LayerPrefill | None = None
+        # compat=paper: each KV head repeated to the query heads that read it (the cache holds q_heads rows)
+        self.head_repeat = 1
+        self._kept_positions: torch.Tensor | None = None
 
     # -- transformers' layer interface -------------------------------------------------------------------
 
@@ -99,6 +102,9 @@ class CompressedLayer(CacheLayerMixin):
             )
         k = key_states.to(self.storage_dtype)
         v = value_states.to(self.storage_dtype)
+        if self.head_repeat > 1:
+            k = k.repeat_interleave(self.head_repeat, dim=1)
+            v = v.repeat_interleave(self.head_repeat, dim=1)
         self.residual_keys = torch.cat([self.residual_keys, k], dim=-2)
         self.residual_values = torch.cat([self.residual_values, v], dim=-2)
         # The returned tensors are not read: qpruning's attention reads the segments and the residual.
@@ -150,9 +156,37 @@ class CompressedLayer(CacheLayerMixin):
         batch, heads, _ = self.shape
         return batch * heads
 
+    def repeat_heads(self, repeat: int) -> None:
+        """Repeat every KV head ``repeat`` times (consecutive query heads share a KV head, as transformers'
+        ``repeat_kv``), before compression: from now on the layer holds one row per query head, and the tokens
+        added later are repeated too (``compat=paper``: what the paper's code caches). The 16-bit reference of
+        :meth:`full_nbytes` stays the model's KV heads."""
+        if self.compressed or self.head_repeat != 1:
+            raise RuntimeError("repeat_heads: the layer is already compressed or repeated")
+        self.keys = self.keys.repeat_interleave(repeat, dim=1)
+        self.values = self.values.repeat_interleave(repeat, dim=1)
+        batch, heads, head_dim = self.shape
+        self.shape = (batch, heads * repeat, head_dim)
+        self.head_repeat = repeat
+
+    def kept_positions(self) -> torch.Tensor:
+        """Prompt positions the layer kept at the end of prefill, ``LongTensor [batch, rows, kept]`` (``rows``:
+        KV heads, or query heads in ``compat=paper``), ascending, in the positions of the (left-padded) prompt.
+        Rows that kept fewer tokens than the longest one (head-wise budgets, padding) end with ``-1``. Before
+        compression: every position seen so far."""
+        if self._kept_positions is not None:
+            return self._kept_positions
+        if self.shape is None:
+            raise RuntimeError("kept_positions: the layer holds nothing yet")
+        batch, heads, _ = self.shape
+        seq = self.keys.shape[-2] if self.keys is not None else self.seen_tokens
+        return torch.arange(seq, device=self.device).expand(batch, heads, seq).clone()
+
     def finish_prefill(self, tokens: int | None = None) -> LayerPrefill:
         """End this layer's prefill leaving it exactly as the model made it; records and returns what it holds."""
         self.compression_pending = False
+        if self._kept_positions is None:
+            self._kept_positions = self.kept_positions()
         self.prefill = LayerPrefill(
             tokens=tokens, bytes=self.nbytes(), full_bytes=self.full_nbytes(), tokens_per_row=self.tokens_per_row(),
             seen_tokens=self.seen_tokens,
@@ -166,13 +200,17 @@ class CompressedLayer(CacheLayerMixin):
         storage_dtype: torch.dtype,
         backend: AttentionBackend | None = None,
         tokens: int | None = None,
+        order: torch.Tensor | None = None,
     ) -> LayerPrefill:
         """Keep the tokens of ``keep`` (``[batch, kv_heads, seq]`` bool) and quantize what fills whole groups.
 
         Tokens keep their order within each row. Each row's first ``quantizer.quantizable(n)`` kept tokens are
         quantized; the rest (fewer than a group, for per-channel key groups) stay in 16 bits. ``backend`` is the
         attention this layer runs from now on (:mod:`qpruning.backends`); ``tokens`` the kept-token count it was
-        given, recorded in what it returns (see :meth:`finish_prefill`).
+        given, recorded in what it returns (see :meth:`finish_prefill`). ``order`` ``[batch, heads, >= kept]``
+        (``compat=paper``): the kept positions in the order the paper's code caches them (top-k order, then the
+        window), used when every row keeps the same count and every kept token is quantized: the HQQ cache's groups
+        along axis 0 depend on the order. Attention does not.
         """
         batch, heads, seq, head_dim = self.keys.shape
         if keep.shape != (batch, heads, seq):
@@ -180,6 +218,7 @@ class CompressedLayer(CacheLayerMixin):
         self.quantizer = quantizer
         self.storage_dtype = storage_dtype
         lengths = keep.sum(-1)  # [batch, heads]
+        self._kept_positions = _positions(keep, lengths)
         self.kept_per_row = lengths.reshape(-1).to(torch.int32)
         segments: list[Segment] = []
         if quantizer.enabled:
@@ -189,10 +228,13 @@ class CompressedLayer(CacheLayerMixin):
             in_full = keep & ~in_quantized
             if int(quantized.sum()):
                 scale_dtype = storage_dtype
+                keys, values = self._in_order(order, lengths, quantized, keep)
+                if keys is None:
+                    keys, values = self.keys[in_quantized], self.values[in_quantized]
                 segments.append(
                     Segment.build(
-                        quantizer.quantize_keys(self.keys[in_quantized], scale_dtype),
-                        quantizer.quantize_values(self.values[in_quantized], scale_dtype),
+                        quantizer.quantize_keys(keys, scale_dtype),
+                        quantizer.quantize_values(values, scale_dtype),
                         quantized.reshape(-1),
                     )
                 )
@@ -219,6 +261,19 @@ class CompressedLayer(CacheLayerMixin):
         self.compressed = True
         self.backend = backend
         return self.finish_prefill(tokens)
+
+    def _in_order(self, order, lengths, quantized, keep):
+        """The kept keys and values ``[n, head_dim]`` in ``order``'s order, or ``(None, None)`` when it does not
+        apply (no order, rows of different lengths, or tokens left in 16 bits)."""
+        if order is None or not bool((quantized == lengths).all()) or int(lengths.min()) != int(lengths.max()):
+            return None, None
+        count = int(lengths.max())
+        index = order[..., :count]
+        if not bool(keep.gather(-1, index).all()):
+            raise ValueError("compress: order names positions that keep does not keep")
+        index = index.unsqueeze(-1).expand(-1, -1, -1, self.keys.shape[-1])
+        head_dim = self.keys.shape[-1]
+        return self.keys.gather(2, index).reshape(-1, head_dim), self.values.gather(2, index).reshape(-1, head_dim)
 
     def flush(self) -> None:
         """Quantize the residual window, a block of ``residual_length`` tokens per row at a time."""
@@ -296,6 +351,7 @@ class CompressedLayer(CacheLayerMixin):
         if self.shape is None:
             return 0
         batch, heads, head_dim = self.shape
+        heads //= self.head_repeat  # the model's KV heads, whatever the layer holds
         return 2 * batch * heads * self.seen_tokens * head_dim * FULL_CACHE_BYTES_PER_NUMBER
 
     def tokens_per_row(self) -> torch.Tensor:
@@ -307,6 +363,15 @@ class CompressedLayer(CacheLayerMixin):
         for segment in self.segments():
             total += segment.lengths.long()
         return total
+
+
+def _positions(keep: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Ascending positions of ``keep`` ``[batch, heads, seq]``, ``[batch, heads, max kept]``, padded with -1."""
+    seq = keep.shape[-1]
+    kmax = int(lengths.max()) if lengths.numel() else 0
+    index = torch.arange(seq, device=keep.device).expand_as(keep)
+    positions = torch.where(keep, index, seq).sort(dim=-1).values[..., :kmax]
+    return positions.masked_fill(positions == seq, -1)
 
 
 def _nbytes(t: torch.Tensor | None) -> int:

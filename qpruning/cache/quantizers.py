@@ -146,8 +146,14 @@ class HQQ(KVQuantizer):
     HQQ's optimizer chooses each group's scale and zero (``optimize=True``: a few proximal iterations that
     minimize an Lp<1 error; off by default, it takes seconds per tensor on a CPU; with ``optimize=False`` it is
     plain min-max). The codes are then stored in this package's packed layout so that every quantizer shares one
-    storage format and one decode path. The paper ran its grids through transformers' ``HQQQuantizedCache`` with
-    the grouping axes of KIVI or FlexGen; ``layout`` picks which (``kivi`` by default).
+    storage format and one decode path. ``layout`` picks the groups: ``kivi`` (keys per channel over 64 tokens,
+    values per token) or ``flexgen`` (both per token), this package's groups within each row.
+
+    This is not what the paper's code ran: it quantized through transformers' HQQ cache, on HQQ's own groups of
+    the whole flattened layer tensor (keys axis 1 = 64 channels of one token for its "KIVI", axis 0 = strided
+    groups across heads and tokens for its "FlexGen"; values axis 0 for both), which ``compat=paper`` computes
+    (:class:`qpruning.cache.hqq_cache.HQQCache`, docs/fidelity.md). With ``compat=paper``, ``quant=hqq`` maps to
+    that path by ``layout``, keeping ``optimize``.
     """
 
     name: ClassVar[str] = "hqq"

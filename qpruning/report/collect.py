@@ -30,7 +30,7 @@ from typing import Any
 
 import pandas as pd
 
-from qpruning.identity import KEY_FIELDS  # the configuration key of a run, defined once
+from qpruning.identity import DEFAULT_COMPAT, KEY_FIELDS  # the configuration key of a run, defined once
 
 from . import labels
 
@@ -62,7 +62,7 @@ RESULT_FIELDS: tuple[str, ...] = (
 
 _INT_FIELDS = ("benchmark_length", "bits", "group_size", "samples", "failed")
 _FLOAT_FIELDS = ("tokens", "budget", "tokens_effective", "score", "kv_bytes", "kv_bytes_full", "seconds")
-_STR_FIELDS = ("benchmark", "model", "pruner", "quant", "budget_mode", "layer_config", "experiment")
+_STR_FIELDS = ("benchmark", "model", "pruner", "quant", "budget_mode", "layer_config", "compat", "experiment")
 _DICT_FIELDS = ("task_scores", "category_scores", "length_scores", "config")
 _SKIP_DIRS = {"wandb", "__pycache__", "node_modules"}
 
@@ -260,6 +260,8 @@ def _normalize(record: dict[str, Any]) -> dict[str, Any]:
     for name in _DICT_FIELDS:
         value = out.get(name)
         out[name] = dict(value) if isinstance(value, Mapping) else {}
+    if out.get("compat") is None:
+        out["compat"] = DEFAULT_COMPAT  # runs recorded before ``compat`` existed computed the methods' definitions
     return out
 
 

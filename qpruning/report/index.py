@@ -152,6 +152,7 @@ def _runs_overview(frame: pd.DataFrame) -> pd.DataFrame:
             "group": frame["group_size"],
             "tokens / budget": [_where(r) for _, r in frame.iterrows()],
             "layers": frame["layer_config"],
+            "compat": frame["compat"] if "compat" in frame else "methods",  # docs/fidelity.md
             "score": pd.to_numeric(frame["score"], errors="coerce"),
             "samples": frame["samples_done"],
             "failed": frame["failed_done"],

@@ -80,6 +80,9 @@ SETTING_COLORS: dict[int, str] = {16: "#0072B2", 8: "#E69F00", 4: "#009E73", 2: 
 SETTING_MARKERS: dict[int, str] = {16: "o", 8: "s", 4: "^", 2: "D"}
 
 
+COMPAT_LABELS = {"methods": "methods", "paper": "paper's code", "None": "methods"}  # docs/fidelity.md
+
+
 def is_missing(value: Any) -> bool:
     """True for None and NaN (pandas gives both for absent fields)."""
     if value is None:
@@ -275,6 +278,8 @@ def label(key: str, value: Any) -> str:
         return "–" if is_missing(value) else f"{int(value)}-bit"
     if key == "group_size":
         return "–" if is_missing(value) else str(int(value))
+    if key == "compat":
+        return COMPAT_LABELS.get(str(value), str(value))
     if is_missing(value):
         return "–"
     if isinstance(value, float) and value.is_integer():

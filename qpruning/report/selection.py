@@ -99,7 +99,8 @@ def budget_runs(runs: pd.DataFrame) -> pd.DataFrame:
 def pick_runs(candidates: pd.DataFrame, cell_keys: Sequence[str]) -> pd.DataFrame:
     """One run per cell among ``candidates``, by preference, with ``n_candidates`` (runs that fitted the cell).
 
-    Preference: the full benchmark over a quick variant (``niah_small``), the paper's quantizer for the pruner
+    Preference: the full benchmark over a quick variant (``niah_small``), ``compat=paper`` (what the paper's code
+    computed, docs/fidelity.md) over ``compat=methods``, the paper's quantizer for the pruner
     (KIVI; FlexGen for Ada-KV and HeadKV) or no quantization, group size 64, nominal budget accounting, then the
     most recent run. 16-bit runs with different ``quant`` labels are the same computation, so this is where they
     are merged.
@@ -114,11 +115,13 @@ def pick_runs(candidates: pd.DataFrame, cell_keys: Sequence[str]) -> pd.DataFram
     ]
     c["_pref_mode"] = [1 if is_missing(m) or m == "nominal" else 0 for m in c["budget_mode"]]
     c["_pref_full"] = [0 if labels.is_reduced(b) else 1 for b in c["benchmark"]]
+    compat = c["compat"] if "compat" in c else pd.Series("methods", index=c.index)
+    c["_pref_compat"] = [1 if m == "paper" else 0 for m in compat]
     c = c.sort_values(
-        ["_pref_full", "_pref_quant", "_pref_group", "_pref_mode", "mtime", "run_path"],
-        ascending=[False, False, False, False, False, True],
+        ["_pref_full", "_pref_compat", "_pref_quant", "_pref_group", "_pref_mode", "mtime", "run_path"],
+        ascending=[False, False, False, False, False, False, True],
     )
     counts = c["_cell"].value_counts()
     picked = c.drop_duplicates(subset="_cell", keep="first").copy()
     picked["n_candidates"] = [int(counts[k]) for k in picked["_cell"]]
-    return picked.drop(columns=["_cell", "_pref_full", "_pref_quant", "_pref_group", "_pref_mode"])
+    return picked.drop(columns=["_cell", "_pref_full", "_pref_compat", "_pref_quant", "_pref_group", "_pref_mode"])

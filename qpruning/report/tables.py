@@ -39,7 +39,8 @@ def _chosen_notes(picked: pd.DataFrame) -> list[str]:
     if len(several):
         notes.append(
             f"{len(several)} cell(s) had several fitting runs (e.g. 16-bit runs under different quantizer names); "
-            "one was chosen by preference: the paper's quantizer, group size 64, nominal budget, most recent."
+            "one was chosen by preference: compat=paper, the paper's quantizer, group size 64, nominal budget, "
+            "most recent."
         )
     dups = picked[picked["n_runs"] > 1] if "n_runs" in picked else picked.iloc[0:0]
     if len(dups):

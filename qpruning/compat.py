@@ -1,0 +1,57 @@
+"""``compat``: which definition of each method a run computes.
+
+- ``methods`` (the default): every pruner and quantizer as its own paper (and reference code) defines it.
+- ``paper``: what the code of the paper under study computed (GitHub ``zhzihao/QPruningKV``, a KVCache-Factory
+  fork; docs/fidelity.md lists every difference): keys and values repeated to the query heads before selection
+  (every query head keeps its own tokens and the cache holds ``q_heads`` rows), H2O's mask (non-causal except the
+  last window block), PyramidKV's integer steps, "KIVI" / "FlexGen" as transformers' HQQ quantized cache computes
+  them, and the windows its scripts used for each benchmark (:func:`paper_window`, :func:`paper_sinks`).
+
+Ada-KV and HeadKV are not in that code: ``compat=paper`` refuses them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+COMPAT_MODES = ("methods", "paper")
+PAPER_PRUNERS = ("none", "streamingllm", "h2o", "snapkv", "pyramidkv")
+
+# The windows of the paper's scripts (run_needle_in_haystack.py; run_longbench.py and run_ruler.py alike).
+# StreamingLLM on LongBench / RULER: 4 first tokens + the (budget - 4) most recent, i.e. sinks=4 (window 0: the
+# recent tokens are kept by recency anyway); on NIAH: the last 32 and the rest of the budget from the start.
+PAPER_WINDOWS: dict[str, dict[str, int]] = {
+    "niah": {"snapkv": 32, "h2o": 32, "pyramidkv": 8, "streamingllm": 32},
+    "longbench": {"snapkv": 8, "h2o": 8, "pyramidkv": 8, "streamingllm": 0},
+    "ruler": {"snapkv": 8, "h2o": 8, "pyramidkv": 8, "streamingllm": 0},
+}
+PAPER_SINKS: dict[str, int] = {"longbench": 4, "ruler": 4}
+
+
+def paper_family(benchmark: str) -> str | None:
+    """The paper script a benchmark (or one of its variants: ``niah_small``, ``ruler_8k``) ran under, if any."""
+    return next((family for family in PAPER_WINDOWS if str(benchmark).startswith(family)), None)
+
+
+def _default(pruner: str, name: str):
+    from qpruning.pruners import PRUNERS
+
+    cls = PRUNERS.get(pruner)
+    if cls is None:
+        return None
+    return next((f.default for f in dataclasses.fields(cls) if f.name == name), None)
+
+
+def paper_window(pruner: str, benchmark: str) -> int | None:
+    """The window the paper's script for ``benchmark`` gave ``pruner`` (the pruner's own default elsewhere)."""
+    family = paper_family(benchmark)
+    window = PAPER_WINDOWS.get(family, {}).get(pruner) if family else None
+    return _default(pruner, "window") if window is None else window
+
+
+def paper_sinks(pruner: str, benchmark: str) -> int | None:
+    """StreamingLLM's sink tokens in the paper's script for ``benchmark`` (``None``: the rest of the budget from
+    the start of the prompt, the NIAH script's; and for every other pruner)."""
+    if pruner != "streamingllm":
+        return None
+    return PAPER_SINKS.get(paper_family(benchmark) or "")
