@@ -109,26 +109,30 @@ def main() -> None:
     outputs: dict[tuple[int, str], list[int]] = {}
     kv_bytes: dict[tuple[int, str], int] = {}
     with torch.inference_mode():
-        # One prefill per configuration and length; every round decodes from a fresh copy of its cache.
-        prefilled = {}
-        for n in args.tokens:
+        # Length by length (each written out when done): one prefill per configuration, then every round
+        # decodes each configuration in turn from a fresh copy of its cache.
+        for done, n in enumerate(args.tokens, 1):
+            prefilled = {}
             for name, compressor in configs:
-                cache, token = prefill(model, prompts[n], compressor)
-                prefilled[(n, name)] = (cache, token)
-                kv_bytes[(n, name)] = 0 if compressor is None else cache.prefill_summary["kv_bytes"]
+                prefilled[name] = prefill(model, prompts[n], compressor)
+                kv_bytes[(n, name)] = 0 if compressor is None else prefilled[name][0].prefill_summary["kv_bytes"]
             print(f"prefills at {n} tokens done, load {os.getloadavg()}", file=sys.stderr, flush=True)
-        for round_ in range(args.rounds):
-            for n in args.tokens:
+            for round_ in range(args.rounds):
                 for name, compressor in configs:
-                    cache, token = prefilled[(n, name)]
+                    cache, token = prefilled[name]
                     seconds, tokens = decode(model, copy.deepcopy(cache), token, compressor, args.new_tokens)
                     times[(n, name)].append(1000 * seconds / args.new_tokens)
                     outputs[(n, name)] = tokens
-            print(f"round {round_ + 1}/{args.rounds} done, load {os.getloadavg()}", file=sys.stderr, flush=True)
-    load_end = os.getloadavg()
+                print(f"{n} tokens: round {round_ + 1}/{args.rounds} done, load {os.getloadavg()}", file=sys.stderr,
+                      flush=True)
+            write(args, args.tokens[:done], configs, times, outputs, kv_bytes, code, load_start)
 
+
+def write(args, lengths, configs, times, outputs, kv_bytes, code: str, load_start) -> None:
+    """The CSV and Markdown files for the lengths measured so far."""
+    load_end = os.getloadavg()
     rows = []
-    for n in args.tokens:
+    for n in lengths:
         base = statistics.median(times[(n, UNCOMPRESSED)])
         for name, _ in configs:
             median = statistics.median(times[(n, name)])
