@@ -3,22 +3,45 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 
 import torch
 
 from qpruning.cache.segments import Segment, gather_rows
 
+_local = threading.local()
+
+
+def workspace(device: torch.device) -> Callable[[int], torch.Tensor]:
+    """A function ``n -> float32 buffer of at least n numbers`` on ``device``: this thread's scratch buffer for
+    the dequantized rows of one attention call, reused by every layer and step (it is not part of any cache: the
+    cache keeps only its packed codes, scales and zeros). Grown as needed, by a quarter more than asked."""
+    buffers = _local.__dict__.setdefault("buffers", {})
+    key = (torch.device(device), torch.is_inference_mode_enabled())
+
+    def buffer(n: int) -> torch.Tensor:
+        current = buffers.get(key)
+        if current is None or current.numel() < n:
+            current = torch.empty(n + n // 4, dtype=torch.float32, device=device)
+            buffers[key] = current
+        return current
+
+    return buffer
+
 
 def reference_attention(segments: Sequence[Segment], query: torch.Tensor, scaling: float) -> torch.Tensor:
     """Exact attention of ``query`` ``[batch, q_heads, q, head_dim]`` over ``segments`` (a compressed layer's, in
     token order, the ``q`` new tokens at the end of every row) through dequantized, padded rows (float32 math).
+    When no row is padded, the rows are dequantized in place into this thread's scratch buffer (:func:`workspace`).
     Returns ``[batch, q, q_heads, head_dim]`` in ``query.dtype``."""
     batch, q_heads, q_len, head_dim = query.shape
     rows = segments[0].rows
     heads = rows // batch
     group = q_heads // heads
-    keys, values, valid, lengths = gather_rows(segments, torch.float32, rows, head_dim, query.device)
+    keys, values, valid, lengths = gather_rows(
+        segments, torch.float32, rows, head_dim, query.device, workspace=workspace(query.device)
+    )
     seq = keys.shape[1]
     keys = keys.view(batch, heads, 1, seq, head_dim)
     values = values.view(batch, heads, 1, seq, head_dim)

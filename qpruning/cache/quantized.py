@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from qpruning.cache.packing import pack, unpack
+from qpruning.cache.packing import pack, unpack, unpack_float
 from qpruning.errors import ConfigError, check_real
 
 
@@ -133,6 +133,27 @@ class QuantizedTensor:
         if self.outlier_index is not None and self.outlier_index.numel():
             out.view(-1)[self.outlier_index.long()] = self.outlier_value.to(dtype)
         return out
+
+    def dequantize_into(self, out: torch.Tensor) -> None:
+        """Dequantize into ``out``, a float32 ``[rows, length, d]`` view (possibly strided, e.g. a slice of a
+        larger buffer) of this tensor's ``rows * length`` tokens laid row by row.
+
+        The same float32 arithmetic as :meth:`dequantize` (code times scale, then plus zero), written in place:
+        no intermediate ``[n, d]`` result, no transposed copy for per-channel groups.
+        """
+        rows, length, d = out.shape
+        g = self.group_size
+        if out.dtype != torch.float32 or self.num_outliers or (self.axis is GroupAxis.TOKENS and length % g):
+            out.copy_(self.dequantize(torch.float32).view(rows, length, d))
+            return
+        codes = unpack_float(self.packed, self.bits)
+        if self.axis is GroupAxis.CHANNELS:
+            shape, scale_shape = (rows, length, d // g, g), (rows, length, d // g, 1)
+        else:
+            shape, scale_shape = (rows, length // g, g, d), (rows, length // g, 1, d)
+        target = out.view(shape)
+        torch.mul(codes.view(shape), self.scale.float().view(scale_shape), out=target)
+        target.add_(self.zero.float().view(scale_shape))
 
     def nbytes(self) -> dict[str, int]:
         outliers = 0

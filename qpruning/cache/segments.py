@@ -11,6 +11,7 @@ A compressed layer is a list of segments; attention runs over the concatenation,
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -60,6 +61,16 @@ class Segment:
             return self.keys.dequantize(dtype), self.values.dequantize(dtype)
         return self.keys.to(dtype), self.values.to(dtype)
 
+    def dequantize_into(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Write this uniform segment's keys and values into float32 ``[rows, uniform_length, head_dim]`` views
+        (e.g. slices of a work buffer), with the arithmetic of :meth:`dequantized`."""
+        if self.quantized:
+            self.keys.dequantize_into(keys)
+            self.values.dequantize_into(values)
+        else:
+            keys.copy_(self.keys.view(keys.shape))
+            values.copy_(self.values.view(values.shape))
+
     def nbytes(self) -> dict[str, int]:
         """Bytes held, by kind: packed codes, scales, zeros, outliers, full-precision tokens, row lengths."""
         out = {"packed": 0, "scales": 0, "zeros": 0, "outliers": 0, "full": 0, "index": _nbytes(self.lengths)}
@@ -88,16 +99,38 @@ class Segment:
 
 
 def gather_rows(
-    segments: list[Segment], dtype: torch.dtype, rows: int, head_dim: int, device: torch.device
+    segments: list[Segment],
+    dtype: torch.dtype,
+    rows: int,
+    head_dim: int,
+    device: torch.device,
+    workspace: Callable[[int], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Dequantize and lay the segments out as padded ``[rows, T, head_dim]`` keys and values.
 
     Row ``r`` holds its segments' tokens in segment order, followed by padding. Returns ``(keys, values,
     valid, lengths)``: ``valid`` is a ``[rows, T]`` mask of real tokens, or ``None`` when no row is padded;
     ``lengths`` is ``[rows]``. This is the reference path; the fused kernels read the segments directly.
+
+    When every segment is uniform (no padding) and ``dtype`` is float32, each segment is dequantized straight
+    into its place in the result; ``workspace(n)``, if given, returns a float32 buffer of at least ``n`` numbers
+    to hold the result (a scratch buffer reused from call to call: the result is only valid until its next use).
     """
     segments = [s for s in segments if s.num_tokens or s.rows]
     if all(s.uniform_length is not None for s in segments):
+        total = sum(s.uniform_length for s in segments)
+        lengths = torch.full((rows,), total, dtype=torch.int64, device=device)
+        if dtype == torch.float32:
+            size = rows * total * head_dim
+            flat = workspace(2 * size) if workspace is not None else torch.empty(2 * size, dtype=dtype, device=device)
+            keys = flat[:size].view(rows, total, head_dim)
+            values = flat[size : 2 * size].view(rows, total, head_dim)
+            start = 0
+            for s in segments:
+                end = start + s.uniform_length
+                s.dequantize_into(keys[:, start:end], values[:, start:end])
+                start = end
+            return keys, values, None, lengths
         ks, vs = [], []
         for s in segments:
             k, v = s.dequantized(dtype)
@@ -105,8 +138,7 @@ def gather_rows(
             vs.append(v.view(rows, s.uniform_length, head_dim))
         keys = torch.cat(ks, dim=1) if ks else torch.empty(rows, 0, head_dim, dtype=dtype, device=device)
         values = torch.cat(vs, dim=1) if vs else torch.empty_like(keys)
-        total = sum(s.uniform_length for s in segments)
-        return keys, values, None, torch.full((rows,), total, dtype=torch.int64, device=device)
+        return keys, values, None, lengths
 
     lengths = torch.stack([s.lengths.long() for s in segments]).sum(0)
     t_max = int(lengths.max())
