@@ -61,6 +61,8 @@ from .uncertainty import RESAMPLES, SEED, run_interval
 
 logger = logging.getLogger(__name__)
 
+FIGURE2_BITS: tuple[int, ...] = (16, 8, 4)
+"""Figure 2's settings: 1x16, 2x8, 4x4 (equal memory at each budget); other bit widths are not drawn."""
 LAYER_CONFIG = re.compile(r"^(\d+)bit@(\d+)-(\d+)$")
 
 
@@ -220,7 +222,7 @@ def figure2_budget(
     c = budget_runs(runs)
     if not len(c):
         return None
-    c = c[(c["family"] != "crossentropy") & c["score"].notna()]
+    c = c[(c["family"] != "crossentropy") & c["score"].notna() & c["bits"].isin(FIGURE2_BITS)]
     if c.empty:
         return None
     modes = sorted({str(m) for m in c["compat"].dropna()})
@@ -245,11 +247,13 @@ def figure2_budget(
         for ax, panel in zip(axes, panels):
             d = match_key(picked, panel_keys, panel)
             budgets = sorted(d["budget"].unique())
-            for bits in sorted(d["bits"].unique(), reverse=True):
+            panel_bits = sorted(d["bits"].unique(), reverse=True)
+            for i, bits in enumerate(panel_bits):
                 points = d[d["bits"] == bits].sort_values("budget")
                 all_bits.add(int(bits))
+                shift = 0.06 * (i - (len(panel_bits) - 1) / 2)  # error bars side by side, not on top
                 ax.errorbar(
-                    np.log2(points["budget"]),
+                    np.log2(points["budget"]) + shift,
                     points["score"],
                     yerr=_error_bars(points),
                     color=labels.SETTING_COLORS.get(int(bits)),

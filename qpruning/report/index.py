@@ -43,6 +43,15 @@ TABLE_NEEDS: dict[str, tuple[str, str]] = {
         "a throughput benchmark CSV (`--throughput FILE.csv`, format in docs/report.md); LongBench / NIAH "
         "averages are joined from runs with the same model, pruner, tokens and bits.",
     ),
+    "compat_modes": (
+        "Compat modes side by side (methods vs. the paper's code)",
+        "the same configuration run with `compat=methods` and with `compat=paper` (docs/fidelity.md).",
+    ),
+    "rotation": (
+        "Rotated against unrotated quantization",
+        "runs of a rotated quantizer (`quant=kivi_rot`, any `X_rot`) beside runs of `X` with the same pruner and "
+        "budget (or tokens), at 16 / 8 / 4 / 2 bits.",
+    ),
 }
 FIGURE_NEEDS: dict[str, tuple[str, str]] = {
     "fig1": (
