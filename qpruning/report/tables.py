@@ -556,7 +556,7 @@ def compat_modes(runs: pd.DataFrame) -> ReportTable | None:
     row_keys = _shown_keys(
         c,
         [k for k in _SHOWN_KEYS if k != "compat"] + list(_EXTRA_KEYS),
-        ("model", "benchmark", "pruner", "quant", "bits"),
+        ("model", "benchmark", "pruner", "quant", "budget", "tokens", "bits"),
     )
     records = []
     for _, run in c.iterrows():
@@ -617,10 +617,8 @@ def rotation(runs: pd.DataFrame) -> ReportTable | None:
     row_keys = _shown_keys(
         c,
         ["model", "pruner", "quant", "compat", "budget", "tokens", "bits", *_EXTRA_KEYS],
-        ("model", "pruner", "quant", "bits"),
+        ("model", "pruner", "quant", "budget", "tokens", "bits"),
     )
-    if "budget" not in row_keys and "tokens" not in row_keys:
-        row_keys.insert(row_keys.index("bits"), "budget")
     benches = sorted_unique(
         key_tuples(c, ["benchmark", "benchmark_length"]), ["benchmark", "benchmark_length"]
     )
