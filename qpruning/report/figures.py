@@ -852,7 +852,8 @@ def niah_heatmaps(runs: pd.DataFrame, out_dir: str | Path) -> list[FigureResult]
     """NIAH heatmaps (Kamradt style): context length x needle depth, colour = score, one panel per run.
 
     One PNG per (model, pruner, benchmark, budget- or tokens-given): rows are budgets (or kept tokens), columns
-    the precision; quantizer variants are merged by the tables' preference (the paper's quantizer).
+    the precision; quantizer variants are merged by the tables' preference (the paper's quantizer). When runs of
+    both compat modes exist, one PNG per mode (named and titled with it).
     """
     if not len(runs):
         return []
@@ -862,13 +863,16 @@ def niah_heatmaps(runs: pd.DataFrame, out_dir: str | Path) -> list[FigureResult]
     c = c.copy()
     c["mode"] = ["budget" if not is_missing(b) else "tokens" for b in c["budget"]]
     c = c[paper_quantizer_or_16bit(c)]
-    group_keys = ["model", "pruner", "benchmark", "mode"]
+    several_modes = c["compat"].nunique() > 1
+    group_keys = ["model", "pruner", "benchmark", "mode"] + (["compat"] if several_modes else [])
     picked = pick_runs(c, [*group_keys, "budget", "tokens", "bits"])
     results = []
     out_dir = Path(out_dir)
     for group in sorted_unique(key_tuples(picked, group_keys), group_keys):
         d = match_key(picked, group_keys, group)
-        model, pruner, bench, mode = group
+        model, pruner, bench, mode = group[:4]
+        compat = group[4] if several_modes else None
+        in_mode = f" · compat: {labels.label('compat', compat)}" if compat else ""
         row_key = "budget" if mode == "budget" else "tokens"
         row_values = sorted(d[row_key].dropna().unique())
         col_values = sorted(d["bits"].unique(), reverse=True)
@@ -890,6 +894,7 @@ def niah_heatmaps(runs: pd.DataFrame, out_dir: str | Path) -> list[FigureResult]
                             "tokens_nominal": run["tokens_nominal"],
                             "tokens_effective": run["tokens_effective"],
                             "bits": run["bits"],
+                            "compat": run["compat"],
                             "context_length": length,
                             "depth": depth,
                             "value": value,
@@ -902,7 +907,7 @@ def niah_heatmaps(runs: pd.DataFrame, out_dir: str | Path) -> list[FigureResult]
         row_values = [r for r in row_values if any((r, b) in grids for b in col_values)]
         col_values = [b for b in col_values if any((r, b) in grids for r in row_values)]
         name = "niah_" + "_".join(
-            str(x) for x in (model, pruner, bench if bench != "niah" else "", mode) if x
+            str(x) for x in (model, pruner, bench if bench != "niah" else "", mode, compat) if x
         )
         name = re.sub(r"[^A-Za-z0-9_.-]+", "-", name)
         with matplotlib.rc_context({**STYLE, "axes.grid": False, "axes.titlesize": 10}):
@@ -974,7 +979,8 @@ def niah_heatmaps(runs: pd.DataFrame, out_dir: str | Path) -> list[FigureResult]
             figure_title(
                 fig,
                 f"NIAH: {labels.model_label(model)} · {labels.pruner_label(pruner)}"
-                + (f" · {labels.benchmark_label(bench)}" if bench != "niah" else ""),
+                + (f" · {labels.benchmark_label(bench)}" if bench != "niah" else "")
+                + in_mode,
             )
             data = pd.DataFrame(data_rows)
             path = save_figure(fig, out_dir, name, data)
@@ -983,7 +989,8 @@ def niah_heatmaps(runs: pd.DataFrame, out_dir: str | Path) -> list[FigureResult]
                 name=name,
                 title=f"NIAH heatmap: {labels.model_label(model)}, {labels.pruner_label(pruner)}"
                 + (f", {labels.benchmark_label(bench)}" if bench != "niah" else "")
-                + (", by budget" if mode == "budget" else ", by kept tokens"),
+                + (", by budget" if mode == "budget" else ", by kept tokens")
+                + in_mode.replace(" · ", ", "),
                 caption=(
                     "Needle retrieval score (0-100, red = missed, green = found) per context length and needle "
                     "depth, one panel per run" + ("; grey: no sample at that point" if any_nan else "") + "."

@@ -62,7 +62,7 @@ FIGURE_NEEDS: dict[str, tuple[str, str]] = {
     "fig2": (
         "Figure 2: score against memory budget (1x16, 2x8, 4x4)",
         "runs with a `budget` at 16, 8 and 4 bits, with a pruner (paper: SnapKV, PyramidKV; budgets 1/128 to "
-        "1/4) on LongBench / NIAH / RULER.",
+        "1/4) on LongBench / NIAH / RULER (any benchmark but cross-entropy; both compat modes in separate panels).",
     ),
     "fig3": (
         "Figure 3: input-length buckets",

@@ -9,7 +9,7 @@ import pytest
 from fabricate_runs import RunSpec, smollm2_sweep, write_run
 
 from qpruning.report import build_report, collect_runs, labels
-from qpruning.report.figures import figure2_budget
+from qpruning.report.figures import figure2_budget, niah_heatmaps
 from qpruning.report.render import to_latex, to_markdown
 from qpruning.report.selection import pick_runs
 from qpruning.report.tables import compat_modes, rotation
@@ -83,6 +83,22 @@ def test_figure2_with_one_mode_has_no_mode_panels(one_mode):
     result = figure2_budget(runs, root / "out")
     assert result.panels == 4 and set(result.data["compat"]) == {"methods"}
     assert "Compat modes" not in result.caption
+
+
+def test_niah_heatmaps_one_per_mode_when_both_exist(smollm2, one_mode):
+    root, runs = smollm2
+    names = {r.name: r for r in niah_heatmaps(runs, root / "heatmaps")}
+    assert {n for n in names if "snapkv" in n} == {
+        "niah_smollm2_135m_snapkv_niah_fig2_budget_methods",
+        "niah_smollm2_135m_snapkv_niah_fig2_budget_paper",
+    }
+    paper = names["niah_smollm2_135m_snapkv_niah_fig2_budget_paper"]
+    assert set(paper.data["compat"]) == {"paper"} and "compat: paper's code" in paper.title
+    root, runs = one_mode
+    assert {r.name for r in niah_heatmaps(runs, root / "heatmaps")} == {
+        "niah_smollm2_135m_snapkv_budget",
+        "niah_smollm2_135m_pyramidkv_budget",
+    }
 
 
 def test_compat_modes_table_holds_each_modes_run_score_and_their_difference(smollm2):
