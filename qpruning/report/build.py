@@ -160,7 +160,7 @@ def build_report(
     for value in figures.values():
         for result in value if isinstance(value, list) else [value]:
             if result is not None:
-                files += [result.path, result.data_path]
+                files += [result.path, result.data_path, *result.extra_files.values()]
     files.append(write_runs_csv(collection, out / "runs.csv"))
     paper_dir = numbers.directory if numbers else None
     index = write_index(

@@ -26,6 +26,7 @@ from matplotlib.patches import Patch
 from . import labels
 from .collect import read_predictions
 from .labels import is_missing
+from .ordering import precision_ordering
 from .paper import PaperNumbers, paper_budget_points
 from .plotting import (
     FAMILY_COLORS,
@@ -45,6 +46,7 @@ from .plotting import (
     setting_handles,
     setting_patches,
 )
+from .render import frame_markdown
 from .selection import (
     budget_runs,
     key_tuples,
@@ -55,9 +57,12 @@ from .selection import (
     sorted_unique,
     without_layer_config,
 )
+from .uncertainty import RESAMPLES, SEED, run_interval
 
 logger = logging.getLogger(__name__)
 
+FIGURE2_BITS: tuple[int, ...] = (16, 8, 4)
+"""Figure 2's settings: 1x16, 2x8, 4x4 (equal memory at each budget); other bit widths are not drawn."""
 LAYER_CONFIG = re.compile(r"^(\d+)bit@(\d+)-(\d+)$")
 
 
@@ -204,16 +209,25 @@ def figure2_budget(
     Runs: ``budget`` given, a pruner, the paper's quantizer, no layer-wise configuration. Panels per
     (model, pruner, benchmark[, length]); panels with a single budget are left out when others sweep budgets.
     Where the paper's Table 1 has the same model, benchmark and pruner, its cells are drawn as hollow markers at
-    their budget (Llama-3: tokens x bits / 16 / 8k).
+    their budget (Llama-3: tokens x bits / 16 / 8k). Any benchmark but cross-entropy fits (``niah``,
+    ``ruler_small``, a custom name). When runs of both compat modes exist, each mode gets its own panels (titled
+    with the mode).
+
+    Each point carries a 95% percentile bootstrap interval over the run's per-sample scores
+    (:mod:`uncertainty`: seeded, resampled within tasks), drawn as an error bar and written with the points
+    (``ci_low``, ``ci_high``, ``n``) to ``fig2_budget.csv`` and ``fig2_budget.md``. The check
+    ``4x4 >= 2x8 >= 1x16 at budgets <= 1/16`` (:mod:`ordering`) is written beside them as ``fig2_ordering.csv``
+    (per budget) and ``fig2_ordering.md`` (per panel: holds, or the budgets where it fails).
     """
     c = budget_runs(runs)
     if not len(c):
         return None
-    c = c[c["family"].isin(["longbench", "longbench_e", "niah", "ruler"]) & c["score"].notna()]
+    c = c[(c["family"] != "crossentropy") & c["score"].notna() & c["bits"].isin(FIGURE2_BITS)]
     if c.empty:
         return None
-    panel_keys = ["model", "pruner", "benchmark", "benchmark_length"]
-    picked = pick_runs(c, [*panel_keys, "budget", "bits"])
+    modes = sorted({str(m) for m in c["compat"].dropna()})
+    panel_keys = ["model", "pruner", "benchmark", "benchmark_length"] + (["compat"] if len(modes) > 1 else [])
+    picked = with_intervals(pick_runs(c, [*panel_keys, "budget", "bits"]))
     panels = sorted_unique(key_tuples(picked, panel_keys), panel_keys)
     n_budgets = {p: match_key(picked, panel_keys, p)["budget"].nunique() for p in panels}
     notes = []
@@ -222,10 +236,7 @@ def figure2_budget(
         if single:
             notes.append(
                 "Left out (a single budget, nothing to sweep): "
-                + "; ".join(
-                    f"{labels.model_label(m)} / {labels.pruner_label(pr)} / {labels.benchmark_label(b, n)}"
-                    for m, pr, b, n in single
-                )
+                + "; ".join(_fig2_panel_name(dict(zip(panel_keys, p))) for p in single)
             )
         panels = [p for p in panels if n_budgets[p] > 1]
     out_dir = Path(out_dir)
@@ -236,18 +247,23 @@ def figure2_budget(
         for ax, panel in zip(axes, panels):
             d = match_key(picked, panel_keys, panel)
             budgets = sorted(d["budget"].unique())
-            for bits in sorted(d["bits"].unique(), reverse=True):
+            panel_bits = sorted(d["bits"].unique(), reverse=True)
+            for i, bits in enumerate(panel_bits):
                 points = d[d["bits"] == bits].sort_values("budget")
                 all_bits.add(int(bits))
-                ax.plot(
-                    np.log2(points["budget"]),
+                shift = 0.06 * (i - (len(panel_bits) - 1) / 2)  # error bars side by side, not on top
+                ax.errorbar(
+                    np.log2(points["budget"]) + shift,
                     points["score"],
+                    yerr=_error_bars(points),
                     color=labels.SETTING_COLORS.get(int(bits)),
                     marker=labels.SETTING_MARKERS.get(int(bits), "o"),
                     linewidth=2,
                     markersize=6.5,
+                    elinewidth=1.1,
+                    capsize=3,
                 )
-            model, pruner, bench, length = panel
+            model, pruner, bench, length = panel[:4]
             drawn_budgets: set[float] = set()
             family = labels.benchmark_family(bench)
             if paper and not labels.is_reduced(bench) and family in ("longbench", "niah"):
@@ -289,10 +305,7 @@ def figure2_budget(
             ax.minorticks_off()
             ax.set_xlabel("KV cache budget (fraction of full cache)")
             ax.set_ylabel(SCORE_LABEL)
-            ax.set_title(
-                f"{labels.model_label(model)}\n{labels.pruner_label(pruner)} · "
-                f"{labels.benchmark_label(bench, length)}"
-            )
+            ax.set_title(_fig2_panel_name(dict(zip(panel_keys, panel)), separator="\n", mode=len(modes) > 1))
         handles: list[Any] = setting_handles(sorted(all_bits))
         if paper_drawn:
             handles.append(
@@ -313,16 +326,34 @@ def figure2_budget(
         )
         data = plotted_points(
             rows_in(picked, panels, panel_keys),
-            [*panel_keys, "budget", "bits", "setting", "tokens_nominal", "tokens_effective", "quant"],
+            [
+                *panel_keys,
+                "compat",
+                "budget",
+                "bits",
+                "setting",
+                "tokens_nominal",
+                "tokens_effective",
+                "quant",
+            ]
+            + ["ci_low", "ci_high", "n"],
         )
+        data = data.loc[:, ~data.columns.duplicated()]
         path = save_figure(fig, out_dir, "fig2_budget", data)
+    extra_files, details = _write_fig2_tables(data, panel_keys, out_dir)
     return FigureResult(
         name="fig2_budget",
         title="Figure 2: score against memory budget",
         caption=(
             "Score against the KV cache budget (fraction of the full 16-bit cache, log scale) for 1x tokens at "
             "16-bit, 2x tokens at 8-bit and 4x tokens at 4-bit (equal memory at each budget). Quantizer: KIVI "
-            "(FlexGen for Ada-KV / HeadKV), group size 64."
+            "(FlexGen for Ada-KV / HeadKV), group size 64. Error bars: 95% percentile bootstrap intervals "
+            f"({RESAMPLES} resamples of each run's samples within tasks, seed {SEED})."
+            + (
+                f" Compat modes {' and '.join(labels.label('compat', m) for m in modes)} in separate panels."
+                if len(modes) > 1
+                else ""
+            )
             + (
                 " Hollow markers: the paper's Table 1 cells at the same budget and precision."
                 if paper_drawn
@@ -333,7 +364,92 @@ def figure2_budget(
         data=data,
         panels=len(panels),
         notes=notes,
+        extra_files=extra_files,
+        details=details,
     )
+
+
+def with_intervals(picked: pd.DataFrame) -> pd.DataFrame:
+    """``picked`` with each run's bootstrap interval (:func:`uncertainty.run_interval`): ``ci_low``, ``ci_high``
+    and ``n`` (samples behind it; 0 and NaN bounds when the run has no per-sample scores)."""
+    intervals = [run_interval(d) for d in picked["run_dir"]] if len(picked) else []
+    return picked.assign(
+        ci_low=[i.low for i in intervals], ci_high=[i.high for i in intervals], n=[i.n for i in intervals]
+    )
+
+
+def _error_bars(points: pd.DataFrame) -> np.ndarray:
+    """Error bar lengths below and above each score (0 where no interval, or where it excludes the score)."""
+    below = (points["score"] - points["ci_low"]).clip(lower=0).fillna(0)
+    above = (points["ci_high"] - points["score"]).clip(lower=0).fillna(0)
+    return np.vstack([below.to_numpy(float), above.to_numpy(float)])
+
+
+def _fig2_panel_name(panel: dict[str, Any], separator: str = " / ", mode: bool = True) -> str:
+    """``SmolLM2-135M / SnapKV · NIAH / compat: paper's code`` (the mode only where panels differ by it)."""
+    text = (
+        f"{labels.model_label(panel['model'])}{separator}{labels.pruner_label(panel['pruner'])} · "
+        f"{labels.benchmark_label(panel['benchmark'], panel['benchmark_length'])}"
+    )
+    if mode and "compat" in panel:
+        text += f" · compat: {labels.label('compat', panel['compat'])}"
+    return text
+
+
+def _write_fig2_tables(
+    data: pd.DataFrame, panel_keys: list[str], out_dir: Path
+) -> tuple[dict[str, Path], list[str]]:
+    """``fig2_budget.md`` (the points with their intervals) and the ordering check ``fig2_ordering.csv`` /
+    ``.md``; returns the files by kind and the check's summary as Markdown lines for the index."""
+    group_keys = [k for k in ["model", "benchmark", "benchmark_length", "pruner", "compat"] if k in data]
+    shown = pd.DataFrame(
+        {
+            "model": [labels.model_label(m) for m in data["model"]],
+            "benchmark": [
+                labels.benchmark_label(b, n) for b, n in zip(data["benchmark"], data["benchmark_length"])
+            ],
+            "pruner": [labels.pruner_label(p) for p in data["pruner"]],
+            "compat": [labels.label("compat", m) for m in data["compat"]],
+            "budget": [labels.budget_label(b) for b in data["budget"]],
+            "setting": data["setting"],
+            "score": data["value"],
+            "ci_low": data["ci_low"],
+            "ci_high": data["ci_high"],
+            "n": data["n"],
+            "run": ["`" + str(p) + "`" for p in data["run_path"]],
+        }
+    )
+    files = {"points md": out_dir / "fig2_budget.md"}
+    files["points md"].write_text(
+        "**Figure 2: the plotted points.** Score and its 95% percentile bootstrap interval "
+        f"[ci_low, ci_high] over the run's n samples ({RESAMPLES} resamples within tasks, seed {SEED}).\n\n"
+        + frame_markdown(shown, digits=2),
+        encoding="utf-8",
+    )
+    check = precision_ordering(data, group_keys)
+    files["ordering csv"] = out_dir / "fig2_ordering.csv"
+    detail = check.detail.assign(budget_label=[labels.budget_label(b) for b in check.detail["budget"]])
+    detail.to_csv(files["ordering csv"], index=False, na_rep="")
+    summary = check.summary.copy()
+    for key in group_keys:
+        summary[key] = [
+            labels.label(key, v) if key != "benchmark_length" else labels.length_label(v)
+            for v in summary[key]
+        ]
+    summary = summary.drop(columns=["holds"]).rename(columns={"benchmark_length": "length"})
+    details = [
+        f"Check: **{check.claim}** (per panel; all three settings needed at a budget).",
+        "",
+        frame_markdown(summary),
+    ]
+    files["ordering md"] = out_dir / "fig2_ordering.md"
+    files["ordering md"].write_text(
+        f"**Figure 2 check: {check.claim}.** Per panel: the budgets checked, where the ordering fails, and where a "
+        "reversal is clear (the bootstrap intervals of the two reversed settings do not overlap). Per budget: "
+        f"{files['ordering csv'].name}.\n\n" + frame_markdown(summary),
+        encoding="utf-8",
+    )
+    return files, details
 
 
 # ----------------------------------------------------------------------------------------------- Figure 3
@@ -736,7 +852,8 @@ def niah_heatmaps(runs: pd.DataFrame, out_dir: str | Path) -> list[FigureResult]
     """NIAH heatmaps (Kamradt style): context length x needle depth, colour = score, one panel per run.
 
     One PNG per (model, pruner, benchmark, budget- or tokens-given): rows are budgets (or kept tokens), columns
-    the precision; quantizer variants are merged by the tables' preference (the paper's quantizer).
+    the precision; quantizer variants are merged by the tables' preference (the paper's quantizer). When runs of
+    both compat modes exist, one PNG per mode (named and titled with it).
     """
     if not len(runs):
         return []
@@ -746,13 +863,16 @@ def niah_heatmaps(runs: pd.DataFrame, out_dir: str | Path) -> list[FigureResult]
     c = c.copy()
     c["mode"] = ["budget" if not is_missing(b) else "tokens" for b in c["budget"]]
     c = c[paper_quantizer_or_16bit(c)]
-    group_keys = ["model", "pruner", "benchmark", "mode"]
+    several_modes = c["compat"].nunique() > 1
+    group_keys = ["model", "pruner", "benchmark", "mode"] + (["compat"] if several_modes else [])
     picked = pick_runs(c, [*group_keys, "budget", "tokens", "bits"])
     results = []
     out_dir = Path(out_dir)
     for group in sorted_unique(key_tuples(picked, group_keys), group_keys):
         d = match_key(picked, group_keys, group)
-        model, pruner, bench, mode = group
+        model, pruner, bench, mode = group[:4]
+        compat = group[4] if several_modes else None
+        in_mode = f" · compat: {labels.label('compat', compat)}" if compat else ""
         row_key = "budget" if mode == "budget" else "tokens"
         row_values = sorted(d[row_key].dropna().unique())
         col_values = sorted(d["bits"].unique(), reverse=True)
@@ -774,6 +894,7 @@ def niah_heatmaps(runs: pd.DataFrame, out_dir: str | Path) -> list[FigureResult]
                             "tokens_nominal": run["tokens_nominal"],
                             "tokens_effective": run["tokens_effective"],
                             "bits": run["bits"],
+                            "compat": run["compat"],
                             "context_length": length,
                             "depth": depth,
                             "value": value,
@@ -786,7 +907,7 @@ def niah_heatmaps(runs: pd.DataFrame, out_dir: str | Path) -> list[FigureResult]
         row_values = [r for r in row_values if any((r, b) in grids for b in col_values)]
         col_values = [b for b in col_values if any((r, b) in grids for r in row_values)]
         name = "niah_" + "_".join(
-            str(x) for x in (model, pruner, bench if bench != "niah" else "", mode) if x
+            str(x) for x in (model, pruner, bench if bench != "niah" else "", mode, compat) if x
         )
         name = re.sub(r"[^A-Za-z0-9_.-]+", "-", name)
         with matplotlib.rc_context({**STYLE, "axes.grid": False, "axes.titlesize": 10}):
@@ -858,7 +979,8 @@ def niah_heatmaps(runs: pd.DataFrame, out_dir: str | Path) -> list[FigureResult]
             figure_title(
                 fig,
                 f"NIAH: {labels.model_label(model)} · {labels.pruner_label(pruner)}"
-                + (f" · {labels.benchmark_label(bench)}" if bench != "niah" else ""),
+                + (f" · {labels.benchmark_label(bench)}" if bench != "niah" else "")
+                + in_mode,
             )
             data = pd.DataFrame(data_rows)
             path = save_figure(fig, out_dir, name, data)
@@ -867,7 +989,8 @@ def niah_heatmaps(runs: pd.DataFrame, out_dir: str | Path) -> list[FigureResult]
                 name=name,
                 title=f"NIAH heatmap: {labels.model_label(model)}, {labels.pruner_label(pruner)}"
                 + (f", {labels.benchmark_label(bench)}" if bench != "niah" else "")
-                + (", by budget" if mode == "budget" else ", by kept tokens"),
+                + (", by budget" if mode == "budget" else ", by kept tokens")
+                + in_mode.replace(" · ", ", "),
                 caption=(
                     "Needle retrieval score (0-100, red = missed, green = found) per context length and needle "
                     "depth, one panel per run" + ("; grey: no sample at that point" if any_nan else "") + "."

@@ -20,7 +20,7 @@ from . import labels
 from .collect import Collection
 from .labels import is_missing
 from .plotting import FigureResult
-from .render import ReportTable, to_markdown
+from .render import ReportTable, frame_markdown, to_markdown
 
 TABLE_NEEDS: dict[str, tuple[str, str]] = {
     "table1": (
@@ -43,6 +43,15 @@ TABLE_NEEDS: dict[str, tuple[str, str]] = {
         "a throughput benchmark CSV (`--throughput FILE.csv`, format in docs/report.md); LongBench / NIAH "
         "averages are joined from runs with the same model, pruner, tokens and bits.",
     ),
+    "compat_modes": (
+        "Compat modes side by side (methods vs. the paper's code)",
+        "the same configuration run with `compat=methods` and with `compat=paper` (docs/fidelity.md).",
+    ),
+    "rotation": (
+        "Rotated against unrotated quantization",
+        "runs of a rotated quantizer (`quant=kivi_rot`, any `X_rot`) beside runs of `X` with the same pruner and "
+        "budget (or tokens), at 16 / 8 / 4 / 2 bits.",
+    ),
 }
 FIGURE_NEEDS: dict[str, tuple[str, str]] = {
     "fig1": (
@@ -53,7 +62,7 @@ FIGURE_NEEDS: dict[str, tuple[str, str]] = {
     "fig2": (
         "Figure 2: score against memory budget (1x16, 2x8, 4x4)",
         "runs with a `budget` at 16, 8 and 4 bits, with a pruner (paper: SnapKV, PyramidKV; budgets 1/128 to "
-        "1/4) on LongBench / NIAH / RULER.",
+        "1/4) on LongBench / NIAH / RULER (any benchmark but cross-entropy; both compat modes in separate panels).",
     ),
     "fig3": (
         "Figure 3: input-length buckets",
@@ -80,30 +89,6 @@ FIGURE_NEEDS: dict[str, tuple[str, str]] = {
         "complete NIAH runs whose predictions carry `extra.context_length` and `extra.depth`.",
     ),
 }
-
-
-def _md_escape(text: Any) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def _frame_markdown(frame: pd.DataFrame, digits: int = 1) -> str:
-    """A small DataFrame as a Markdown table (missing values shown as "–")."""
-    if frame.empty:
-        return "_none_\n"
-    head = "| " + " | ".join(_md_escape(c) for c in frame.columns) + " |"
-    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-    lines = [head, rule]
-    for row in frame.itertuples(index=False):
-        cells = []
-        for value in row:
-            if is_missing(value):
-                cells.append("–")
-            elif isinstance(value, float):
-                cells.append(f"{value:.{digits}f}" if not value.is_integer() else str(int(value)))
-            else:
-                cells.append(_md_escape(value))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
 
 
 def _n(value: Any) -> Any:
@@ -223,9 +208,13 @@ def _figure_section(result: FigureResult, heading: str = "##") -> list[str]:
         result.caption,
         "",
         f"{result.panels} panel(s) from {runs} run(s) of {samples}. "
-        f"Data: [{result.data_path.name}]({result.data_path.name}).",
+        f"Data: [{result.data_path.name}]({result.data_path.name})"
+        + "".join(f" · {kind}: [{path.name}]({path.name})" for kind, path in result.extra_files.items())
+        + ".",
         "",
     ]
+    if result.details:
+        out += [*result.details, ""]
     for note in result.notes:
         out.append(f"> Note: {note}")
     if result.notes:
@@ -342,7 +331,7 @@ def write_index(
         frame["overrides"] = [
             "`" + o + "`" if isinstance(o, str) and o else "–" for o in partial["overrides"]
         ]
-        lines += [_frame_markdown(frame), ""]
+        lines += [frame_markdown(frame), ""]
     lines += ['<a id="duplicates"></a>', "## Duplicates (not used)", ""]
     if duplicates.empty:
         lines += ["None: no configuration was run twice.", ""]
@@ -363,14 +352,14 @@ def write_index(
         frame["Δ (kept − this)"] = [k - s for k, s in zip(kept_scores, pd.to_numeric(duplicates["score"]))]
         frame["kept run"] = ["`" + str(p) + "`" for p in duplicates["duplicate_of"]]
         frame["written"] = duplicates["finished"]
-        lines += [_frame_markdown(frame, digits=2), ""]
+        lines += [frame_markdown(frame, digits=2), ""]
     lines += [
         '<a id="runs"></a>',
         "## Runs used",
         "",
         f"<details><summary>{len(runs)} complete configuration(s)</summary>",
         "",
-        _frame_markdown(_runs_overview(runs), digits=2),
+        frame_markdown(_runs_overview(runs), digits=2),
         "</details>",
         "",
         "All run folders, with their status: [runs.csv](runs.csv).",

@@ -22,7 +22,15 @@ PRUNER_LABELS: dict[str, str] = {
     "adakv": "Ada-KV",
     "headkv": "HeadKV",
 }
-QUANT_ORDER: tuple[str, ...] = ("flexgen", "flexgen_outlier", "kivi", "kivi_outlier", "hqq")
+QUANT_ORDER: tuple[str, ...] = (
+    "flexgen",
+    "flexgen_outlier",
+    "flexgen_rot",
+    "kivi",
+    "kivi_outlier",
+    "kivi_rot",
+    "hqq",
+)
 QUANT_LABELS: dict[str, str] = {
     "flexgen": "FlexGen",
     "flexgen_outlier": "FlexGen+Outlier 1%",
@@ -31,6 +39,8 @@ QUANT_LABELS: dict[str, str] = {
     "hqq": "HQQ",
     "none": "none",
 }
+ROTATED_SUFFIX = "_rot"
+"""A quantizer ``X_rot`` is ``X`` applied after a rotation of the keys and values (``kivi_rot``, ``flexgen_rot``)."""
 MODEL_LABELS: dict[str, str] = {
     "smollm2_135m": "SmolLM2-135M",
     "llama3_8b_instruct": "Llama-3-8B-Instruct",
@@ -148,8 +158,21 @@ def pruner_label(name: Any) -> str:
     return "?" if is_missing(name) else PRUNER_LABELS.get(str(name), str(name))
 
 
+def rotated_base(name: Any) -> str | None:
+    """``kivi_rot`` -> ``kivi``: the unrotated quantizer of a rotated one; None for any other name."""
+    if is_missing(name) or not str(name).endswith(ROTATED_SUFFIX) or len(str(name)) <= len(ROTATED_SUFFIX):
+        return None
+    return str(name)[: -len(ROTATED_SUFFIX)]
+
+
 def quant_label(name: Any) -> str:
-    return "none" if is_missing(name) else QUANT_LABELS.get(str(name), str(name))
+    """``kivi`` -> ``KIVI``; a rotated quantizer ``kivi_rot`` -> ``KIVI+rotation``; unknown names unchanged."""
+    if is_missing(name):
+        return "none"
+    base = rotated_base(name)
+    if str(name) not in QUANT_LABELS and base is not None:
+        return f"{QUANT_LABELS.get(base, base)}+rotation"
+    return QUANT_LABELS.get(str(name), str(name))
 
 
 def model_label(name: Any) -> str:

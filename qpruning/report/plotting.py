@@ -67,6 +67,9 @@ class FigureResult:
         data: the plotted points: configuration, value, ``samples``, ``run_path``.
         panels: number of panels.
         notes: anything left out, and why.
+        extra_files: other files written with the figure, by kind (Figure 2: its points as Markdown, the
+            ordering check).
+        details: Markdown lines that the index shows under the figure (Figure 2: the ordering check).
     """
 
     name: str
@@ -76,6 +79,8 @@ class FigureResult:
     data: pd.DataFrame
     panels: int
     notes: list[str] = field(default_factory=list)
+    extra_files: dict[str, Path] = field(default_factory=dict)
+    details: list[str] = field(default_factory=list)
 
     @property
     def data_path(self) -> Path:

@@ -322,6 +322,30 @@ def to_markdown(table: ReportTable) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _md_text(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def frame_markdown(frame: pd.DataFrame, digits: int = 1) -> str:
+    """A small DataFrame as a Markdown table (missing values shown as "–"; whole floats without decimals)."""
+    if frame.empty:
+        return "_none_\n"
+    head = "| " + " | ".join(_md_text(c) for c in frame.columns) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    lines = [head, rule]
+    for row in frame.itertuples(index=False):
+        cells = []
+        for value in row:
+            if is_missing(value):
+                cells.append(MISSING_MD)
+            elif isinstance(value, float):
+                cells.append(f"{value:.{digits}f}" if not value.is_integer() else str(int(value)))
+            else:
+                cells.append(_md_text(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 _TEX_SPECIAL = {
     "\\": r"\textbackslash{}",
     "&": r"\&",

@@ -109,7 +109,10 @@ def pick_runs(candidates: pd.DataFrame, cell_keys: Sequence[str]) -> pd.DataFram
         return candidates.assign(n_candidates=pd.Series(dtype="int64"))
     c = candidates.copy()
     c["_cell"] = [cell_key(r, cell_keys) for _, r in c.iterrows()]
-    c["_pref_quant"] = paper_quantizer_or_16bit(c).astype(int)
+    # the paper's quantizer by name first: a 16-bit run stored under it over one under another name (kivi_rot)
+    c["_pref_quant"] = paper_quantizer_or_16bit(c).astype(int) + [
+        int(q == labels.paper_quant(p)) for q, p in zip(c["quant"], c["pruner"])
+    ]
     c["_pref_group"] = [
         1 if not is_missing(g) and int(g) == labels.DEFAULT_GROUP_SIZE else 0 for g in c["group_size"]
     ]

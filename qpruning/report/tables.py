@@ -14,12 +14,15 @@ from typing import Any
 
 import pandas as pd
 
+from qpruning.identity import KEY_FIELDS
+
 from . import labels
 from .labels import is_missing
 from .paper import PaperNumbers
 from .render import ReportTable
 from .selection import (
     cell_key,
+    key_tuples,
     norm_value,
     paper_quantizer_or_16bit,
     pick_runs,
@@ -474,6 +477,201 @@ def table4(
     return table
 
 
+# ----------------------------------------------------------------------------------------------- side by side
+COMPAT_MODES: tuple[str, str] = ("methods", "paper")
+"""The two compat modes (docs/fidelity.md): the methods' definitions and what the paper's code computed."""
+DIFF = "diff"
+_SHOWN_KEYS = (
+    "model",
+    "benchmark",
+    "benchmark_length",
+    "pruner",
+    "quant",
+    "compat",
+    "budget",
+    "tokens",
+    "bits",
+)
+_EXTRA_KEYS = ("group_size", "budget_mode", "layer_config")
+
+
+def _shown_keys(frame: pd.DataFrame, keys: Sequence[str], always: Sequence[str]) -> list[str]:
+    """``keys`` that identify rows of ``frame``: those in ``always`` with a value somewhere, and the others that
+    take more than one value (a constant column says nothing), in the order of ``keys``."""
+    out = []
+    for key in keys:
+        values = {norm_value(v) for v in frame[key]}
+        if (key in always and values != {None}) or len(values) > 1:
+            out.append(key)
+    return out
+
+
+def _side_by_side_label(names: dict[str, str], row_keys: Sequence[str]) -> Any:
+    """Labels of the side-by-side tables: ``names`` for the column kinds; bits as the token-precision setting
+    (``4x4``) where rows are budgets (equal memory per row), else as ``4-bit``."""
+    settings = "budget" in row_keys and "tokens" not in row_keys
+
+    def label_fn(key: str, value: Any) -> str:
+        if key in ("compat_column", "variant"):
+            return names.get(value, str(value))
+        if key == "benchmark_length":
+            return labels.length_label(value)
+        if key == "bits" and settings and not is_missing(value):
+            return labels.setting_label(value)
+        return labels.label(key, value)
+
+    return label_fn
+
+
+def _with_difference(cells: pd.DataFrame, keys: Sequence[str], minuend: str, subtrahend: str) -> pd.DataFrame:
+    """``cells`` plus a :data:`DIFF` cell (``minuend - subtrahend``) wherever both exist; the last of ``keys``
+    is the column that holds ``minuend`` / ``subtrahend`` / :data:`DIFF`."""
+    keys = list(keys)
+    values = {cell_key(r, keys): r["value"] for _, r in cells.iterrows() if not is_missing(r["value"])}
+    diffs = []
+    for key, value in values.items():
+        other = values.get((*key[:-1], subtrahend))
+        if key[-1] == minuend and other is not None:
+            diffs.append({**dict(zip(keys, (*key[:-1], DIFF))), "value": value - other, "run_path": None})
+    return pd.concat([cells, _cells_frame(diffs, keys)], ignore_index=True)
+
+
+def compat_modes(runs: pd.DataFrame) -> ReportTable | None:
+    """Scores of ``compat=methods`` and ``compat=paper`` side by side, and the difference (paper - methods).
+
+    A row is a configuration (every key field but ``compat``: benchmark, model, pruner, quantizer, budget or tokens,
+    bits...) that has a complete run in both modes; None when no configuration has both.
+    """
+    if not len(runs) or "compat" not in runs:
+        return None
+    c = runs[runs["score"].notna() & runs["compat"].isin(COMPAT_MODES)]  # collect: no mode recorded = methods
+    pair_keys = [k for k in KEY_FIELDS if k != "compat"]
+    keys = [cell_key(r, pair_keys) for _, r in c.iterrows()]
+    modes: dict[tuple, set[str]] = {}
+    for key, mode in zip(keys, c["compat"]):
+        modes.setdefault(key, set()).add(mode)
+    c = c[[len(modes[key]) == len(COMPAT_MODES) for key in keys]]
+    if c.empty:
+        return None
+    row_keys = _shown_keys(
+        c,
+        [k for k in _SHOWN_KEYS if k != "compat"] + list(_EXTRA_KEYS),
+        ("model", "benchmark", "pruner", "quant", "budget", "tokens", "bits"),
+    )
+    records = []
+    for _, run in c.iterrows():
+        records.append(
+            {
+                **{k: norm_value(run[k]) for k in row_keys},
+                "compat_column": run["compat"],
+                **_run_cell(run, run["score"]),
+            }
+        )
+    cells = _cells_frame(records, [*row_keys, "compat_column"])
+    cells = _with_difference(cells, [*row_keys, "compat_column"], "paper", "methods")
+    rows = sorted_unique((cell_key(r, row_keys) for _, r in cells.iterrows()), row_keys)
+    names = {"methods": "compat=methods", "paper": "compat=paper", DIFF: "Δ (paper − methods)"}
+    table = ReportTable(
+        name="compat_modes",
+        title="Compat modes side by side: the methods' definitions and the paper's code",
+        caption=(
+            "Score of each configuration run in both compat modes (docs/fidelity.md): `compat=methods` (the "
+            "methods as their papers define them) and `compat=paper` (what the paper's code computed), and the "
+            "difference paper − methods. Only configurations with a complete run in both modes are shown."
+        ),
+        cells=cells,
+        row_keys=row_keys,
+        col_keys=["compat_column"],
+        row_order=rows,
+        col_order=[("methods",), ("paper",), (DIFF,)],
+        label_fn=_side_by_side_label(names, row_keys),
+        key_titles=_KEY_TITLES,
+        info_cols={(DIFF,)},
+        decimals=2,
+    )
+    table.missing = []
+    table.notes = _chosen_notes(c.assign(n_candidates=1))
+    return table
+
+
+def rotation(runs: pd.DataFrame) -> ReportTable | None:
+    """A rotated quantizer (``X_rot``) against its unrotated quantizer ``X``: per benchmark, both scores and the
+    difference (rotated - unrotated), rows per (model, pruner, quantizer, budget or tokens, bits).
+
+    Built when a run of a ``*_rot`` quantizer exists; the unrotated runs of the same pruner, quantizer and compat
+    mode fill the other column (and 16-bit runs under the unrotated name give the 1x16 rows). None otherwise.
+    """
+    if not len(runs):
+        return None
+    c = runs[runs["score"].notna() & runs["quant"].notna()].copy()
+    c["base_quant"] = [labels.rotated_base(q) or q for q in c["quant"]]
+    c["variant"] = ["rotated" if labels.rotated_base(q) else "plain" for q in c["quant"]]
+    family_keys = ["model", "pruner", "base_quant", "compat", *_EXTRA_KEYS]
+    if not (c["variant"] == "rotated").any():
+        return None
+    # the budgets (or token counts) that have a rotated run; every precision at them (16-bit: the reference)
+    point_keys = [*family_keys, "budget", "tokens"]
+    rotated_points = {cell_key(r, point_keys) for _, r in c[c["variant"] == "rotated"].iterrows()}
+    c = c[[cell_key(r, point_keys) in rotated_points for _, r in c.iterrows()]]
+    c = c.assign(quant=c["base_quant"])
+    row_keys = _shown_keys(
+        c,
+        ["model", "pruner", "quant", "compat", "budget", "tokens", "bits", *_EXTRA_KEYS],
+        ("model", "pruner", "quant", "budget", "tokens", "bits"),
+    )
+    benches = sorted_unique(
+        key_tuples(c, ["benchmark", "benchmark_length"]), ["benchmark", "benchmark_length"]
+    )
+    c = c.assign(bench=[labels.benchmark_label(b, n) for b, n in zip(c["benchmark"], c["benchmark_length"])])
+    col_keys = ["bench", "variant"]
+    picked = pick_runs(c, [*row_keys, *col_keys])
+    records = []
+    for _, run in picked.iterrows():
+        cell = {k: norm_value(run[k]) for k in [*row_keys, *col_keys]}
+        records.append({**cell, **_run_cell(run, run["score"])})
+    cells = _cells_frame(records, [*row_keys, *col_keys])
+    cells = _with_difference(cells, [*row_keys, *col_keys], "rotated", "plain")
+    columns = list(dict.fromkeys(labels.benchmark_label(b, n) for b, n in benches))
+    names = {"plain": "unrotated", "rotated": "rotated", DIFF: "Δ (rotated − unrotated)"}
+    table = ReportTable(
+        name="rotation",
+        title="Rotated against unrotated quantization",
+        caption=(
+            "Score per benchmark with a quantizer applied after a rotation (`X_rot`, e.g. KIVI+rotation) and "
+            "without it (`X`), and the difference rotated − unrotated, per budget (or kept tokens) and "
+            "precision. 16-bit rows store no quantized values: they are the reference."
+        ),
+        cells=cells,
+        row_keys=row_keys,
+        col_keys=col_keys,
+        row_order=sorted_unique((cell_key(r, row_keys) for _, r in cells.iterrows()), row_keys),
+        col_order=[(b, v) for b in columns for v in ("plain", "rotated", DIFF)],
+        label_fn=_side_by_side_label(names, row_keys),
+        key_titles=_KEY_TITLES,
+        info_cols={(b, DIFF) for b in columns},
+        decimals=2,
+    )
+    table.missing = []
+    table.notes = _chosen_notes(picked)
+    return table
+
+
+_KEY_TITLES = {
+    "model": "Model",
+    "benchmark": "Benchmark",
+    "benchmark_length": "Length",
+    "pruner": "Pruner",
+    "quant": "Quantizer",
+    "compat": "Compat",
+    "budget": "Budget",
+    "tokens": "Tokens",
+    "bits": "Precision",
+    "group_size": "Group",
+    "budget_mode": "Budget mode",
+    "layer_config": "Layers",
+}
+
+
 def build_tables(
     runs: pd.DataFrame, paper: PaperNumbers | None = None, throughput: pd.DataFrame | None = None
 ) -> dict[str, ReportTable | None]:
@@ -483,4 +681,6 @@ def build_tables(
         "table2": table2(runs, paper),
         "table3": table3(runs, paper),
         "table4": table4(throughput if throughput is not None else pd.DataFrame(), runs, paper),
+        "compat_modes": compat_modes(runs),
+        "rotation": rotation(runs),
     }
