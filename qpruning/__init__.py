@@ -19,6 +19,8 @@ _EXPORTS = {
     "FlexGenOutlier": "qpruning.cache",
     "GroupAxis": "qpruning.cache",
     "KIVIOutlier": "qpruning.cache",
+    "KIVIRot": "qpruning.cache",
+    "FlexGenRot": "qpruning.cache",
     "KVQuantizer": "qpruning.cache",
     "OutlierFilter": "qpruning.cache",
     "QPrunedCache": "qpruning.cache",

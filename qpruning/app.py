@@ -30,7 +30,7 @@ from qpruning.compressor import KVCompressor
 from qpruning.errors import ConfigError, UserError, check_choice, check_int, check_real
 from qpruning.identity import DEFAULT_COMPAT, RUN_CONTROL_KEYS, RunLabels, budget_label, run_hash
 from qpruning.loggers import NullLogger
-from qpruning.optimize.allocation import Allocation
+from qpruning.optimize.allocation import Allocation, Geometry, Precision
 from qpruning.optimize.driver import OptimizeSetup, run_optimize
 from qpruning.optimize.subsets import BenchmarkSubset
 from qpruning.runner import Runner
@@ -248,15 +248,16 @@ def optimize_setup(cfg) -> OptimizeSetup:
     choices = list(choices) if OmegaConf.is_list(choices) else choices
     if not isinstance(choices, list):
         raise ConfigError(f"bits_choices={choices!r} is not a list", "allowed: a list of 2, 4, 8, 16, e.g. [4,8,16]")
-    for bits in choices:
+    precisions = []
+    for choice in choices:
         try:
-            check_int("bits", bits, choices=ALLOWED_BITS)
+            precisions.append(Precision.parse(choice))
         except ConfigError as exc:
             raise ConfigError(f"bits_choices={choices}: {exc.what}", "allowed: distinct values of "
-                              f"{', '.join(map(str, ALLOWED_BITS))}, e.g. [4,8,16]") from None
+                              f"{', '.join(map(str, ALLOWED_BITS))} (or 2r, 4r, 8r: rotated), e.g. [4,8,16]") from None
     if not choices or len(set(choices)) != len(choices):
         raise ConfigError(f"bits_choices={choices} is empty or repeats a value",
-                          "allowed: distinct values of 2, 4, 8, 16, e.g. [4,8,16]")
+                          "allowed: distinct values of 2, 4, 8, 16 (or 2r, 4r, 8r: rotated), e.g. [4,8,16]")
     check_int("groups", cfg.get("groups"), minimum=1, meaning="contiguous layer groups")
     check_int("max_evaluations", cfg.get("max_evaluations"), minimum=1)
     check_real("transfer_fraction", cfg.get("transfer_fraction"), low=0.0, high=1.0)
@@ -267,6 +268,10 @@ def optimize_setup(cfg) -> OptimizeSetup:
         raise ConfigError(f"groups={cfg.groups} is more than the model's {layers} layers",
                           f"allowed: 1 to {layers}")
     base.plan(model_config)
+    for precision in precisions:  # a rotated choice needs a quantizer that rotates and a head_dim it can rotate
+        if precision.rotate:
+            quantizer = base.quantizer.with_bits(precision.bits).with_rotate(True)
+            quantizer.validate_head_dim(Geometry.from_config(model_config).head_dim)
     calibration = _subsets(cfg, "calibration", required=True)
     heldout = _subsets(cfg, "heldout", required=False)
     for subset in calibration + heldout:

@@ -166,6 +166,9 @@ class KVCompressor:
             raise ConfigError(f"layers={self.layers!r} is not a list", 'allowed: e.g. [{layers: "8-15", bits: 16}]')
         self.layers = [LayerOverride.from_mapping(o) for o in self.layers]
         check_disjoint(self.layers)
+        if self.compat == "paper" and any(o.rotate for o in self.layers):
+            raise ConfigError("layers: rotate=true has no compat=paper counterpart (the paper's code never rotated)",
+                              "allowed with compat=paper: rotate=false or left out; or compat=methods")
         check_choice("budget_mode", self.budget_mode, BUDGET_MODES)
         check_choice("storage_dtype", self.storage_dtype, (*STORAGE_DTYPES, "model"), optional=True)
         check_choice("kernel", self.kernel, ("auto", "on", "off"))
@@ -214,6 +217,7 @@ class KVCompressor:
         if check_geometry is not None:  # pruners with per-head data (HeadKV's scores) check it against the model
             check_geometry(geometry.num_layers, geometry.q_heads, geometry.kv_heads)
         bits_per_layer = [self.quantizer.bits] * geometry.num_layers
+        rotate_per_layer = [self.quantizer.rotate] * geometry.num_layers
         tokens_per_layer: list[int | None] = [self.tokens] * geometry.num_layers
         for override in self.layers:
             first, last = override.range()
@@ -224,6 +228,8 @@ class KVCompressor:
                 )
             for layer in range(first, last + 1):
                 bits_per_layer[layer] = override.bits
+                if override.rotate is not None:
+                    rotate_per_layer[layer] = override.rotate
                 if override.tokens is not None:
                     tokens_per_layer[layer] = override.tokens
         if self.every_layer:
@@ -238,7 +244,8 @@ class KVCompressor:
         full_tokens = self.full_cache_tokens or geometry.context_window
         plans = []
         for layer, bits in enumerate(bits_per_layer):
-            quantizer = self.quantizer.with_bits(bits)
+            rotate = rotate_per_layer[layer]
+            quantizer = self.layer_quantizer(LayerPlan(bits=bits, tokens=None, rotate=rotate))
             quantizer.validate_head_dim(geometry.head_dim)
             tokens = tokens_per_layer[layer]
             if self.budget is not None and not any(
@@ -258,8 +265,13 @@ class KVCompressor:
                     f"{self.pruner.window} tokens that are always kept",
                     "allowed: a larger tokens/budget, or a smaller pruner.window",
                 )
-            plans.append(LayerPlan(bits=bits, tokens=tokens))
+            plans.append(LayerPlan(bits=bits, tokens=tokens, rotate=rotate))
         return plans
+
+    def layer_quantizer(self, plan: LayerPlan) -> KVQuantizer:
+        """The quantizer of a layer with ``plan``: the configured one at the plan's bits and rotation."""
+        quantizer = self.quantizer.with_bits(plan.bits)
+        return quantizer if plan.rotate == quantizer.rotate else quantizer.with_rotate(plan.rotate)
 
     def describe(self) -> str:
         budget = f"tokens={self.tokens}" if self.tokens is not None else f"budget={self.budget}"
@@ -375,7 +387,8 @@ class KVCompressor:
             layer.repeat_heads(repeat)
             key = key.repeat_interleave(repeat, dim=1)
         batch, heads, seq, _ = key.shape
-        bits = cache.plans[layer_idx].bits
+        plan = cache.plans[layer_idx]
+        bits = plan.bits
         order = None
         longest = seq if key_valid is None else int(key_valid.sum(-1).max())
         if tokens is None or tokens >= longest:
@@ -394,7 +407,7 @@ class KVCompressor:
             if paper and self.pruner.name != "streamingllm":
                 order = _paper_order(scores, keep, window)
         return layer.compress(
-            keep, self.quantizer.with_bits(bits), self.storage_dtype_for(key.dtype), self.backend_for(key, bits), tokens,
+            keep, self.layer_quantizer(plan), self.storage_dtype_for(key.dtype), self.backend_for(key, bits), tokens,
             order=order,
         )
 

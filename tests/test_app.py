@@ -49,6 +49,18 @@ def test_an_allocation_reaches_the_runner_as_a_plain_layer_configuration(tmp_pat
     assert runner.compressor.budget == 0.03125 and runner.labels.layer_config == "found"
 
 
+def test_an_allocation_with_rotated_groups_rotates_those_layers_in_the_run(tmp_path):
+    allocation = Allocation([GroupSetting(0, 1, 2, 96, rotate=True), GroupSetting(2, 3, 8, 48)], name="rot",
+                            meta={"budget": 0.03125})
+    allocation.to_yaml(tmp_path / "allocation.yaml")
+    runner = runner_from_config(
+        compose_config(["model=tiny_llama", f"allocation={tmp_path / 'allocation.yaml'}"]), tmp_path / "run"
+    )
+    assert [o.rotate for o in runner.compressor.layers] == [True, None]
+    plans = runner.compressor.plan(runner.model.load_config())
+    assert [(p.bits, p.rotate) for p in plans] == [(2, True), (2, True), (8, False), (8, False)]
+
+
 def test_metrics_carry_every_key_field_of_the_report(tmp_path):
     runner = runner_from_config(compose_config(), tmp_path)
     metrics = runner._metrics([], 0.0)

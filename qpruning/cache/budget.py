@@ -35,16 +35,22 @@ class LayerOverride:
         layers: ``"8-15"`` (inclusive), ``"3"``, or ``[first, last]``.
         bits: the precision of these layers.
         tokens: their kept tokens; by default derived from the budget at these bits (requires ``budget``).
+        rotate: store these layers rotated (``quant.rotate``, :mod:`qpruning.cache.rotation`) or not; by default
+            as the quantizer does.
     """
 
     layers: str | list[int]
     bits: int
     tokens: int | None = None
+    rotate: bool | None = None
 
     def __post_init__(self) -> None:
         self._range = self._parse_range()
         check_int(f"layers[{self.layers!r}].bits", self.bits, choices=ALLOWED_BITS)
         check_int(f"layers[{self.layers!r}].tokens", self.tokens, minimum=1, optional=True)
+        if self.rotate is not None and not isinstance(self.rotate, bool):
+            raise ConfigError(f"layers[{self.layers!r}].rotate={self.rotate!r} is not a boolean",
+                              "allowed: true, false, or leave it out (the quantizer's rotate)")
 
     def _parse_range(self) -> tuple[int, int]:
         allowed = "allowed: 'first-last' with whole layer numbers, first <= last (e.g. '8-15'), or one layer ('3')"
@@ -68,13 +74,14 @@ class LayerOverride:
 
     def label(self) -> str:
         first, last = self.range()
-        return f"{self.bits}bit@{first}-{last}"
+        rotation = {None: "", True: "r", False: "u"}[self.rotate]
+        return f"{self.bits}bit{rotation}@{first}-{last}"
 
     @classmethod
     def from_mapping(cls, entry: object) -> LayerOverride:
         """One entry of ``layers=`` (``{layers: "8-15", bits: 16, tokens: 512}``) as typed by a user."""
-        keys = ("layers", "bits", "tokens")
-        allowed = 'allowed: {layers: "first-last", bits: 2|4|8|16, tokens: N (optional)}'
+        keys = ("layers", "bits", "tokens", "rotate")
+        allowed = 'allowed: {layers: "first-last", bits: 2|4|8|16, tokens: N (optional), rotate: true|false (optional)}'
         if isinstance(entry, LayerOverride):
             return entry
         if not isinstance(entry, dict):
@@ -100,10 +107,12 @@ def check_disjoint(overrides: list[LayerOverride], key: str = "layers") -> None:
 
 @dataclass(frozen=True)
 class LayerPlan:
-    """What one layer keeps: ``tokens`` per KV head (before a pruner's own reshaping) at ``bits``."""
+    """What one layer keeps: ``tokens`` per KV head (before a pruner's own reshaping) at ``bits``, stored rotated
+    when ``rotate`` (:mod:`qpruning.cache.rotation`)."""
 
     bits: int
     tokens: int | None  # None: keep every token
+    rotate: bool = False
 
 
 def row_bytes(tokens: int, bits: int, quantizer: KVQuantizer, head_dim: int) -> int:

@@ -64,7 +64,7 @@ class QPrunedCache(Cache):
     """
 
     def __init__(self, num_layers: int, plans: Sequence[LayerPlan] = ()) -> None:
-        super().__init__(layers=[CompressedLayer() for _ in range(num_layers)])
+        super().__init__(layers=[CompressedLayer(layer_idx=i) for i in range(num_layers)])
         # Bits and kept tokens of every layer (KVCompressor.plan), given when the cache is made; empty: the
         # attached compressor's plans.
         self.plans: tuple[LayerPlan, ...] = tuple(plans)

@@ -148,6 +148,10 @@ def paper_quantizer(quantizer: KVQuantizer) -> KVQuantizer:
     :class:`HQQCache`; ``hqq`` too, by its layout, keeping its ``optimize``."""
     if isinstance(quantizer, HQQCache):
         return quantizer
+    if quantizer.rotate:
+        raise ConfigError(f"quant={quantizer.name} rotates keys and values, which the paper's code never did",
+                          "allowed with compat=paper: kivi, flexgen, kivi_outlier, flexgen_outlier, hqq (rotate=false); "
+                          "or compat=methods")
     name = quantizer.name
     optimize = False
     if name == "hqq":

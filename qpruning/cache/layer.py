@@ -15,6 +15,11 @@ Life of a layer:
 The layer remembers how many tokens it has seen (``seen_tokens``), which is what ``get_seq_length`` reports:
 transformers derives positions and mask sizes from it, and decoding must continue at the original RoPE
 positions whatever the layer holds.
+
+A layer whose quantizer has ``rotate=True`` (``quant=kivi_rot``/``flexgen_rot``) holds its
+:class:`~qpruning.cache.rotation.Rotation` from :meth:`CompressedLayer.compress` on: every token it stores from then
+(quantized prefix, 16-bit tail, residual window, flushed blocks) is in the rotated basis, and :meth:`attend` rotates
+the query and rotates the output back, whichever backend runs. Pruning has already scored the original keys.
 """
 
 from __future__ import annotations
@@ -27,9 +32,10 @@ from transformers.cache_utils import CacheLayerMixin
 
 from qpruning.cache.context import active_forward
 from qpruning.cache.quantizers import KVQuantizer
+from qpruning.cache.rotation import Rotation
 from qpruning.cache.segments import Segment
 
-BYTE_KINDS = ("packed", "scales", "zeros", "outliers", "full", "residual", "index")
+BYTE_KINDS = ("packed", "scales", "zeros", "outliers", "full", "residual", "index", "rotation")
 FULL_CACHE_BYTES_PER_NUMBER = 2  # the reference cache is 16-bit
 
 # Attention over a layer's segments (see :mod:`qpruning.backends`): ``backend(segments, query, scaling)``.
@@ -58,8 +64,10 @@ class CompressedLayer(CacheLayerMixin):
     is_compileable = False
     is_croppable = False
 
-    def __init__(self) -> None:
+    def __init__(self, layer_idx: int = 0) -> None:
         super().__init__()
+        self.layer_idx = layer_idx  # seeds the layer's rotation (quant rotate=true)
+        self.rotation: Rotation | None = None
         self.seen_tokens = 0
         self.compressed = False
         self.compression_pending = True
@@ -100,8 +108,8 @@ class CompressedLayer(CacheLayerMixin):
                 "This layer holds a compressed KV cache, which only qpruning's attention can read: run the model "
                 "inside `with compressor.attach(model):`"
             )
-        k = key_states.to(self.storage_dtype)
-        v = value_states.to(self.storage_dtype)
+        k = self._stored(key_states).to(self.storage_dtype)
+        v = self._stored(value_states).to(self.storage_dtype)
         if self.head_repeat > 1:
             k = k.repeat_interleave(self.head_repeat, dim=1)
             v = v.repeat_interleave(self.head_repeat, dim=1)
@@ -217,6 +225,8 @@ class CompressedLayer(CacheLayerMixin):
             raise ValueError(f"keep mask of shape {tuple(keep.shape)} does not match the cache {(batch, heads, seq)}")
         self.quantizer = quantizer
         self.storage_dtype = storage_dtype
+        self.rotation = Rotation.for_layer(head_dim, self.layer_idx) if quantizer.rotate else None
+        stored = self._stored
         lengths = keep.sum(-1)  # [batch, heads]
         self._kept_positions = _positions(keep, lengths)
         self.kept_per_row = lengths.reshape(-1).to(torch.int32)
@@ -233,8 +243,8 @@ class CompressedLayer(CacheLayerMixin):
                     keys, values = self.keys[in_quantized], self.values[in_quantized]
                 segments.append(
                     Segment.build(
-                        quantizer.quantize_keys(keys, scale_dtype),
-                        quantizer.quantize_values(values, scale_dtype),
+                        quantizer.quantize_keys(stored(keys), scale_dtype),
+                        quantizer.quantize_values(stored(values), scale_dtype),
                         quantized.reshape(-1),
                     )
                 )
@@ -242,15 +252,16 @@ class CompressedLayer(CacheLayerMixin):
             if int(tail.sum()):
                 segments.append(
                     Segment.build(
-                        self.keys[in_full].to(storage_dtype),
-                        self.values[in_full].to(storage_dtype),
+                        stored(self.keys[in_full]).to(storage_dtype),
+                        stored(self.values[in_full]).to(storage_dtype),
                         tail.reshape(-1),
                     )
                 )
         elif int(lengths.sum()):
             segments.append(
                 Segment.build(
-                    self.keys[keep].to(storage_dtype), self.values[keep].to(storage_dtype), lengths.reshape(-1)
+                    stored(self.keys[keep]).to(storage_dtype), stored(self.values[keep]).to(storage_dtype),
+                    lengths.reshape(-1),
                 )
             )
         self.prefix = segments
@@ -261,6 +272,10 @@ class CompressedLayer(CacheLayerMixin):
         self.compressed = True
         self.backend = backend
         return self.finish_prefill(tokens)
+
+    def _stored(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (``[..., head_dim]``) in the basis the layer stores: rotated (float32) when it has a rotation."""
+        return x if self.rotation is None else self.rotation.rotate(x)
 
     def _in_order(self, order, lengths, quantized, keep):
         """The kept keys and values ``[n, head_dim]`` in ``order``'s order, or ``(None, None)`` when it does not
@@ -324,10 +339,15 @@ class CompressedLayer(CacheLayerMixin):
 
         Runs the backend the layer was given at :meth:`compress` over :meth:`segments`: the PyTorch reference
         (dequantize into padded rows, exact float32 attention) or the fused Triton kernel for decode steps.
+        A rotated layer (its segments hold ``k R`` and ``v R``) gives the backend ``q R`` and returns its output
+        times ``R^T``: ``(q R) . (k R) = q . k`` and ``sum p (v R) R^T = sum p v``.
         """
         if self.backend is None:
             raise RuntimeError("This layer was compressed without an attention backend (compress(..., backend=...))")
-        return self.backend(self.segments(), query, scaling)
+        if self.rotation is None:
+            return self.backend(self.segments(), query, scaling)
+        out = self.backend(self.segments(), self.rotation.rotate(query).to(query.dtype), scaling)
+        return self.rotation.unrotate(out).to(out.dtype)
 
     # -- accounting ---------------------------------------------------------------------------------------
 
@@ -344,6 +364,8 @@ class CompressedLayer(CacheLayerMixin):
                 out[kind] += n
         out["residual"] = _nbytes(self.residual_keys) + _nbytes(self.residual_values)
         out["index"] += _nbytes(self.kept_per_row)
+        if self.rotation is not None:
+            out["rotation"] = self.rotation.nbytes()
         return out
 
     def full_nbytes(self) -> int:

@@ -15,6 +15,7 @@ from typing import ClassVar
 import torch
 
 from qpruning.cache.quantized import GroupAxis, OutlierFilter, QuantizedTensor, check_groupable, quantize
+from qpruning.cache.rotation import check_rotatable
 from qpruning.errors import ConfigError, check_int, check_params
 
 ALLOWED_BITS = (2, 4, 8, 16)
@@ -31,6 +32,9 @@ class KVQuantizer:
         residual_length: decoded tokens kept in full precision before they are quantized together
             (default: ``group_size``); a multiple of ``group_size``.
         outliers: numbers kept exactly as sparse 16-bit outliers (``None``: no outlier filtering).
+        rotate: store keys and values rotated by a fixed randomized Hadamard matrix per layer (QuaRot-style,
+            :mod:`qpruning.cache.rotation`), which spreads outlier channels before quantizing; needs a head_dim
+            that is a power of two. ``quant=kivi_rot`` / ``flexgen_rot`` set it.
     """
 
     name: ClassVar[str] = "minmax"
@@ -41,9 +45,12 @@ class KVQuantizer:
     group_size: int = 64
     residual_length: int | None = None
     outliers: OutlierFilter | None = None
+    rotate: bool = False
 
     def __post_init__(self) -> None:
         check_int("bits", self.bits, choices=ALLOWED_BITS, meaning="16 = no quantization")
+        if not isinstance(self.rotate, bool):
+            raise ConfigError(f"quant.rotate={self.rotate!r} is not a boolean", "allowed: true or false")
         check_int("group_size", self.group_size, choices=ALLOWED_GROUP_SIZES)
         if self.residual_length is None:
             self.residual_length = self.group_size
@@ -65,8 +72,14 @@ class KVQuantizer:
         """The same method at another precision (layer-wise token-precision configurations use this)."""
         return dataclasses.replace(self, bits=bits)
 
+    def with_rotate(self, rotate: bool) -> KVQuantizer:
+        """The same method with or without the Hadamard rotation (layer-wise configurations use this)."""
+        return dataclasses.replace(self, rotate=rotate)
+
     def validate_head_dim(self, head_dim: int) -> None:
-        """Raise if this quantizer cannot group a head of ``head_dim`` channels."""
+        """Raise if this quantizer cannot group (or rotate) a head of ``head_dim`` channels."""
+        if self.rotate:
+            check_rotatable(head_dim)
         if not self.enabled:
             return
         for axis in (self.key_axis, self.value_axis):
@@ -96,7 +109,7 @@ class KVQuantizer:
         return quantize(x, self.bits, self.group_size, axis, scale_dtype, self.outliers)
 
     def describe(self) -> str:
-        return f"{self.name} {self.bits}-bit g{self.group_size}"
+        return f"{self.name} {self.bits}-bit g{self.group_size}" + (" rot" if self.rotate else "")
 
 
 @dataclass
@@ -140,6 +153,23 @@ class FlexGenOutlier(FlexGen):
 
 
 @dataclass
+class KIVIRot(KIVI):
+    """KIVI on keys and values rotated by a fixed randomized Hadamard matrix per layer (QuaRot-style; see
+    :mod:`qpruning.cache.rotation`): outlier channels are spread before quantizing, which 2-bit KIVI needs."""
+
+    name: ClassVar[str] = "kivi_rot"
+    rotate: bool = True
+
+
+@dataclass
+class FlexGenRot(FlexGen):
+    """FlexGen on keys and values rotated by a fixed randomized Hadamard matrix per layer (QuaRot-style)."""
+
+    name: ClassVar[str] = "flexgen_rot"
+    rotate: bool = True
+
+
+@dataclass
 class HQQ(KVQuantizer):
     """Half-Quadratic Quantization of the groups through the ``hqq`` package (Badri & Shaji, 2023).
 
@@ -166,6 +196,9 @@ class HQQ(KVQuantizer):
             raise ConfigError(f"quant.layout={self.layout!r} is not allowed for hqq", "allowed: kivi or flexgen")
         if self.outliers is not None:
             raise ConfigError("quant=hqq does not take outliers", "use quant=kivi_outlier or quant=flexgen_outlier")
+        if self.rotate:
+            raise ConfigError("quant=hqq does not take rotate=true",
+                              "allowed: rotate=false, or quant=kivi_rot / quant=flexgen_rot")
 
     @property
     def key_axis(self) -> GroupAxis:  # type: ignore[override]
@@ -206,7 +239,7 @@ class HQQ(KVQuantizer):
 
 
 QUANTIZERS: dict[str, type[KVQuantizer]] = {
-    cls.name: cls for cls in (KIVI, FlexGen, KIVIOutlier, FlexGenOutlier, HQQ)
+    cls.name: cls for cls in (KIVI, FlexGen, KIVIOutlier, FlexGenOutlier, HQQ, KIVIRot, FlexGenRot)
 }
 
 

@@ -9,6 +9,10 @@ Saved as YAML, an allocation is a layer-wise configuration that any run can use:
 allocation=path/to/allocation.yaml``: :meth:`Allocation.configuration` turns it into a plain
 :class:`LayerConfiguration` (:class:`~qpruning.LayerOverride` s, a name, the budget it was found for), which is all a
 run sees of it.
+
+A group may also be stored rotated (``rotate: true``, :mod:`qpruning.cache.rotation`): the search chooses that when
+its precision choices include rotated ones (``bits_choices=[4,8,16,2r,4r]``, see :class:`Precision`). A group
+without ``rotate`` (every allocation written before) follows the run's quantizer.
 """
 
 from __future__ import annotations
@@ -19,8 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from qpruning.cache.budget import LayerOverride, check_disjoint, row_bytes
-from qpruning.cache.quantizers import KVQuantizer
-from qpruning.errors import ConfigError, MissingFileError
+from qpruning.cache.quantizers import ALLOWED_BITS, KVQuantizer
+from qpruning.errors import ConfigError, MissingFileError, is_int
 
 # Per (layer, row): kept-tokens count (int32) and the row lengths of at most two prefill segments (int32 each).
 INDEX_BYTES_PER_ROW = 4 * 3
@@ -52,17 +56,58 @@ class Geometry:
 
 
 @dataclass(frozen=True)
+class Precision:
+    """One precision the search may give a group: ``bits``, and ``rotate`` (``True``: stored rotated; ``None``: as
+    the run's quantizer). Written ``4`` or ``4r`` in ``bits_choices``."""
+
+    bits: int
+    rotate: bool | None = None
+
+    @classmethod
+    def parse(cls, choice: object) -> Precision:
+        """``4`` -> 4 bits as the quantizer stores them, ``"4r"`` -> 4 bits rotated; raises a one-line
+        :class:`ConfigError` otherwise."""
+        bits, rotate = choice, None
+        if isinstance(choice, str) and choice.endswith("r") and choice[:-1].isdigit():
+            bits, rotate = int(choice[:-1]), True
+        if not is_int(bits) or int(bits) not in ALLOWED_BITS or (rotate and int(bits) == 16):
+            raise ConfigError(
+                f"{choice!r} is not a precision",
+                f"allowed: {', '.join(map(str, ALLOWED_BITS))}, or 2r, 4r, 8r (rotated: quant.rotate)",
+            )
+        return cls(int(bits), rotate)
+
+    @property
+    def label(self) -> str:
+        return f"{self.bits}{'r' if self.rotate else ''}"
+
+
+def rotated(rotate: bool | None, quantizer: KVQuantizer) -> bool:
+    """Whether a group with ``rotate`` (``None``: the quantizer's) is stored rotated."""
+    return quantizer.rotate if rotate is None else rotate
+
+
+@dataclass(frozen=True)
 class GroupSetting:
-    """One group of consecutive layers: ``first``..``last`` keep ``tokens`` at ``bits``."""
+    """One group of consecutive layers: ``first``..``last`` keep ``tokens`` at ``bits``, rotated when ``rotate``
+    (``None``: as the run's quantizer)."""
 
     first: int
     last: int
     bits: int
     tokens: int
+    rotate: bool | None = None
 
     @property
     def size(self) -> int:
         return self.last - self.first + 1
+
+    def entry(self) -> dict:
+        """The group as a ``layers`` entry of a run (and of allocation.yaml): ``rotate`` only when set."""
+        out = {"layers": f"{self.first}-{self.last}", "bits": self.bits, "tokens": self.tokens}
+        if self.rotate is not None:
+            out["rotate"] = self.rotate
+        return out
 
 
 @dataclass
@@ -75,7 +120,9 @@ class Allocation:
 
     def key(self) -> str:
         """A stable identity (for the evaluation cache)."""
-        blob = json.dumps([asdict(g) for g in self.groups], sort_keys=True)
+        # ``rotate`` only when set: allocations without it keep the keys they had before it existed
+        groups = [{k: v for k, v in asdict(g).items() if k != "rotate" or v is not None} for g in self.groups]
+        blob = json.dumps(groups, sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
     def per_layer(self) -> list[tuple[int, int]]:
@@ -86,15 +133,17 @@ class Allocation:
         return out
 
     def nbytes(self, geometry: Geometry, quantizer: KVQuantizer) -> int:
-        """Bytes one batch item's cache holds right after prefill (assuming the prompt has at least ``tokens``)."""
+        """Bytes one batch item's cache holds right after prefill (assuming the prompt has at least ``tokens``),
+        a rotated layer's ``head_dim`` sign bytes included."""
         total = 0
-        for bits, tokens in self.per_layer():
-            per_row = row_bytes(tokens, bits, quantizer, geometry.head_dim) + INDEX_BYTES_PER_ROW
-            total += per_row * geometry.kv_heads
+        for group in self.groups:
+            per_row = row_bytes(group.tokens, group.bits, quantizer, geometry.head_dim) + INDEX_BYTES_PER_ROW
+            signs = geometry.head_dim if rotated(group.rotate, quantizer) else 0
+            total += (per_row * geometry.kv_heads + signs) * group.size
         return total
 
     def overrides(self) -> list[LayerOverride]:
-        return [LayerOverride(f"{g.first}-{g.last}", bits=g.bits, tokens=g.tokens) for g in self.groups]
+        return [LayerOverride.from_mapping(g.entry()) for g in self.groups]
 
     def configuration(self) -> LayerConfiguration:
         """What a run uses of this allocation: its layer overrides, its name and the budget it was found for."""
@@ -105,7 +154,7 @@ class Allocation:
         return sum(t for _, t in layers) / len(layers)
 
     def describe(self) -> str:
-        return ", ".join(f"{g.first}-{g.last}: {g.tokens}x{g.bits}b" for g in self.groups)
+        return ", ".join(f"{g.first}-{g.last}: {g.tokens}x{g.bits}b{'r' if g.rotate else ''}" for g in self.groups)
 
     def to_yaml(self, path: Path, header: str = "") -> None:
         import yaml
@@ -113,7 +162,7 @@ class Allocation:
         data = {
             "name": self.name,
             **self.meta,
-            "layers": [{"layers": f"{g.first}-{g.last}", "bits": g.bits, "tokens": g.tokens} for g in self.groups],
+            "layers": [g.entry() for g in self.groups],
         }
         text = yaml.safe_dump(data, sort_keys=False)
         Path(path).write_text((header.rstrip() + "\n" if header else "") + text)
@@ -146,7 +195,7 @@ class Allocation:
             if override.tokens is None:
                 raise ConfigError(f"allocation={path}: layer group {override.layers!r} has no tokens", allowed)
             first, last = override.range()
-            groups.append(GroupSetting(first, last, override.bits, int(override.tokens)))
+            groups.append(GroupSetting(first, last, override.bits, int(override.tokens), override.rotate))
         check_disjoint([LayerOverride(f"{g.first}-{g.last}", g.bits, g.tokens) for g in groups], f"allocation={path}")
         meta = {k: v for k, v in data.items() if k not in ("name", "layers")}
         return cls(groups, name=data.get("name", Path(path).stem), meta=meta)
@@ -158,7 +207,8 @@ def full_cache_bytes(geometry: Geometry, full_tokens: int) -> int:
 
 
 def tokens_for_bytes(allowance: float, bits: int, quantizer: KVQuantizer, head_dim: int, cap: int) -> int:
-    """The most tokens (at most ``cap``) whose row, index included, fits in ``allowance`` bytes."""
+    """The most tokens (at most ``cap``) whose row, index included, fits in ``allowance`` bytes (a rotated layer's
+    sign bytes are the caller's to take off first)."""
     # Every token costs at least its packed codes, which bounds the count from above; bytes are not monotonic
     # in tokens (a token completing a per-channel group moves the 16-bit tail into packed codes), so scan down.
     tokens = min(cap, int(allowance / (head_dim * bits / 8 * 2)) + 1)

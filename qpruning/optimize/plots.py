@@ -22,9 +22,11 @@ def allocation_plot(result, space, path: Path, model_name: str) -> None:
     best = result.best.per_layer()
     layers = list(range(len(best)))
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
-    for bits in sorted({b for b, _ in best}):
-        xs = [i for i, (b, _) in enumerate(best) if b == bits]
-        top.bar(xs, [best[i][1] for i in xs], color=BITS_COLORS.get(bits, "grey"), label=f"{bits}-bit")
+    turned = [bool(g.rotate) for g in result.best.groups for _ in range(g.size)]  # rotated layers are hatched
+    for bits, rotate in sorted({(b, r) for (b, _), r in zip(best, turned)}):
+        xs = [i for i, ((b, _), r) in enumerate(zip(best, turned)) if (b, r) == (bits, rotate)]
+        top.bar(xs, [best[i][1] for i in xs], color=BITS_COLORS.get(bits, "grey"), hatch="//" if rotate else None,
+                label=f"{bits}-bit" + (" rotated" if rotate else ""))
     for label, state in space.uniform_states().items():
         tokens = space.allocation(state).groups[0].tokens
         top.axhline(tokens, linestyle="--", linewidth=1, color="grey")

@@ -5,7 +5,8 @@ The state gives each group of layers its bits and its byte allowance per KV row;
 (1x16, 2x8, 4x4: every layer at the same bits, the same bytes), then repeatedly tries, in a seeded random
 order, two kinds of moves and takes the first that lowers the objective:
 
-- *precision*: a group changes its bits at equal bytes (more tokens at fewer bits, or the reverse);
+- *precision*: a group changes its bits at equal bytes (more tokens at fewer bits, or the reverse), or its
+  rotation when the choices include rotated precisions (``bits_choices=[4,8,16,2r,4r]``);
 - *transfer*: a fraction of one group's bytes moves to another group (the budget stays the same).
 
 It stops when no move improves, or after ``max_evaluations``. Every evaluation is appended to a JSONL cache keyed
@@ -26,7 +27,9 @@ from qpruning.optimize.allocation import (
     Allocation,
     Geometry,
     GroupSetting,
+    Precision,
     full_cache_bytes,
+    rotated,
     tokens_for_bytes,
 )
 from qpruning.records import append_jsonl, read_jsonl
@@ -36,10 +39,21 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class State:
-    """Bits and byte allowance (per layer and KV row) of each group."""
+    """Bits and byte allowance (per layer and KV row) of each group, and its rotation (``rotate``: one
+    ``True``/``None`` per group, see :class:`Precision`; empty: ``None`` everywhere)."""
 
     bits: tuple[int, ...]
     allowance: tuple[float, ...]
+    rotate: tuple[bool | None, ...] = ()
+
+    def precision(self, group: int) -> Precision:
+        return Precision(self.bits[group], self.rotate[group] if self.rotate else None)
+
+    def with_precision(self, group: int, precision: Precision) -> State:
+        rotate = list(self.rotate or (None,) * len(self.bits))
+        rotate[group] = precision.rotate
+        bits = self.bits[:group] + (precision.bits,) + self.bits[group + 1 :]
+        return State(bits, self.allowance, tuple(rotate) if any(r is not None for r in rotate) else ())
 
 
 @dataclass
@@ -85,9 +99,12 @@ class SearchSpace:
     budget: float
     full_tokens: int
     max_tokens: int
-    bits_choices: tuple[int, ...] = (4, 8, 16)
+    bits_choices: tuple[int | str, ...] = (4, 8, 16)  # a number, or "4r" for rotated (see Precision)
     transfer_fraction: float = 0.25
     min_tokens: int = 1  # the pruner's window must fit in every layer
+
+    def __post_init__(self) -> None:
+        self.precisions = tuple(Precision.parse(choice) for choice in self.bits_choices)
 
     @property
     def budget_bytes(self) -> float:
@@ -98,9 +115,13 @@ class SearchSpace:
 
     def allocation(self, state: State, name: str = "allocation") -> Allocation:
         settings = []
-        for (first, last), bits, allowance in zip(self.groups, state.bits, state.allowance):
-            tokens = tokens_for_bytes(allowance, bits, self.quantizer, self.geometry.head_dim, self.max_tokens)
-            settings.append(GroupSetting(first, last, bits, tokens))
+        head_dim, kv_heads = self.geometry.head_dim, self.geometry.kv_heads
+        for g, ((first, last), allowance) in enumerate(zip(self.groups, state.allowance)):
+            precision = state.precision(g)
+            if rotated(precision.rotate, self.quantizer):
+                allowance -= head_dim / kv_heads  # the layer's sign bytes, shared by its rows
+            tokens = tokens_for_bytes(allowance, precision.bits, self.quantizer, head_dim, self.max_tokens)
+            settings.append(GroupSetting(first, last, precision.bits, tokens, precision.rotate))
         return Allocation(settings, name=name)
 
     def fits(self, state: State) -> bool:
@@ -112,15 +133,19 @@ class SearchSpace:
     def uniform_states(self) -> dict[str, State]:
         allowance = self.uniform_allowance()
         n = len(self.groups)
-        return {f"{16 // b}x{b}": State((b,) * n, (allowance,) * n) for b in sorted(self.bits_choices, reverse=True)}
+        ordered = sorted(self.precisions, key=lambda p: (-p.bits, bool(p.rotate)))
+        return {
+            f"{16 // p.bits}x{p.label}": State((p.bits,) * n, (allowance,) * n, (p.rotate,) * n if p.rotate else ())
+            for p in ordered
+        }
 
     def moves(self, state: State) -> list[State]:
         out = []
         n = len(self.groups)
         for g in range(n):
-            for bits in self.bits_choices:
-                if bits != state.bits[g]:
-                    out.append(State(state.bits[:g] + (bits,) + state.bits[g + 1 :], state.allowance))
+            for precision in self.precisions:
+                if precision != state.precision(g):
+                    out.append(state.with_precision(g, precision))
         sizes = [last - first + 1 for first, last in self.groups]
         for i in range(n):
             for j in range(n):
@@ -130,7 +155,7 @@ class SearchSpace:
                 allowance = list(state.allowance)
                 allowance[i] -= moved / sizes[i]
                 allowance[j] += moved / sizes[j]
-                out.append(State(state.bits, tuple(allowance)))
+                out.append(State(state.bits, tuple(allowance), state.rotate))
         return [s for s in out if self.fits(s)]
 
 

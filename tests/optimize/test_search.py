@@ -107,7 +107,8 @@ def test_tokens_for_bytes_is_the_largest_count_that_fits():
         assert allocation.nbytes(geometry, quantizer) <= allowance < nxt.nbytes(geometry, quantizer)
 
 
-def test_real_objective_never_exceeds_the_budget_as_measured(tiny_models, tmp_path):
+@pytest.mark.parametrize("bits_choices", [(4, 8, 16), ("4r", 8)])  # 4r: rotated groups, their sign bytes counted
+def test_real_objective_never_exceeds_the_budget_as_measured(tiny_models, tmp_path, bits_choices):
     model, tokenizer = tiny_models("llama")
     ids = torch.randint(100, 40000, (1, 1500), generator=torch.Generator().manual_seed(0))
     prompt = RecordedPrompt("p", ids, record_prefill(model, ids),
@@ -115,9 +116,12 @@ def test_real_objective_never_exceeds_the_budget_as_measured(tiny_models, tmp_pa
     base = KVCompressor(pruner=SnapKV(), quantizer=KIVI(bits=4), budget=1 / 32, budget_mode="exact",
                         full_cache_tokens=8192)
     geometry = Geometry.from_config(tiny_config("llama"))
-    s = SearchSpace(geometry, base.quantizer, layer_groups(4, 2), 1 / 32, 8192, max_tokens=1500, min_tokens=32)
+    s = SearchSpace(geometry, base.quantizer, layer_groups(4, 2), 1 / 32, 8192, max_tokens=1500, min_tokens=32,
+                    bits_choices=bits_choices)
     result = greedy_search(s, make_objective(model, base, [prompt]), EvaluationCache(tmp_path / "e.jsonl"),
                            max_evaluations=8, seed=0)
+    rotated = any(g["rotate"] for e in result.history for g in e.allocation)
+    assert rotated == ("4r" in bits_choices)
     index_bound = 12 * geometry.kv_heads * geometry.num_layers  # row lengths: at most 3 int32 per row and layer
     for evaluation in result.history:
         assert evaluation.measured_bytes <= s.budget_bytes
