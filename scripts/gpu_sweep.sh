@@ -79,14 +79,15 @@ fi
 KERNEL=auto
 if [ "$DEVICE" = "cuda" ] && [ "$PHASE" != sweep ]; then
     # The decode kernel compiled on this device against the reference path, before any run relies on it.
-    timeout 150 "$PYTHON" -m pytest -q -x -p no:cacheprovider -o addopts= tests/kernels -m "not slow" \
-        -k "(every_layout and kivi-4-64) or sixteen_bit_layer or tiny_model or rotat" >"$OUT/kernel_tests.txt" 2>&1
+    timeout 150 "$PYTHON" -m pytest -q -x -p no:cacheprovider -o addopts= tests/kernels tests/cache/test_rotation.py \
+        -m "not slow" -k "(every_layout and kivi-4-64) or sixteen_bit_layer or tiny_model or fused_kernel_reads_rotated" \
+        >"$OUT/kernel_tests.txt" 2>&1
     code=$?
     say "kernel tests on the device: exit $code ($(tail -1 "$OUT/kernel_tests.txt"))"
     [ $code -eq 0 ] || { KERNEL=off; say "the sweep runs with kernel=off"; }
     echo "$KERNEL" >"$KERNEL_FILE"
     # Then every kernel test (not slow), 8 at a time, for as long as KERNEL_TESTS_S allows (a record, not a gate).
-    timeout -s INT -k 10 "${KERNEL_TESTS_S:-90}" "$PYTHON" -m pytest -q -p no:cacheprovider -o addopts= -n 8 \
+    timeout -s INT -k 10 "${KERNEL_TESTS_S:-75}" "$PYTHON" -m pytest -q -p no:cacheprovider -o addopts= -n 8 \
         tests/kernels -m "not slow" --junitxml="$OUT/kernel_tests_all.xml" >"$OUT/kernel_tests_all.txt" 2>&1
     say "all kernel tests on the device: exit $? ($(tail -1 "$OUT/kernel_tests_all.txt"))"
 fi

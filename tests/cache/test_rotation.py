@@ -81,19 +81,19 @@ def _decode_inputs(seed: int, steps: int):
     return keys, values, keep, new, prompt_query
 
 
-def decode(quantizer, backend, *, seed: int = 0, steps: int = 40, layer_idx: int = 1):
+def decode(quantizer, backend, *, seed: int = 0, steps: int = 40, layer_idx: int = 1, device: str = "cpu"):
     """Outputs of a multi-token query and ``steps`` decode steps through a layer compressed with ``quantizer``
-    (float32 storage), and the layer."""
+    (float32 storage) on ``device``, and the layer; the outputs come back on the CPU."""
     keys, values, keep, new, prompt_query = _decode_inputs(seed, steps)
     layer = CompressedLayer(layer_idx=layer_idx)
-    layer.update(keys, values)
-    layer.compress(keep, quantizer, torch.float32, backend=backend)
+    layer.update(keys.to(device), values.to(device))
+    layer.compress(keep.to(device), quantizer, torch.float32, backend=backend)
     outputs = []
     token = set_active_forward(object())  # update() of a compressed layer requires a running qpruning forward
     try:
         for k, v, q in new:
-            layer.update(k, v)
-            outputs.append(layer.attend(q, DIM**-0.5))
+            layer.update(k.to(device), v.to(device))
+            outputs.append(layer.attend(q.to(device), DIM**-0.5).cpu())
             layer.flush()
     finally:
         reset_active_forward(token)
@@ -169,13 +169,14 @@ def test_the_fused_kernel_reads_rotated_layers_like_the_reference(bits):
 
     if not torch.cuda.is_available() and not interpreting():
         pytest.skip("no GPU and TRITON_INTERPRET is not set")
+    device = "cpu" if interpreting() else "cuda"  # compiled on a GPU machine, interpreted elsewhere
     kernel = functools.partial(fused_attention, dot="fp32", split_tokens=64)
-    rotated_kernel, layer = decode(KIVI(bits=bits, group_size=32, rotate=True), kernel, steps=6)
+    rotated_kernel, layer = decode(KIVI(bits=bits, group_size=32, rotate=True), kernel, steps=6, device=device)
     assert layer.rotation is not None
     rotated_reference, _ = decode(KIVI(bits=bits, group_size=32, rotate=True), reference_attention, steps=6)
     torch.testing.assert_close(rotated_kernel, rotated_reference, atol=1e-5, rtol=1e-5)
     if bits == 16:
-        plain_kernel, _ = decode(KIVI(bits=16), kernel, steps=6)
+        plain_kernel, _ = decode(KIVI(bits=16), kernel, steps=6, device=device)
         torch.testing.assert_close(rotated_kernel, plain_kernel, atol=1e-5, rtol=1e-5)
 
 
