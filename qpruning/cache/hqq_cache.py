@@ -56,6 +56,12 @@ class HQQCacheTensor(QuantizedTensor):
             out.view(-1)[self.outlier_index.long()] = self.outlier_value.to(dtype)
         return out
 
+    def dequantize_into(self, out: torch.Tensor) -> None:
+        """Dequantize into ``out`` (``[rows, length, d]``) through hqq, as :meth:`dequantize`: the base class's
+        in-place arithmetic assumes this package's groups and ``code * scale + zero``, not HQQ's layer-wide
+        groups and ``(code - zero) * scale``."""
+        out.copy_(self.dequantize(torch.float32).view(out.shape))
+
     @property
     def num_tokens(self) -> int:
         return self.packed.numel() * 8 // self.bits // self.head_dim

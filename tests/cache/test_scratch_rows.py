@@ -8,6 +8,7 @@ import torch
 from qpruning import KIVI, FlexGen
 from qpruning.backends import reference_attention
 from qpruning.backends.reference import workspace
+from qpruning.cache.hqq_cache import HQQCache
 from qpruning.cache.packing import PACKABLE_BITS, unpack, unpack_float
 from qpruning.cache.quantizers import KIVIOutlier
 from qpruning.cache.segments import gather_rows
@@ -31,6 +32,10 @@ QUANTIZERS = [
     KIVI(bits=4, group_size=64),
     KIVI(bits=8, group_size=32),
     KIVIOutlier(bits=4, group_size=32),
+    # compat=paper's HQQ-cache tensors: hqq's groups and arithmetic, not this package's (their own dequantize)
+    HQQCache(bits=8, group_size=64),
+    HQQCache(bits=4, group_size=64, source="flexgen"),
+    HQQCache(bits=2, group_size=64, source="kivi_outlier", outlier_threshold=1.5),
 ]
 ROWS = BATCH * KV_HEADS
 
