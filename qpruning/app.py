@@ -162,7 +162,7 @@ def runner_from_config(cfg, output_dir: str | Path) -> Runner:
         benchmark=type(benchmark).name,
         model=model.name,
         pruner=pruner.name,
-        quant=quantizer.name,
+        quant=quantizer.label,
         bits=quantizer.bits,
         group_size=quantizer.group_size,
         tokens=compressor.tokens,

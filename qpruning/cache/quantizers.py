@@ -108,6 +108,12 @@ class KVQuantizer:
     def _quantize(self, x: torch.Tensor, axis: GroupAxis, scale_dtype: torch.dtype) -> QuantizedTensor:
         return quantize(x, self.bits, self.group_size, axis, scale_dtype, self.outliers)
 
+    @property
+    def label(self) -> str:
+        """How runs name this quantizer (``quant`` in metrics.json): its name, with ``_rot`` when ``rotate=true``
+        was set on a quantizer that does not rotate by name (``quant=kivi quant.rotate=true`` -> ``kivi_rot``)."""
+        return f"{self.name}_rot" if self.rotate and not self.name.endswith("_rot") else self.name
+
     def describe(self) -> str:
         return f"{self.name} {self.bits}-bit g{self.group_size}" + (" rot" if self.rotate else "")
 

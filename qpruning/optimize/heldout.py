@@ -43,7 +43,7 @@ def heldout_comparison(
                 compressor=compressor,
                 benchmark=bench,
                 labels=RunLabels(
-                    benchmark=type(bench).name, model=spec.name, pruner=base.pruner.name, quant=base.quantizer.name,
+                    benchmark=type(bench).name, model=spec.name, pruner=base.pruner.name, quant=base.quantizer.label,
                     bits=base.quantizer.bits, group_size=base.quantizer.group_size, budget=base.budget,
                     budget_mode="exact", layer_config=label, experiment="optimize", benchmark_variant=subset.name,
                 ),
