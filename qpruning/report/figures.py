@@ -906,6 +906,8 @@ def niah_heatmaps(runs: pd.DataFrame, out_dir: str | Path) -> list[FigureResult]
             continue
         row_values = [r for r in row_values if any((r, b) in grids for b in col_values)]
         col_values = [b for b in col_values if any((r, b) in grids for r in row_values)]
+        if not row_values or not col_values:  # e.g. pruner=none: neither a budget nor a token count to lay out
+            continue
         name = "niah_" + "_".join(
             str(x) for x in (model, pruner, bench if bench != "niah" else "", mode, compat) if x
         )

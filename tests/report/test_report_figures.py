@@ -169,3 +169,14 @@ def test_niah_heatmap_averages_samples_per_length_and_depth(tmp_path):
     assert data[(data["context_length"] == 1000) & (data["depth"] == 0)]["value"].iloc[0] == sum(cell) / len(
         cell
     )
+
+
+def test_niah_heatmaps_skip_an_uncompressed_run_that_has_neither_budget_nor_tokens(tmp_path):
+    """pruner=none keeps every token: no budget or token row to lay out, so no heatmap (it used to crash)."""
+    extra = {"lengths": [1000, 2000], "depths": [0, 100]}
+    write_run(tmp_path / "runs" / "none", RunSpec("niah", model="smollm2_135m", pruner="none", bits=16, samples=4,
+                                                   extra=extra))
+    write_run(tmp_path / "runs" / "snap", RunSpec("niah", model="smollm2_135m", pruner="snapkv", tokens=128, bits=4,
+                                                   samples=4, extra=extra))
+    results = niah_heatmaps(collect_runs([tmp_path / "runs"]).runs, tmp_path / "out")
+    assert [set(r.data["pruner"]) for r in results] == [{"snapkv"}]
