@@ -1,0 +1,146 @@
+"""Runs that share a model, a benchmark and its samples, run together: one prefill per sample for all of them.
+
+A grid (``python run.py -m ...``) varies the pruner, the quantizer and the budget far more often than the model
+or the prompts. Every compressor compresses once, at the end of prefill, from the prefill's full-precision
+tensors, so one prefill per sample serves every run of such a group (:mod:`qpruning.prefill`): the
+:class:`GroupRunner` loads the model once, runs each sample's prefill once, then builds each run's cache from it
+and decodes each run with ``model.generate`` as a one-by-one run does. The predictions are the same tokens.
+
+Each run keeps its own folder exactly as :class:`~qpruning.runner.Runner` writes it: its lock, its
+``predictions.jsonl`` (appended per sample, resumed per sample: a sample is prefilled only if some run still
+lacks it), its ``metrics.json``. A record's ``seconds`` are its own compression and decoding plus an even share of
+the shared prefill. Runs with a W&B logger get their samples at the end of the group when more than one run of
+the group logs (one process holds one live W&B run at a time).
+
+:func:`run_grouped` splits any list of runners into such groups (:func:`group_runners`); runs that cannot share
+(cross-entropy benchmarks, a group of one) run one by one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from qpruning.benchmarks import SampleError
+from qpruning.loggers import NullLogger
+from qpruning.prefill import SharedPrefill
+from qpruning.runlock import RunLock
+from qpruning.runner import Runner, RunState
+
+logger = logging.getLogger(__name__)
+
+
+def shareable(a: Runner, b: Runner) -> str | None:
+    """Why runs ``a`` and ``b`` cannot share their prefills, or None when they can."""
+    for what, left, right in (
+        ("model", a.model, b.model),
+        ("benchmark", (type(a.benchmark), a.benchmark), (type(b.benchmark), b.benchmark)),
+        ("limit", a.limit, b.limit),
+        ("seed", a.seed, b.seed),
+    ):
+        if left != right:
+            return f"different {what}"
+    if a.benchmark.evaluation != "generate":
+        return f"benchmark.evaluation={a.benchmark.evaluation} (only generation shares its prefill)"
+    return None
+
+
+def group_runners(runners: list[Runner]) -> list[list[Runner]]:
+    """``runners`` in groups that can share prefills (:func:`shareable`), in order of first appearance; a run that
+    shares with none is a group of one."""
+    groups: list[list[Runner]] = []
+    for runner in runners:
+        for group in groups:
+            if shareable(group[0], runner) is None:
+                group.append(runner)
+                break
+        else:
+            groups.append([runner])
+    return groups
+
+
+def run_grouped(runners: list[Runner]) -> list[dict[str, Any]]:
+    """Run every runner, groups sharing prefills (:class:`GroupRunner`); returns each one's metrics, in order."""
+    metrics: dict[int, dict[str, Any]] = {}
+    for group in group_runners(runners):
+        results = GroupRunner(group).run() if len(group) > 1 else [group[0].run()]
+        metrics.update({id(runner): result for runner, result in zip(group, results)})
+    return [metrics[id(runner)] for runner in runners]
+
+
+@dataclass
+class GroupRunner:
+    """Run ``runners`` (same model, benchmark, limit and seed; a generation benchmark) with one prefill per sample.
+
+    Args:
+        runners: the runs, each with its own compressor, folder and labels.
+    """
+
+    runners: list[Runner]
+
+    def __post_init__(self) -> None:
+        self.runners = list(self.runners)
+        if not self.runners:
+            raise ValueError("GroupRunner needs at least one runner")
+        for runner in self.runners[1:]:
+            reason = shareable(self.runners[0], runner)
+            if reason is not None:
+                raise ValueError(f"{runner.output_dir} cannot share prefills with {self.runners[0].output_dir}: "
+                                 f"{reason}; allowed: runs of one model, benchmark, limit and seed (group_runners)")
+        folders = [r.output_dir.resolve() for r in self.runners]
+        if len(set(folders)) != len(folders):
+            raise ValueError("GroupRunner: two runs of the group write the same folder")
+
+    def run(self) -> list[dict[str, Any]]:
+        """Run (or finish) every run; returns each one's metrics, in order. Each folder is locked meanwhile."""
+        first = self.runners[0]
+        logging_runs = sum(not isinstance(r.run_logger, NullLogger) for r in self.runners)
+        with contextlib.ExitStack() as stack:
+            for runner in self.runners:
+                stack.enter_context(RunLock(runner.output_dir))
+            states = [runner.begin(live_logger=logging_runs <= 1) for runner in self.runners]
+            pending = [(r, s) for r, s in zip(self.runners, states) if s.metrics is None and s.todo]
+            if pending:
+                torch.manual_seed(first.seed)
+                model, tokenizer = first.preloaded or first.model.load()
+                self._run_samples(model, tokenizer, pending)
+            return [s.metrics if s.metrics is not None else r.finish(s) for r, s in zip(self.runners, states)]
+
+    def _run_samples(self, model, tokenizer, pending: list[tuple[Runner, RunState]]) -> None:
+        from tqdm.auto import tqdm
+
+        todo = [{s.id for s in state.todo} for _, state in pending]
+        samples = [s for s in pending[0][1].samples if any(s.id in ids for ids in todo)]
+        first = pending[0][0]
+        logger.info("Group of %d runs on %s, %s (%s): one prefill per sample for all of them, %d samples",
+                    len(pending), first.model.name, first.labels.benchmark_variant or first.labels.benchmark,
+                    ", ".join(runner.compressor.describe() for runner, _ in pending), len(samples))
+        progress = tqdm(samples, desc=f"{first.labels.benchmark} x {len(pending)} configurations", unit="sample",
+                        dynamic_ncols=True)
+        with torch.inference_mode():
+            for sample in progress:
+                needing = [(r, s) for (r, s), ids in zip(pending, todo) if sample.id in ids]
+                prefill = self._prefill(model, tokenizer, sample, needing) if len(needing) > 1 else None
+                for runner, state in needing:
+                    with runner.compressor.attach(model):
+                        record = runner.evaluate(model, tokenizer, sample, prefill)
+                    runner.add_record(state, record)
+                del prefill
+
+    @staticmethod
+    def _prefill(model, tokenizer, sample, needing: list[tuple[Runner, RunState]]) -> SharedPrefill | None:
+        """The sample's prefill, once for ``needing``; None when its prompt fails (each run records the failure)."""
+        runner = needing[0][0]
+        try:
+            input_ids, kwargs = runner.prompt(model, tokenizer, sample)
+        except SampleError:
+            return None
+        prefill = SharedPrefill.record(model, runner.compressor, input_ids, kwargs)
+        prefill.sharers = len(needing)
+        logger.debug("sample %s: one prefill of %d tokens in %.2fs for %d runs", sample.id, input_ids.shape[1],
+                     prefill.seconds, len(needing))
+        return prefill
