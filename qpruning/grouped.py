@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,6 +35,33 @@ from qpruning.runlock import RunLock
 from qpruning.runner import Runner, RunState
 
 logger = logging.getLogger(__name__)
+
+# The folder of the run a group is working on (None: the group's own work, such as loading the model or a shared
+# prefill), for the log files of each run (:class:`RunLogFilter`).
+_CURRENT_RUN: ContextVar[Path | None] = ContextVar("qpruning_current_run", default=None)
+
+
+@contextlib.contextmanager
+def current_run(folder: Path) -> Iterator[None]:
+    """Within the block, log records belong to the run of ``folder`` (:class:`RunLogFilter`)."""
+    token = _CURRENT_RUN.set(Path(folder).resolve())
+    try:
+        yield
+    finally:
+        _CURRENT_RUN.reset(token)
+
+
+class RunLogFilter(logging.Filter):
+    """Lets through, for run ``folder``'s own log file, the records of that run and those of no run in particular
+    (what its group does for all its runs): each run's log reads as if it had run alone, shared work included."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__()
+        self.folder = Path(folder).resolve()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        current = _CURRENT_RUN.get()
+        return current is None or current == self.folder
 
 
 def shareable(a: Runner, b: Runner) -> str | None:
@@ -67,7 +97,7 @@ def run_grouped(runners: list[Runner]) -> list[dict[str, Any]]:
     """Run every runner, groups sharing prefills (:class:`GroupRunner`); returns each one's metrics, in order."""
     metrics: dict[int, dict[str, Any]] = {}
     for group in group_runners(runners):
-        results = GroupRunner(group).run() if len(group) > 1 else [group[0].run()]
+        results = GroupRunner(group).run()
         metrics.update({id(runner): result for runner, result in zip(group, results)})
     return [metrics[id(runner)] for runner in runners]
 
@@ -96,19 +126,30 @@ class GroupRunner:
             raise ValueError("GroupRunner: two runs of the group write the same folder")
 
     def run(self) -> list[dict[str, Any]]:
-        """Run (or finish) every run; returns each one's metrics, in order. Each folder is locked meanwhile."""
+        """Run (or finish) every run; returns each one's metrics, in order. Each folder is locked meanwhile; a group
+        of one is a plain :meth:`Runner.run`."""
         first = self.runners[0]
+        if len(self.runners) == 1:
+            return [first.run()]
         logging_runs = sum(not isinstance(r.run_logger, NullLogger) for r in self.runners)
         with contextlib.ExitStack() as stack:
             for runner in self.runners:
                 stack.enter_context(RunLock(runner.output_dir))
-            states = [runner.begin(live_logger=logging_runs <= 1) for runner in self.runners]
+            states = []
+            for runner in self.runners:
+                with current_run(runner.output_dir):
+                    states.append(runner.begin(live_logger=logging_runs <= 1))
+                states[-1].shared = True
             pending = [(r, s) for r, s in zip(self.runners, states) if s.metrics is None and s.todo]
             if pending:
                 torch.manual_seed(first.seed)
                 model, tokenizer = first.preloaded or first.model.load()
                 self._run_samples(model, tokenizer, pending)
-            return [s.metrics if s.metrics is not None else r.finish(s) for r, s in zip(self.runners, states)]
+            metrics = []
+            for runner, state in zip(self.runners, states):
+                with current_run(runner.output_dir):
+                    metrics.append(state.metrics if state.metrics is not None else runner.finish(state))
+            return metrics
 
     def _run_samples(self, model, tokenizer, pending: list[tuple[Runner, RunState]]) -> None:
         from tqdm.auto import tqdm
@@ -126,9 +167,8 @@ class GroupRunner:
                 needing = [(r, s) for (r, s), ids in zip(pending, todo) if sample.id in ids]
                 prefill = self._prefill(model, tokenizer, sample, needing) if len(needing) > 1 else None
                 for runner, state in needing:
-                    with runner.compressor.attach(model):
-                        record = runner.evaluate(model, tokenizer, sample, prefill)
-                    runner.add_record(state, record)
+                    with current_run(runner.output_dir), runner.compressor.attach(model):
+                        runner.add_record(state, runner.evaluate(model, tokenizer, sample, prefill))
                 del prefill
 
     @staticmethod

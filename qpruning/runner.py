@@ -73,6 +73,8 @@ class RunState:
         live_logger: whether the run's logger gets each sample as it finishes (else all at the end).
         metrics: set when the run was complete already: its metrics, nothing to do.
         new: the records this attempt added.
+        shared: whether the run shares its time with others (:mod:`qpruning.grouped`): its ``seconds`` are then the
+            sum of its new records' (each with its share of the shared prefill), not the attempt's wall time.
     """
 
     samples: list
@@ -82,6 +84,7 @@ class RunState:
     live_logger: bool = True
     metrics: dict[str, Any] | None = None
     new: list[dict[str, Any]] = field(default_factory=list)
+    shared: bool = False
 
 
 @dataclass
@@ -212,7 +215,8 @@ class Runner:
         """Write ``metrics.json`` from ``predictions.jsonl`` once every sample of ``state`` is in."""
         by_id = {r["id"]: r for r in read_predictions(self.predictions_path)}
         ordered = [by_id[s.id] for s in state.samples]
-        metrics = self._metrics(ordered, time.time() - state.started)
+        seconds = sum(r["seconds"] for r in state.new) if state.shared else time.time() - state.started
+        metrics = self._metrics(ordered, seconds)
         write_json_atomic(self.metrics_path, metrics)
         if not state.live_logger:
             self.run_logger.start(self.config, self.output_dir)

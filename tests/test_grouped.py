@@ -126,3 +126,34 @@ def test_a_replayed_prefill_builds_the_cache_the_model_builds_in_line(tiny_model
     for inline, replayed in zip(caches[0].layers, caches[1].layers):
         assert torch.equal(inline.kept_positions(), replayed.kept_positions())
     assert "forward" not in vars(model)  # the model is left as it was
+
+
+def run_py(*overrides):
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "run.py", *overrides], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=900, env={**os.environ, "WANDB_MODE": "offline"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return proc
+
+
+def test_a_sweep_runs_grouped_by_default_and_writes_what_the_basic_launcher_writes(tmp_path):
+    sweep = ["-m", "pruner=snapkv,h2o", "bits=4,16", *FAST]
+    grouped = run_py(*sweep, f"output_root={tmp_path / 'grouped'}")
+    basic = run_py(*sweep, "hydra/launcher=basic", f"output_root={tmp_path / 'basic'}")
+    assert "grouped: one prefill per sample" in grouped.stdout + grouped.stderr
+    assert "one prefill per sample" not in basic.stdout + basic.stderr
+    assert grouped.stdout.count("[qpruning]") == basic.stdout.count("[qpruning]") == 4
+    runs = sorted(p.parent.relative_to(tmp_path / "basic") for p in (tmp_path / "basic").rglob("metrics.json"))
+    assert len(runs) == 4
+    for run in runs:
+        one, other = tmp_path / "basic" / run, tmp_path / "grouped" / run
+        assert sorted(p.name for p in one.rglob("*")) == sorted(p.name for p in other.rglob("*"))
+        assert records(other) == records(one)
+        config = (other / ".hydra" / "config.yaml").read_text()
+        assert config.replace(str(tmp_path / "grouped"), str(tmp_path / "basic")) == (one / ".hydra" / "config.yaml").read_text()
+        log = (other / "run.log").read_text()
+        assert f"Run {other}:" in log and log.count("Run ") == 1  # its own run's lines, not its group's others
+        assert "one prefill per sample" in log and "score" in log
