@@ -209,7 +209,8 @@ def run_job(cfg) -> float | None:
 
 # -- python run.py -m: the grouped launcher -----------------------------------------------------------------
 
-def launch_grouped(hydra_context, task_function, config, job_overrides, initial_job_idx: int) -> list:
+def launch_grouped(hydra_context, task_function, config, job_overrides, initial_job_idx: int,
+                   batch_decode: bool = False, indices: list[int] | None = None) -> list:
     """What ``hydra/launcher=grouped`` (the default of ``python run.py -m``) does with a sweep's jobs.
 
     Each job is set up as Hydra's basic launcher sets it up (its composed configuration, its folder, its
@@ -217,7 +218,9 @@ def launch_grouped(hydra_context, task_function, config, job_overrides, initial_
     without one runs job by job, as the basic launcher runs it). The runners are then run in groups that share
     model, benchmark, limit and seed (:func:`qpruning.grouped.group_runners`): one prefill per sample for the whole
     group (:class:`~qpruning.grouped.GroupRunner`). Each job's log file gets its own run's lines and the group's
-    shared ones; each job prints its summary line and returns its score, as one by one.
+    shared ones; each job prints its summary line and returns its score, as one by one. ``batch_decode``: see
+    :class:`~qpruning.grouped.GroupRunner` (``hydra.launcher.batch_decode=true``). ``indices``: the jobs' numbers
+    in the sweep (default: from ``initial_job_idx`` on; a Slurm group's jobs need not be consecutive).
     """
     from hydra.core.utils import JobStatus, configure_log, filter_overrides, setup_globals
     from hydra.core.utils import run_job as hydra_run_job
@@ -233,8 +236,8 @@ def launch_grouped(hydra_context, task_function, config, job_overrides, initial_
                 ", grouped: one prefill per sample for the jobs that share model, benchmark and samples"
                 if build else " (a task without runners: one by one)")
     jobs = []
-    for offset, overrides in enumerate(job_overrides):
-        idx = initial_job_idx + offset
+    indices = list(indices) if indices is not None else [initial_job_idx + i for i in range(len(job_overrides))]
+    for idx, overrides in zip(indices, job_overrides):
         logger.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))
         sweep_config = hydra_context.config_loader.load_sweep_config(config, list(overrides))
         with open_dict(sweep_config):
@@ -254,7 +257,7 @@ def launch_grouped(hydra_context, task_function, config, job_overrides, initial_
         with _run_logs(members, config.hydra.verbose):
             try:
                 with reported():  # a UserError ends the sweep with its one line, as in a one-by-one job
-                    results = GroupRunner(group).run()
+                    results = GroupRunner(group, batch_decode=batch_decode).run()
             except Exception as exc:
                 logger.exception("group of %d jobs failed", len(group))
                 for _, ret in members:
@@ -265,6 +268,24 @@ def launch_grouped(hydra_context, task_function, config, job_overrides, initial_
                     ret.return_value = metrics.get("score")
         configure_log(config.hydra.hydra_logging, config.hydra.verbose)
     return [ret for _, ret in jobs]
+
+
+GROUP_KEYS = ("model", "benchmark", "limit", "seed")
+
+
+def job_group_key(cfg) -> str:
+    """What the jobs of one group share (:func:`qpruning.grouped.shareable` checks it again on the runners)."""
+    return repr([OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
+                 for k in GROUP_KEYS])
+
+
+def group_jobs(hydra_context, config, job_overrides, initial_job_idx: int) -> list[list[tuple[int, list[str]]]]:
+    """A sweep's ``(job number, overrides)`` in groups of :func:`job_group_key`, in order of first appearance."""
+    groups: dict[str, list[tuple[int, list[str]]]] = {}
+    for offset, overrides in enumerate(job_overrides):
+        cfg = hydra_context.config_loader.load_sweep_config(config, list(overrides))
+        groups.setdefault(job_group_key(cfg), []).append((initial_job_idx + offset, list(overrides)))
+    return list(groups.values())
 
 
 @contextlib.contextmanager

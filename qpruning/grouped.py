@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -29,10 +30,12 @@ from typing import Any
 import torch
 
 from qpruning.benchmarks import SampleError
+from qpruning.cache.stack import stack_caches
 from qpruning.loggers import NullLogger
 from qpruning.prefill import SharedPrefill
 from qpruning.runlock import RunLock
 from qpruning.runner import Runner, RunState
+from qpruning.transformers_api import cache_kwargs
 
 logger = logging.getLogger(__name__)
 
@@ -93,11 +96,11 @@ def group_runners(runners: list[Runner]) -> list[list[Runner]]:
     return groups
 
 
-def run_grouped(runners: list[Runner]) -> list[dict[str, Any]]:
+def run_grouped(runners: list[Runner], batch_decode: bool = False) -> list[dict[str, Any]]:
     """Run every runner, groups sharing prefills (:class:`GroupRunner`); returns each one's metrics, in order."""
     metrics: dict[int, dict[str, Any]] = {}
     for group in group_runners(runners):
-        results = GroupRunner(group).run()
+        results = GroupRunner(group, batch_decode=batch_decode).run()
         metrics.update({id(runner): result for runner, result in zip(group, results)})
     return [metrics[id(runner)] for runner in runners]
 
@@ -108,9 +111,14 @@ class GroupRunner:
 
     Args:
         runners: the runs, each with its own compressor, folder and labels.
+        batch_decode: decode the runs that share a quantizer (and its per-layer bits) together, as the rows of one
+            batch (:func:`~qpruning.cache.stack.stack_caches`): fewer decode steps, but a batch's arithmetic can
+            differ from one row's in the last bits, and so, rarely, a token (results/bench/sweep/README.md).
+            Runs whose caches cannot be stacked decode one by one.
     """
 
     runners: list[Runner]
+    batch_decode: bool = False
 
     def __post_init__(self) -> None:
         self.runners = list(self.runners)
@@ -135,10 +143,20 @@ class GroupRunner:
         with contextlib.ExitStack() as stack:
             for runner in self.runners:
                 stack.enter_context(RunLock(runner.output_dir))
-            states = []
+            states, prepared = [], []
+
+            def prepare(runner: Runner) -> tuple:
+                """The group's tokenizer and samples, made once (each run still validates its configuration)."""
+                if prepared:
+                    runner.validate()
+                else:
+                    prepared.append(runner.prepare())
+                return prepared[0]
+
             for runner in self.runners:
                 with current_run(runner.output_dir):
-                    states.append(runner.begin(live_logger=logging_runs <= 1))
+                    states.append(runner.begin(live_logger=logging_runs <= 1,
+                                               prepare=lambda runner=runner: prepare(runner)))
                 states[-1].shared = True
             pending = [(r, s) for r, s in zip(self.runners, states) if s.metrics is None and s.todo]
             if pending:
@@ -166,10 +184,65 @@ class GroupRunner:
             for sample in progress:
                 needing = [(r, s) for (r, s), ids in zip(pending, todo) if sample.id in ids]
                 prefill = self._prefill(model, tokenizer, sample, needing) if len(needing) > 1 else None
-                for runner, state in needing:
-                    with current_run(runner.output_dir), runner.compressor.attach(model):
-                        runner.add_record(state, runner.evaluate(model, tokenizer, sample, prefill))
+                batches = self._decode_batches(model, needing) if self.batch_decode and prefill else [needing]
+                for batch in batches:
+                    records = self._decode_together(model, tokenizer, sample, prefill, batch) if len(batch) > 1 else None
+                    for i, (runner, state) in enumerate(batch):
+                        with current_run(runner.output_dir), runner.compressor.attach(model):
+                            record = runner.evaluate(model, tokenizer, sample, prefill) if records is None else records[i]
+                            runner.add_record(state, record)
                 del prefill
+
+    @staticmethod
+    def _decode_batches(model, needing: list[tuple[Runner, RunState]]) -> list[list[tuple[Runner, RunState]]]:
+        """``needing`` in batches of runs with the same quantizer, storage and per-layer bits."""
+        batches: dict[tuple, list[tuple[Runner, RunState]]] = {}
+        for runner, state in needing:
+            compressor = runner.compressor
+            key = (repr(compressor.quantizer), compressor.storage_dtype, compressor.kernel, compressor.compat,
+                   tuple(plan.bits for plan in compressor.plan(model.config)))
+            batches.setdefault(key, []).append((runner, state))
+        return list(batches.values())
+
+    @staticmethod
+    def _decode_together(model, tokenizer, sample, prefill: SharedPrefill,
+                         batch: list[tuple[Runner, RunState]]) -> list[dict[str, Any]] | None:
+        """The records of ``batch``'s runs, decoded as the rows of one batch; None when their caches cannot be
+        stacked or the prompt fails (the runs then go one by one)."""
+        started = time.time()
+        first = batch[0][0]
+        try:
+            input_ids, kwargs = first.prompt(model, tokenizer, sample)
+        except SampleError:
+            return None
+        caches = []
+        for runner, _ in batch:
+            caches.append(runner.compressor.new_cache(model))
+            prefill.fill(runner.compressor, caches[-1])
+        stacked = stack_caches(caches)
+        if stacked is None:
+            logger.debug("sample %s: caches of %d runs cannot be stacked; decoding one by one", sample.id, len(batch))
+            return None
+        rows, length = len(batch), input_ids.shape[1]
+        ids = input_ids.expand(rows, -1)
+        with first.compressor.attach(model), prefill.replayed_rows(model, stacked, lambda: None, rows):
+            output = model.generate(ids, attention_mask=torch.ones_like(ids), **cache_kwargs(model, stacked),
+                                    **kwargs)
+        eos = kwargs.get("eos_token_id", model.generation_config.eos_token_id)
+        eos = set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
+        seconds = round((time.time() - started) / rows + prefill.share_seconds, 3)
+        records = []
+        for row, ((runner, _), cache) in enumerate(zip(batch, caches)):
+            tokens = output[row, length:].tolist()
+            end = next((i + 1 for i, token in enumerate(tokens) if token in eos), len(tokens))  # then padding
+            try:
+                record = runner.generated_record(sample, tokenizer, tokens[:end], length, cache)
+            except SampleError as exc:
+                record = runner.failed_record(sample, exc)
+            record["seconds"] = seconds
+            records.append(record)
+        logger.debug("sample %s: %d runs decoded as one batch in %.2fs", sample.id, rows, time.time() - started)
+        return records
 
     @staticmethod
     def _prefill(model, tokenizer, sample, needing: list[tuple[Runner, RunState]]) -> SharedPrefill | None:

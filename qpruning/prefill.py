@@ -158,14 +158,23 @@ class SharedPrefill:
     def replayed(self, model, compressor: KVCompressor, cache: QPrunedCache) -> Iterator[None]:
         """Within the block, ``model.generate(self.input_ids, cache=cache, ...)`` takes its prefill from the
         recording (``cache`` filled by :meth:`fill`) and decodes as usual. Run it inside ``compressor.attach``."""
+        with self.replayed_rows(model, cache, lambda: self.fill(compressor, cache), rows=1):
+            yield
+
+    @contextlib.contextmanager
+    def replayed_rows(self, model, cache, fill: Callable[[], None], rows: int) -> Iterator[None]:
+        """Within the block, ``model.generate`` of ``rows`` copies of the prompt with ``cache`` takes its prefill
+        from the recording: ``fill()`` readies ``cache`` (``rows`` rows), every row gets the recorded logits."""
         name = cache_argument(model)
 
         def from_recording(original, *args, **kwargs):
             ids = kwargs.get("input_ids", args[0] if args else None)
-            if ids is None or not torch.equal(ids, self.input_ids) or forward_cache(kwargs, name) is not cache:
+            expected = self.input_ids.expand(rows, -1)
+            if ids is None or not torch.equal(ids, expected) or forward_cache(kwargs, name) is not cache:
                 raise RuntimeError("a replayed prefill must be the recorded prompt with the cache given to replayed()")
-            self.fill(compressor, cache)
-            return type(self.output)(**{**dict(self.output.items()), self.cache_field: cache})
+            fill()
+            fields = {k: (v.expand(rows, *v.shape[1:]) if k == "logits" else v) for k, v in self.output.items()}
+            return type(self.output)(**{**fields, self.cache_field: cache})
 
         with _first_forward(model, from_recording):
             yield

@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -184,17 +185,18 @@ class Runner:
             self._run_samples(model, tokenizer, state)
         return self.finish(state)
 
-    def begin(self, live_logger: bool = True) -> RunState:
+    def begin(self, live_logger: bool = True, prepare: Callable[[], tuple] | None = None) -> RunState:
         """What the run has left to do (call it holding the folder's lock: :meth:`run` does).
 
         A run complete already for its limit gets ``metrics`` set and nothing to do. ``live_logger``: start the
         run's logger now and send it each sample as it finishes (False: :meth:`finish` sends them all at the end,
-        for runs that interleave in one process)."""
+        for runs that interleave in one process). ``prepare``: what gives ``(tokenizer, samples)`` (default:
+        :meth:`prepare`; runs of one benchmark share them)."""
         complete, covered = self._completed_limit()
         if covered and complete["limit"] == self.limit:
             logger.info("%s is complete already: nothing to do", self.output_dir)
             return RunState([], [], [], time.time(), live_logger, metrics=complete)
-        _, samples = self.prepare()
+        _, samples = (prepare or self.prepare)()
         records = {r["id"]: r for r in read_predictions(self.predictions_path)}
         if covered and all(s.id in records for s in samples):  # a smaller limit than the one completed
             logger.info("%s is complete already (limit %s): the metrics of its first %d samples, metrics.json "
@@ -253,11 +255,16 @@ class Runner:
             else:
                 record = self._cross_entropy_sample(model, tokenizer, sample)
         except SampleError as exc:
-            logger.warning("sample %s failed: %s", sample.id, exc)
-            record = self._base_record(sample)
-            record.update(status="failed", error=str(exc), score=None)
+            record = self.failed_record(sample, exc)
         share = prefill.share_seconds if prefill is not None else 0.0
         record["seconds"] = round(time.time() - started + share, 3)
+        return record
+
+    def failed_record(self, sample, exc: SampleError) -> dict[str, Any]:
+        """The record of a sample that failed with ``exc`` (logged as a warning)."""
+        logger.warning("sample %s failed: %s", sample.id, exc)
+        record = self._base_record(sample)
+        record.update(status="failed", error=str(exc), score=None)
         return record
 
     def add_record(self, state: RunState, record: dict[str, Any]) -> float | None:
@@ -306,18 +313,23 @@ class Runner:
         return input_ids, kwargs
 
     def _generate_sample(self, model, tokenizer, sample, prefill=None) -> dict[str, Any]:
-        record = self._base_record(sample)
         input_ids, kwargs = self.prompt(model, tokenizer, sample)
         cache = self.compressor.new_cache(model)
         shared = prefill.replayed(model, self.compressor, cache) if prefill is not None else contextlib.nullcontext()
         with shared:
             output = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), **cache_kwargs(model, cache),
                                     **kwargs)
-        text = tokenizer.decode(output[0, input_ids.shape[1]:], skip_special_tokens=True)
+        return self.generated_record(sample, tokenizer, output[0, input_ids.shape[1]:], input_ids.shape[1], cache)
+
+    def generated_record(self, sample, tokenizer, new_tokens, input_tokens: int, cache) -> dict[str, Any]:
+        """A generated sample's record: its prediction and score from ``new_tokens``, the cache's sizes after
+        prefill."""
+        record = self._base_record(sample)
+        text = tokenizer.decode(new_tokens, skip_special_tokens=True)
         prediction = self.benchmark.postprocess(sample, text)
         record["prediction"] = prediction
         record["score"] = float(self.benchmark.score(sample, prediction))
-        record["input_tokens"] = input_ids.shape[1]
+        record["input_tokens"] = input_tokens
         record["extra"].update(self.benchmark.details(sample, prediction))
         self._cache_fields(record, cache)
         return record

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from slurm_cluster import SlurmCluster, run_bounded, slurm_cluster_fixture  # noqa: F401  (the fixture)
 from test_config import compose_config
 
 from qpruning.app import runner_from_config
@@ -60,6 +62,20 @@ def test_a_group_writes_the_same_predictions_and_metrics_as_runs_one_by_one(one_
         assert metrics(runner.output_dir) == metrics(reference)
     kv_bytes = {tuple(r["kv_bytes"] for r in records(runner.output_dir)) for runner in group}
     assert len(kv_bytes) > 1  # each run compressed its own cache
+
+
+def test_batched_decoding_keeps_each_runs_compression_and_here_its_tokens(one_by_one, tmp_path, caplog):
+    group = runners(tmp_path)
+    with caplog.at_level("DEBUG", logger="qpruning.grouped"):
+        GroupRunner(group, batch_decode=True).run()
+    batched = [r.getMessage() for r in caplog.records if "decoded as one batch" in r.getMessage()]
+    assert batched and all(" runs decoded" in m for m in batched)
+    for runner in group:
+        reference = records(one_by_one / runner.output_dir.name)
+        found = records(runner.output_dir)
+        assert [(r["kept_tokens"], r["kv_bytes"]) for r in found] == [(r["kept_tokens"], r["kv_bytes"]) for r in reference]
+        # float32 on this grid: every token as one by one (a batch may differ in the last bits elsewhere)
+        assert found == reference, runner.output_dir.name
 
 
 def test_a_group_does_only_what_each_run_still_lacks(one_by_one, tmp_path):
@@ -157,3 +173,22 @@ def test_a_sweep_runs_grouped_by_default_and_writes_what_the_basic_launcher_writ
         log = (other / "run.log").read_text()
         assert f"Run {other}:" in log and log.count("Run ") == 1  # its own run's lines, not its group's others
         assert "one prefill per sample" in log and "score" in log
+
+
+def test_a_grouped_slurm_sweep_submits_one_slurm_job_per_group(slurm_cluster: SlurmCluster, tmp_path):
+    sweep = tmp_path / "sweep"
+    grouped = "hydra_plugins.qpruning_grouped_launcher.grouped_slurm_launcher.GroupedSlurmLauncher"
+    cmd = [sys.executable, "run.py", "-m", *[o for o in FAST if not o.startswith("model=")], "bits=4,16",
+           "model=tiny_llama,tiny_mistral",
+           f"output_root={tmp_path}", *slurm_cluster.launcher_overrides(sweep), f"hydra.launcher._target_={grouped}"]
+    proc = run_bounded(cmd, timeout_s=420, env=slurm_cluster.env(WANDB_MODE="offline"),
+                       cwd=Path(__file__).resolve().parents[1])
+    logs = slurm_cluster.job_logs(sweep / ".submitit")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:] + logs
+    assert "as 2 Slurm jobs" in proc.stdout + proc.stderr
+    assert len(list((sweep / ".submitit").glob("*_*/"))) == 2  # one Slurm array task per model
+    runs = sorted(p.parent for p in sweep.rglob("metrics.json"))
+    assert sorted((json.loads((r / "metrics.json").read_text())["model"], json.loads((r / "metrics.json").read_text())[
+        "bits"]) for r in runs) == [("tiny_llama", 4), ("tiny_llama", 16), ("tiny_mistral", 4), ("tiny_mistral", 16)]
+    assert all(len(records(r)) == 2 for r in runs)
+    assert "one prefill per sample" in logs

@@ -14,8 +14,12 @@ from omegaconf import DictConfig
 
 
 class GroupedLauncher(Launcher):
-    def __init__(self) -> None:
+    """``batch_decode``: decode the runs of a group that share a quantizer as the rows of one batch (faster; the
+    last bits of a batch's arithmetic can differ from one row's: see :class:`qpruning.grouped.GroupRunner`)."""
+
+    def __init__(self, batch_decode: bool = False) -> None:
         super().__init__()
+        self.batch_decode = bool(batch_decode)
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
@@ -28,4 +32,5 @@ class GroupedLauncher(Launcher):
 
         if self.config is None or self.hydra_context is None or self.task_function is None:
             raise RuntimeError("GroupedLauncher.launch before setup")
-        return launch_grouped(self.hydra_context, self.task_function, self.config, job_overrides, initial_job_idx)
+        return launch_grouped(self.hydra_context, self.task_function, self.config, job_overrides, initial_job_idx,
+                              batch_decode=self.batch_decode)
