@@ -11,6 +11,7 @@ command, the machine, the date, the wall times, the speed-ups and the comparison
 
     python scripts/bench_sweep.py                      # the whole niah_small grid (9 samples per configuration)
     python scripts/bench_sweep.py --limit 3            # the first 3 samples of each configuration
+    python scripts/bench_sweep.py --override 'benchmark.depths=[50]'   # one sample per length (1000, 2000, 3500)
 """
 
 from __future__ import annotations
@@ -36,9 +37,9 @@ LABELS = {"basic": "basic (one by one)", "grouped": "grouped (the default of -m)
 TIMINGS = ("seconds",)
 
 
-def sweep(launcher: str, root: Path, limit: int | None) -> tuple[float, list[str]]:
+def sweep(launcher: str, root: Path, limit: int | None, extra: list[str]) -> tuple[float, list[str]]:
     """Run the grid with ``launcher`` into ``root``; returns (wall seconds, the command)."""
-    command = [sys.executable, "run.py", "-m", *GRID, *BASE, *LAUNCHERS[launcher], f"output_root={root}"]
+    command = [sys.executable, "run.py", "-m", *GRID, *BASE, *extra, *LAUNCHERS[launcher], f"output_root={root}"]
     if limit is not None:
         command.append(f"limit={limit}")
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO)}
@@ -72,6 +73,7 @@ def machine() -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--limit", type=int, default=None, help="samples per configuration (default: all)")
+    parser.add_argument("--override", action="append", default=[], help="an extra override of every job")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "bench" / "sweep")
     parser.add_argument("--note", default="", help="a line about the conditions (a busy machine...)")
     args = parser.parse_args(argv)
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     times, commands, found = {}, {}, {}
     with tempfile.TemporaryDirectory(prefix="bench_sweep_") as tmp:
         for launcher in LAUNCHERS:
-            times[launcher], commands[launcher] = sweep(launcher, Path(tmp) / launcher, args.limit)
+            times[launcher], commands[launcher] = sweep(launcher, Path(tmp) / launcher, args.limit, args.override)
             found[launcher] = records(Path(tmp) / launcher)
             print(f"{launcher}: {times[launcher]:.1f} s, {len(found[launcher])} runs", flush=True)
     basic = found["basic"]
@@ -96,7 +98,8 @@ def main(argv: list[str] | None = None) -> None:
         "",
         f"- Date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"- Machine: {machine()}",
-        f"- Command: `python scripts/bench_sweep.py{' --limit ' + str(args.limit) if args.limit else ''}`, which runs",
+        f"- Command: `{shlex.join(['python', 'scripts/bench_sweep.py', *(argv if argv is not None else sys.argv[1:])])}`,"
+        " which runs",
         *[f"  - {launcher}: `{shown(commands[launcher])}`" for launcher in LAUNCHERS],
         f"- Samples per configuration: {samples // 12} ({'limit=' + str(args.limit) if args.limit else 'all'})",
         *([f"- Note: {args.note}"] if args.note else []),

@@ -192,3 +192,20 @@ def test_a_grouped_slurm_sweep_submits_one_slurm_job_per_group(slurm_cluster: Sl
         "bits"]) for r in runs) == [("tiny_llama", 4), ("tiny_llama", 16), ("tiny_mistral", 4), ("tiny_mistral", 16)]
     assert all(len(records(r)) == 2 for r in runs)
     assert "one prefill per sample" in logs
+
+
+def test_runs_of_a_group_that_log_to_wandb_each_get_their_own_run_at_the_end(tmp_path, monkeypatch):
+    from wandb_records import summarize
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    group = runners(tmp_path, GRID[:2], extra=["logger=wandb", "logger.project=qpruning-test",
+                                             "experiment_name=groupcheck"])
+    GroupRunner(group).run()
+    for runner in group:
+        (run_file,) = list((runner.output_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+        written = summarize(run_file)
+        metrics = json.loads(runner.metrics_path.read_text())
+        assert written["group"] == "groupcheck" and written["config"]["compat"] == metrics["compat"]
+        assert written["summary"]["kv_bytes"] == metrics["kv_bytes"]
+        assert written["history"]["samples_table/nrows"] == 2
