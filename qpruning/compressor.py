@@ -27,9 +27,10 @@ layer holds afterwards (:class:`~qpruning.cache.layer.LayerPrefill`, recorded by
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -284,10 +285,13 @@ class KVCompressor:
         return QPrunedCache(model.config.num_hidden_layers, plans=self.plan(model.config))
 
     @contextlib.contextmanager
-    def attach(self, model) -> Iterator[Attached]:
+    def attach(self, model, context: Callable[[QPrunedCache], object] | None = None) -> Iterator[Attached]:
         """Within the block, ``model`` compresses its cache with this compressor (see the module docstring).
 
-        Yields an :class:`Attached` (``.last_cache``: the latest forward's cache)."""
+        Yields an :class:`Attached` (``.last_cache``: the latest forward's cache). ``context`` makes each
+        forward's context from its cache instead of :class:`attention.ForwardContext` (``qpruning.prefill``
+        records the prefill's tensors this way, to compress them later)."""
+        make_context = context or functools.partial(attention.ForwardContext, self)
         plans = self.plan(model.config)
         config = model.config
         previous = config._attn_implementation
@@ -317,7 +321,7 @@ class KVCompressor:
                 )
             cache.use_plans(plans)
             cache.record_attention_mask(kwargs.get("attention_mask"))
-            context_tokens.append(set_active_forward(attention.ForwardContext(self, cache)))
+            context_tokens.append(set_active_forward(make_context(cache)))
             attached.saw(cache)
             return args, kwargs
 

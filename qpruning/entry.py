@@ -48,6 +48,18 @@ def run_task(cfg) -> float | None:
         return run_job(cfg)
 
 
+def run_task_runner(cfg):
+    """:func:`run_task`'s job as a :class:`~qpruning.runner.Runner`, built and not run: the grouped launcher
+    (``hydra/launcher=grouped``, :func:`qpruning.app.launch_grouped`) runs a sweep's runners in groups."""
+    from qpruning.app import job_runner
+
+    with reported():
+        return job_runner(cfg)
+
+
+run_task.runner = run_task_runner  # type: ignore[attr-defined]
+
+
 def optimize_task(cfg) -> float:
     """``qpruning optimize``'s task, reported like :func:`run_task`."""
     from qpruning.app import run_optimize_job

@@ -16,12 +16,14 @@ context window and its data. The Hydra application (:mod:`qpruning.app`, behind 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,32 @@ def append_record(path: Path, record: dict[str, Any]) -> None:
 
 def _finite(value: float) -> float | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+@dataclass
+class RunState:
+    """What a run has left to do (:meth:`Runner.begin`), and what it did since.
+
+    Args:
+        samples: the run's samples (its first ``limit``).
+        todo: those not in ``predictions.jsonl`` yet.
+        done: the records of the samples finished, earlier ones first.
+        started: when this attempt started (``metrics.json``'s ``seconds``).
+        live_logger: whether the run's logger gets each sample as it finishes (else all at the end).
+        metrics: set when the run was complete already: its metrics, nothing to do.
+        new: the records this attempt added.
+        shared: whether the run shares its time with others (:mod:`qpruning.grouped`): its ``seconds`` are then the
+            sum of its new records' (each with its share of the shared prefill), not the attempt's wall time.
+    """
+
+    samples: list
+    todo: list
+    done: list[dict[str, Any]]
+    started: float
+    live_logger: bool = True
+    metrics: dict[str, Any] | None = None
+    new: list[dict[str, Any]] = field(default_factory=list)
+    shared: bool = False
 
 
 @dataclass
@@ -148,64 +176,108 @@ class Runner:
         return metrics, done_limit is None or (self.limit is not None and self.limit <= done_limit)
 
     def _run_locked(self) -> dict[str, Any]:
+        state = self.begin()
+        if state.metrics is not None:
+            return state.metrics
+        if state.todo:
+            torch.manual_seed(self.seed)
+            model, tokenizer = self.preloaded or self.model.load()
+            self._run_samples(model, tokenizer, state)
+        return self.finish(state)
+
+    def begin(self, live_logger: bool = True, prepare: Callable[[], tuple] | None = None) -> RunState:
+        """What the run has left to do (call it holding the folder's lock: :meth:`run` does).
+
+        A run complete already for its limit gets ``metrics`` set and nothing to do. ``live_logger``: start the
+        run's logger now and send it each sample as it finishes (False: :meth:`finish` sends them all at the end,
+        for runs that interleave in one process). ``prepare``: what gives ``(tokenizer, samples)`` (default:
+        :meth:`prepare`; runs of one benchmark share them)."""
         complete, covered = self._completed_limit()
         if covered and complete["limit"] == self.limit:
             logger.info("%s is complete already: nothing to do", self.output_dir)
-            return complete
-        _, samples = self.prepare()
+            return RunState([], [], [], time.time(), live_logger, metrics=complete)
+        _, samples = (prepare or self.prepare)()
         records = {r["id"]: r for r in read_predictions(self.predictions_path)}
         if covered and all(s.id in records for s in samples):  # a smaller limit than the one completed
             logger.info("%s is complete already (limit %s): the metrics of its first %d samples, metrics.json "
                         "unchanged", self.output_dir, complete["limit"], len(samples))
-            return self._metrics([records[s.id] for s in samples], 0.0)
+            return RunState(samples, [], [], time.time(), live_logger,
+                            metrics=self._metrics([records[s.id] for s in samples], 0.0))
         logger.info("Run %s: %s on %s, %s", self.output_dir, self.labels.benchmark, self.model.name,
                     self.compressor.describe())
         todo = [s for s in samples if s.id not in records]
         if records:
             logger.info("Resuming: %d of %d samples already done", len(samples) - len(todo), len(samples))
-        self.run_logger.start(self.config, self.output_dir)
-        started = time.time()
-        if todo:
-            torch.manual_seed(self.seed)
-            model, tokenizer = self.preloaded or self.model.load()
-            done = [records[s.id] for s in samples if s.id in records]
-            self._run_samples(model, tokenizer, todo, done, len(samples))
+        if live_logger:
+            self.run_logger.start(self.config, self.output_dir)
+        done = [records[s.id] for s in samples if s.id in records]
+        return RunState(samples, todo, done, time.time(), live_logger)
+
+    def finish(self, state: RunState) -> dict[str, Any]:
+        """Write ``metrics.json`` from ``predictions.jsonl`` once every sample of ``state`` is in."""
         by_id = {r["id"]: r for r in read_predictions(self.predictions_path)}
-        ordered = [by_id[s.id] for s in samples]
-        metrics = self._metrics(ordered, time.time() - started)
+        ordered = [by_id[s.id] for s in state.samples]
+        seconds = sum(r["seconds"] for r in state.new) if state.shared else time.time() - state.started
+        metrics = self._metrics(ordered, seconds)
         write_json_atomic(self.metrics_path, metrics)
+        if not state.live_logger:
+            self.run_logger.start(self.config, self.output_dir)
+            for done, record in enumerate(state.new, start=len(ordered) - len(state.new) + 1):
+                self.run_logger.log_sample(record, done=done, total=len(state.samples))
         self.run_logger.finish(metrics, ordered)
         score = metrics["score"] if metrics["score"] is not None else float("nan")
         logger.info("%s: score %.2f over %d samples (%d failed)", self.labels.benchmark, score,
                     metrics["samples"], metrics["failed"])
         return metrics
 
-    def _run_samples(self, model, tokenizer, samples, done: list[dict[str, Any]], total: int) -> None:
-        """Run ``samples``, appending each record; ``done`` are the records of earlier runs of this folder."""
+    def _run_samples(self, model, tokenizer, state: RunState) -> None:
+        """Run the samples of ``state.todo``, appending each record."""
         from tqdm.auto import tqdm
 
-        done = list(done)
-
-        evaluate = {"generate": self._generate_sample, "cross_entropy": self._cross_entropy_sample}[
-            self.benchmark.evaluation]
         with self.compressor.attach(model), torch.inference_mode():
-            progress = tqdm(samples, desc=f"{self.labels.benchmark} {self.labels.pruner} {self.labels.bits}-bit",
+            progress = tqdm(state.todo, desc=f"{self.labels.benchmark} {self.labels.pruner} {self.labels.bits}-bit",
                             unit="sample", dynamic_ncols=True)
             for sample in progress:
-                started = time.time()
-                try:
-                    record = evaluate(model, tokenizer, sample)
-                except SampleError as exc:
-                    logger.warning("sample %s failed: %s", sample.id, exc)
-                    record = self._base_record(sample)
-                    record.update(status="failed", error=str(exc), score=None)
-                record["seconds"] = round(time.time() - started, 3)
-                append_record(self.predictions_path, record)
-                done.append(record)
-                running = _finite(self.benchmark.aggregate(done).get("score"))
-                self.run_logger.log_sample(record, done=len(done), total=total, running_score=running)
+                running = self.add_record(state, self.evaluate(model, tokenizer, sample))
                 if running is not None:
                     progress.set_postfix(score=f"{running:.1f}")
+
+    def evaluate(self, model, tokenizer, sample, prefill=None) -> dict[str, Any]:
+        """One sample's record (a :class:`SampleError` gives a failed record), inside ``compressor.attach``.
+
+        ``prefill``: a :class:`~qpruning.prefill.SharedPrefill` of this sample's prompt, recorded once for several
+        runs; generation then starts from it (the same tokens), and the record's ``seconds`` include an even share
+        of the recorded prefill (its ``share_seconds``)."""
+        started = time.time()
+        try:
+            if self.benchmark.evaluation == "generate":
+                record = self._generate_sample(model, tokenizer, sample, prefill)
+            else:
+                record = self._cross_entropy_sample(model, tokenizer, sample)
+        except SampleError as exc:
+            record = self.failed_record(sample, exc)
+        share = prefill.share_seconds if prefill is not None else 0.0
+        record["seconds"] = round(time.time() - started + share, 3)
+        return record
+
+    def failed_record(self, sample, exc: SampleError) -> dict[str, Any]:
+        """The record of a sample that failed with ``exc`` (logged as a warning)."""
+        logger.warning("sample %s failed: %s", sample.id, exc)
+        record = self._base_record(sample)
+        record.update(status="failed", error=str(exc), score=None)
+        return record
+
+    def add_record(self, state: RunState, record: dict[str, Any]) -> float | None:
+        """Append ``record`` to ``predictions.jsonl`` (durable before the next sample) and to ``state``; returns the
+        running score."""
+        append_record(self.predictions_path, record)
+        state.done.append(record)
+        state.new.append(record)
+        running = _finite(self.benchmark.aggregate(state.done).get("score"))
+        if state.live_logger:
+            self.run_logger.log_sample(record, done=len(state.done), total=len(state.samples),
+                                       running_score=running)
+        return running
 
     def _base_record(self, sample) -> dict[str, Any]:
         return {
@@ -230,21 +302,34 @@ class Runner:
         record["kv_bytes"] = summary["kv_bytes"]
         record["kv_bytes_full"] = summary["kv_bytes_full"]
 
-    def _generate_sample(self, model, tokenizer, sample) -> dict[str, Any]:
-        record = self._base_record(sample)
+    def prompt(self, model, tokenizer, sample) -> tuple[torch.Tensor, dict[str, Any]]:
+        """``(input_ids [1, seq] on the model's device, generate's keyword arguments)`` of a sample."""
         max_input = self.benchmark.max_input_tokens(sample, self.model.context_window)
         ids = self.benchmark.encode(sample, tokenizer, max_input, chat_template=self.model.chat_template)
         device = next(model.parameters()).device
         input_ids = torch.tensor([ids], dtype=torch.long, device=device)
         kwargs = dict(self.benchmark.generation_kwargs(sample, tokenizer))
         kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
+        return input_ids, kwargs
+
+    def _generate_sample(self, model, tokenizer, sample, prefill=None) -> dict[str, Any]:
+        input_ids, kwargs = self.prompt(model, tokenizer, sample)
         cache = self.compressor.new_cache(model)
-        output = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), **cache_kwargs(model, cache), **kwargs)
-        text = tokenizer.decode(output[0, len(ids):], skip_special_tokens=True)
+        shared = prefill.replayed(model, self.compressor, cache) if prefill is not None else contextlib.nullcontext()
+        with shared:
+            output = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), **cache_kwargs(model, cache),
+                                    **kwargs)
+        return self.generated_record(sample, tokenizer, output[0, input_ids.shape[1]:], input_ids.shape[1], cache)
+
+    def generated_record(self, sample, tokenizer, new_tokens, input_tokens: int, cache) -> dict[str, Any]:
+        """A generated sample's record: its prediction and score from ``new_tokens``, the cache's sizes after
+        prefill."""
+        record = self._base_record(sample)
+        text = tokenizer.decode(new_tokens, skip_special_tokens=True)
         prediction = self.benchmark.postprocess(sample, text)
         record["prediction"] = prediction
         record["score"] = float(self.benchmark.score(sample, prediction))
-        record["input_tokens"] = len(ids)
+        record["input_tokens"] = input_tokens
         record["extra"].update(self.benchmark.details(sample, prediction))
         self._cache_fields(record, cache)
         return record

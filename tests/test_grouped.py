@@ -1,0 +1,211 @@
+"""Prefill once, decode many (:mod:`qpruning.grouped`, :mod:`qpruning.prefill`): a group of runs sharing each
+sample's prefill writes the same folders as the same runs one by one."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from slurm_cluster import SlurmCluster, run_bounded, slurm_cluster_fixture  # noqa: F401  (the fixture)
+from test_config import compose_config
+
+from qpruning.app import runner_from_config
+from qpruning.grouped import GroupRunner, group_runners, run_grouped
+from qpruning.prefill import SharedPrefill
+from qpruning.runner import read_predictions
+from qpruning.transformers_api import cache_kwargs
+
+FAST = ["model=tiny_llama", "benchmark=niah_small", "benchmark.lengths=[600]", "benchmark.depths=[0,100]",
+        "budget=null", "tokens=128", "limit=2", "benchmark.max_new_tokens=12"]
+GRID = [[f"pruner={p}", f"bits={b}", f"compat={c}"]
+        for p, b, c in itertools.product(("snapkv", "pyramidkv", "h2o", "streamingllm"), (16, 4),
+                                         ("methods", "paper"))]
+TIMINGS = {"seconds"}
+
+
+def runners(root: Path, grid=GRID, extra=()):
+    return [runner_from_config(compose_config([*FAST, *extra, *job]), root / "-".join(j.split("=")[1] for j in job))
+            for job in grid]
+
+
+def records(folder: Path) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMINGS} for r in read_predictions(folder / "predictions.jsonl")]
+
+
+def metrics(folder: Path) -> dict:
+    return {k: v for k, v in json.loads((folder / "metrics.json").read_text()).items() if k not in TIMINGS}
+
+
+@pytest.fixture(scope="module")
+def one_by_one(tmp_path_factory):
+    root = tmp_path_factory.mktemp("one_by_one")
+    loaded = None
+    for runner in runners(root):
+        loaded = loaded or runner.model.load()
+        runner.preloaded = loaded  # the same weights as a fresh load (tiny models are built from a seed), faster
+        runner.run()
+    return root
+
+
+def test_a_group_writes_the_same_predictions_and_metrics_as_runs_one_by_one(one_by_one, tmp_path):
+    group = runners(tmp_path)
+    assert len(group_runners(group)) == 1
+    GroupRunner(group).run()
+    for runner in group:
+        reference = one_by_one / runner.output_dir.name
+        assert records(runner.output_dir) == records(reference), runner.output_dir.name
+        assert len(records(reference)) == 2
+        assert metrics(runner.output_dir) == metrics(reference)
+    kv_bytes = {tuple(r["kv_bytes"] for r in records(runner.output_dir)) for runner in group}
+    assert len(kv_bytes) > 1  # each run compressed its own cache
+
+
+def test_batched_decoding_keeps_each_runs_compression_and_here_its_tokens(one_by_one, tmp_path, caplog):
+    group = runners(tmp_path)
+    with caplog.at_level("DEBUG", logger="qpruning.grouped"):
+        GroupRunner(group, batch_decode=True).run()
+    batched = [r.getMessage() for r in caplog.records if "decoded as one batch" in r.getMessage()]
+    assert batched and all(" runs decoded" in m for m in batched)
+    for runner in group:
+        reference = records(one_by_one / runner.output_dir.name)
+        found = records(runner.output_dir)
+        assert [(r["kept_tokens"], r["kv_bytes"]) for r in found] == [(r["kept_tokens"], r["kv_bytes"]) for r in reference]
+        # float32 on this grid: every token as one by one (a batch may differ in the last bits elsewhere)
+        assert found == reference, runner.output_dir.name
+
+
+def test_a_group_does_only_what_each_run_still_lacks(one_by_one, tmp_path):
+    group = runners(tmp_path, GRID[:3])
+    half = group[1].predictions_path
+    half.parent.mkdir(parents=True)
+    half.write_text((one_by_one / group[1].output_dir.name / "predictions.jsonl").read_text().splitlines()[0] + "\n")
+    group[2].run()
+    done_at = group[2].metrics_path.stat().st_mtime_ns
+    recorded = []
+    original = SharedPrefill.record.__func__
+
+    def counting(cls, *args, **kwargs):
+        prefill = original(cls, *args, **kwargs)
+        recorded.append(prefill)
+        return prefill
+
+    SharedPrefill.record = classmethod(counting)
+    try:
+        GroupRunner(group).run()
+    finally:
+        SharedPrefill.record = classmethod(original)
+    # sample 1: only the first run lacks it (no prefill to share); sample 2: the first two runs share one prefill
+    assert [prefill.sharers for prefill in recorded] == [2]
+    assert group[2].metrics_path.stat().st_mtime_ns == done_at
+    for runner in group:
+        assert records(runner.output_dir) == records(one_by_one / runner.output_dir.name)
+
+
+def test_runs_of_other_models_or_samples_make_their_own_groups(tmp_path):
+    base = runners(tmp_path / "a", GRID[:2])
+    other_limit = runners(tmp_path / "b", GRID[:1], extra=["limit=1"])
+    other_model = runners(tmp_path / "c", GRID[:1], extra=["model=tiny_mistral"])
+    groups = group_runners([base[0], other_limit[0], base[1], other_model[0]])
+    assert [[r.output_dir for r in g] for g in groups] == [
+        [base[0].output_dir, base[1].output_dir], [other_limit[0].output_dir], [other_model[0].output_dir]]
+    with pytest.raises(ValueError, match="different limit"):
+        GroupRunner([base[0], other_limit[0]])
+
+
+def test_run_grouped_returns_each_runs_metrics_in_order(one_by_one, tmp_path):
+    group = runners(tmp_path, GRID[:2])
+    results = run_grouped([group[1], group[0]])
+    assert [r["compat"] for r in results] == ["paper", "methods"]
+
+
+def test_a_replayed_prefill_builds_the_cache_the_model_builds_in_line(tiny_models):
+    model, tokenizer = tiny_models("llama")
+    runner = runner_from_config(compose_config([*FAST, "pruner=h2o", "bits=4"]), Path("unused"))
+    ids = torch.randint(0, 1000, (1, 300), generator=torch.Generator().manual_seed(0))
+    kwargs = {"max_new_tokens": 5, "do_sample": False, "pad_token_id": 0}
+    with torch.inference_mode():
+        prefill = SharedPrefill.record(model, runner.compressor, ids, kwargs)
+        caches, outputs = [], []
+        for shared in (None, prefill):
+            cache = runner.compressor.new_cache(model)
+            with runner.compressor.attach(model), (shared.replayed(model, runner.compressor, cache) if shared
+                                                   else torch.inference_mode()):
+                outputs.append(model.generate(ids, attention_mask=torch.ones_like(ids), **cache_kwargs(model, cache),
+                                              **kwargs))
+            caches.append(cache)
+    assert torch.equal(outputs[0], outputs[1])
+    assert caches[0].prefill_summary == caches[1].prefill_summary
+    for inline, replayed in zip(caches[0].layers, caches[1].layers):
+        assert torch.equal(inline.kept_positions(), replayed.kept_positions())
+    assert "forward" not in vars(model)  # the model is left as it was
+
+
+def run_py(*overrides):
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "run.py", *overrides], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=900, env={**os.environ, "WANDB_MODE": "offline"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return proc
+
+
+def test_a_sweep_runs_grouped_by_default_and_writes_what_the_basic_launcher_writes(tmp_path):
+    sweep = ["-m", "pruner=snapkv,h2o", "bits=4,16", *FAST]
+    grouped = run_py(*sweep, f"output_root={tmp_path / 'grouped'}")
+    basic = run_py(*sweep, "hydra/launcher=basic", f"output_root={tmp_path / 'basic'}")
+    assert "grouped: one prefill per sample" in grouped.stdout + grouped.stderr
+    assert "one prefill per sample" not in basic.stdout + basic.stderr
+    assert grouped.stdout.count("[qpruning]") == basic.stdout.count("[qpruning]") == 4
+    runs = sorted(p.parent.relative_to(tmp_path / "basic") for p in (tmp_path / "basic").rglob("metrics.json"))
+    assert len(runs) == 4
+    for run in runs:
+        one, other = tmp_path / "basic" / run, tmp_path / "grouped" / run
+        assert sorted(p.name for p in one.rglob("*")) == sorted(p.name for p in other.rglob("*"))
+        assert records(other) == records(one)
+        config = (other / ".hydra" / "config.yaml").read_text()
+        assert config.replace(str(tmp_path / "grouped"), str(tmp_path / "basic")) == (one / ".hydra" / "config.yaml").read_text()
+        log = (other / "run.log").read_text()
+        assert f"Run {other}:" in log and log.count("Run ") == 1  # its own run's lines, not its group's others
+        assert "one prefill per sample" in log and "score" in log
+
+
+def test_a_grouped_slurm_sweep_submits_one_slurm_job_per_group(slurm_cluster: SlurmCluster, tmp_path):
+    sweep = tmp_path / "sweep"
+    grouped = "hydra_plugins.qpruning_grouped_launcher.grouped_slurm_launcher.GroupedSlurmLauncher"
+    cmd = [sys.executable, "run.py", "-m", *[o for o in FAST if not o.startswith("model=")], "bits=4,16",
+           "model=tiny_llama,tiny_mistral",
+           f"output_root={tmp_path}", *slurm_cluster.launcher_overrides(sweep), f"hydra.launcher._target_={grouped}"]
+    proc = run_bounded(cmd, timeout_s=420, env=slurm_cluster.env(WANDB_MODE="offline"),
+                       cwd=Path(__file__).resolve().parents[1])
+    logs = slurm_cluster.job_logs(sweep / ".submitit")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:] + logs
+    assert "as 2 Slurm jobs" in proc.stdout + proc.stderr
+    assert len(list((sweep / ".submitit").glob("*_*/"))) == 2  # one Slurm array task per model
+    runs = sorted(p.parent for p in sweep.rglob("metrics.json"))
+    assert sorted((json.loads((r / "metrics.json").read_text())["model"], json.loads((r / "metrics.json").read_text())[
+        "bits"]) for r in runs) == [("tiny_llama", 4), ("tiny_llama", 16), ("tiny_mistral", 4), ("tiny_mistral", 16)]
+    assert all(len(records(r)) == 2 for r in runs)
+    assert "one prefill per sample" in logs
+
+
+def test_runs_of_a_group_that_log_to_wandb_each_get_their_own_run_at_the_end(tmp_path, monkeypatch):
+    from wandb_records import summarize
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    group = runners(tmp_path, GRID[:2], extra=["logger=wandb", "logger.project=qpruning-test",
+                                             "experiment_name=groupcheck"])
+    GroupRunner(group).run()
+    for runner in group:
+        (run_file,) = list((runner.output_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+        written = summarize(run_file)
+        metrics = json.loads(runner.metrics_path.read_text())
+        assert written["group"] == "groupcheck" and written["config"]["compat"] == metrics["compat"]
+        assert written["summary"]["kv_bytes"] == metrics["kv_bytes"]
+        assert written["history"]["samples_table/nrows"] == 2
