@@ -32,7 +32,7 @@ import torch
 from qpruning.benchmarks import SampleError
 from qpruning.cache.stack import stack_caches
 from qpruning.loggers import NullLogger
-from qpruning.prefill import SharedPrefill
+from qpruning.prefill import SharedPrefill, queries_needed
 from qpruning.runlock import RunLock
 from qpruning.runner import Runner, RunState
 from qpruning.transformers_api import cache_kwargs
@@ -252,8 +252,9 @@ class GroupRunner:
             input_ids, kwargs = runner.prompt(model, tokenizer, sample)
         except SampleError:
             return None
-        prefill = SharedPrefill.record(model, runner.compressor, input_ids, kwargs)
+        queries = queries_needed(r.compressor for r, _ in needing)
+        prefill = SharedPrefill.record(model, runner.compressor, input_ids, kwargs, queries)
         prefill.sharers = len(needing)
-        logger.debug("sample %s: one prefill of %d tokens in %.2fs for %d runs", sample.id, input_ids.shape[1],
-                     prefill.seconds, len(needing))
+        logger.debug("sample %s: one prefill of %d tokens in %.2fs for %d runs (%s queries kept)", sample.id,
+                     input_ids.shape[1], prefill.seconds, len(needing), "all" if queries is None else queries)
         return prefill

@@ -15,7 +15,11 @@ prefill is the same forward call with the same inputs, and each cache is compres
 same tensors.
 
 Memory: one prompt's recording holds, per layer, the keys and values (what the prefill's cache holds anyway) and
-the queries (every query: H2O scores with all of them), on the model's device.
+the last queries that the group's pruners read (:func:`queries_needed`: the observation window for SnapKV,
+PyramidKV, Ada-KV and HeadKV, none for StreamingLLM or quantization alone, every query only when H2O is in the
+group), on the model's device. For Llama-3-8B at 32k tokens, all queries are 32 layers x 32 heads x 32k x 128 x 2
+bytes = 8.6 GB; a window of 32 is 8.4 MB. When a layer is compressed (:meth:`SharedPrefill.fill`), its query is
+rebuilt at full length with zeros in front of the kept tail, one layer at a time: a pruner never reads them.
 """
 
 from __future__ import annotations
@@ -36,14 +40,46 @@ from qpruning.compressor import KVCompressor
 from qpruning.transformers_api import cache_argument, cache_kwargs, forward_cache
 
 
+def queries_needed(compressors) -> int | None:
+    """How many of the prompt's last queries a prefill shared by ``compressors`` must keep: the most that any of
+    their pruners reads (:attr:`~qpruning.pruners.base.Pruner.queries_read`); ``None`` when one reads them all."""
+    reads = [compressor.pruner.queries_read for compressor in compressors]
+    return None if any(n is None for n in reads) else max(reads, default=0)
+
+
 @dataclass(frozen=True)
 class LayerCapture:
-    """What :meth:`KVCompressor.compress_layer` is given for one layer at the end of prefill."""
+    """What :meth:`KVCompressor.compress_layer` is given for one layer at the end of prefill, with the query cut to
+    its last ``query_tail.shape[2]`` positions (``queries``, :func:`queries_needed`).
 
-    query: torch.Tensor
+    Args:
+        query_tail: the last queries ``[batch, q_heads, kept, head_dim]`` (all of them when nothing was cut).
+        key: the layer's keys ``[batch, kv_heads, seq, head_dim]`` (post-RoPE).
+        value: the layer's values.
+        scaling: the attention's scaling.
+    """
+
+    query_tail: torch.Tensor
     key: torch.Tensor
     value: torch.Tensor
     scaling: float
+
+    @classmethod
+    def keep(cls, query, key, value, scaling: float, queries: int | None) -> LayerCapture:
+        seq = query.shape[2]
+        if queries is not None and queries < seq:
+            # a copy: the full query (the prefill's) is then freed
+            query = query[:, :, seq - queries:].clone() if queries else query[:, :, :0].clone()
+        return cls(query, key, value, float(scaling))
+
+    def query(self) -> torch.Tensor:
+        """The query at full length ``[batch, q_heads, seq, head_dim]``: zeros before the kept tail."""
+        seq, tail = self.key.shape[2], self.query_tail
+        if tail.shape[2] == seq:
+            return tail
+        full = tail.new_zeros(*tail.shape[:2], seq, tail.shape[3])
+        full[:, :, seq - tail.shape[2]:] = tail
+        return full
 
 
 @dataclass
@@ -53,9 +89,10 @@ class _Recording:
 
     cache: QPrunedCache
     layers: list[LayerCapture | None]
+    queries: int | None = None
 
     def compress_layer(self, layer_idx: int, query, key, value, scaling: float) -> LayerPrefill:
-        self.layers[layer_idx] = LayerCapture(query, key, value, float(scaling))
+        self.layers[layer_idx] = LayerCapture.keep(query, key, value, scaling, self.queries)
         return self.cache.layers[layer_idx].finish_prefill()
 
 
@@ -112,10 +149,12 @@ class SharedPrefill:
 
     @classmethod
     def record(
-        cls, model, compressor: KVCompressor, input_ids: torch.Tensor, generation_kwargs: dict[str, Any]
+        cls, model, compressor: KVCompressor, input_ids: torch.Tensor, generation_kwargs: dict[str, Any],
+        queries: int | None = None,
     ) -> SharedPrefill:
         """Run the prefill of ``input_ids`` once, as ``model.generate(input_ids, **generation_kwargs)`` runs it
-        (the same call: ``generate`` makes the forward's arguments), keeping what compression needs.
+        (the same call: ``generate`` makes the forward's arguments), keeping what compression needs: each
+        layer's keys, values and last ``queries`` queries (``None``: all; :func:`queries_needed`).
 
         ``compressor`` only installs the attention wrapper (its cache is not compressed)."""
         started = time.time()
@@ -130,7 +169,7 @@ class SharedPrefill:
         mask = torch.ones_like(input_ids)
         kwargs = {**generation_kwargs, "max_new_tokens": 1}
         kwargs.pop("min_new_tokens", None)
-        with compressor.attach(model, context=lambda c: _Recording(c, layers)), _first_forward(model, keep_output):
+        with compressor.attach(model, context=lambda c: _Recording(c, layers, queries)), _first_forward(model, keep_output):
             model.generate(input_ids, attention_mask=mask, **cache_kwargs(model, cache), **kwargs)
         missing = [i for i, layer in enumerate(layers) if layer is None]
         if missing or "output" not in kept:
@@ -152,7 +191,7 @@ class SharedPrefill:
         context = ForwardContext(compressor, cache)
         for index, capture in enumerate(self.layers):
             key, value = cache.layers[index].update(capture.key, capture.value)
-            context.compress_layer(index, capture.query, key, value, capture.scaling)
+            context.compress_layer(index, capture.query(), key, value, capture.scaling)
 
     @contextlib.contextmanager
     def replayed(self, model, compressor: KVCompressor, cache: QPrunedCache) -> Iterator[None]:

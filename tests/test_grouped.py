@@ -105,6 +105,31 @@ def test_a_group_does_only_what_each_run_still_lacks(one_by_one, tmp_path):
         assert records(runner.output_dir) == records(one_by_one / runner.output_dir.name)
 
 
+def test_a_group_without_h2o_keeps_only_the_window_queries_and_writes_the_same_files(one_by_one, tmp_path):
+    grid = [job for job in GRID if job[0] != "pruner=h2o"]  # SnapKV, PyramidKV, StreamingLLM; both modes
+    group = runners(tmp_path, grid)
+    kept = []
+    original = SharedPrefill.record.__func__
+
+    def watching(cls, *args, **kwargs):
+        prefill = original(cls, *args, **kwargs)
+        kept.append({(tuple(layer.query_tail.shape), tuple(layer.key.shape)) for layer in prefill.layers})
+        return prefill
+
+    SharedPrefill.record = classmethod(watching)
+    try:
+        GroupRunner(group).run()
+    finally:
+        SharedPrefill.record = classmethod(original)
+    windows = {runner.compressor.pruner.queries_read for runner in group}
+    assert len(kept) == 2 and max(windows) < 600
+    for shapes in kept:  # one shape per layer kind; queries cut to the largest window of the group
+        assert {query[2] for query, _ in shapes} == {max(windows)}
+        assert all(key[2] > max(windows) for _, key in shapes)
+    for runner in group:
+        assert records(runner.output_dir) == records(one_by_one / runner.output_dir.name), runner.output_dir.name
+
+
 def test_runs_of_other_models_or_samples_make_their_own_groups(tmp_path):
     base = runners(tmp_path / "a", GRID[:2])
     other_limit = runners(tmp_path / "b", GRID[:1], extra=["limit=1"])

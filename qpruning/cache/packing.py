@@ -33,26 +33,6 @@ def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
     return (grouped << shifts).sum(dim=-1, dtype=torch.uint8)
 
 
-_CODE_TABLES: dict[tuple[int, torch.device], torch.Tensor] = {}
-
-
-def unpack_float(packed: torch.Tensor, bits: int) -> torch.Tensor:
-    """:func:`unpack` straight to float32 codes, ``[..., n]`` uint8 -> ``[..., n * 8 // bits]`` float32.
-
-    One table lookup per byte (a ``[256, 8 // bits]`` table of each byte's codes) instead of shifts, masks and a
-    conversion: the same exact small integers, in two passes over the data instead of four.
-    """
-    per_byte = codes_per_byte(bits)
-    if per_byte == 1:
-        return packed.to(torch.float32)
-    table = _CODE_TABLES.get((bits, packed.device))
-    if table is None:
-        table = unpack(torch.arange(256, dtype=torch.uint8, device=packed.device), bits).view(256, per_byte).float()
-        _CODE_TABLES[(bits, packed.device)] = table
-    codes = torch.nn.functional.embedding(packed.to(torch.int32), table)
-    return codes.view(*packed.shape[:-1], packed.shape[-1] * per_byte)
-
-
 def unpack(packed: torch.Tensor, bits: int) -> torch.Tensor:
     """Inverse of :func:`pack`: ``[..., n]`` uint8 -> ``[..., n * 8 // bits]`` uint8 codes."""
     per_byte = codes_per_byte(bits)

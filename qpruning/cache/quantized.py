@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from qpruning.cache.packing import pack, unpack, unpack_float
+from qpruning.cache.packing import pack, unpack
 from qpruning.errors import ConfigError, check_real
 
 
@@ -139,21 +139,37 @@ class QuantizedTensor:
         larger buffer) of this tensor's ``rows * length`` tokens laid row by row.
 
         The same float32 arithmetic as :meth:`dequantize` (code times scale, then plus zero), written in place:
-        no intermediate ``[n, d]`` result, no transposed copy for per-channel groups.
+        no intermediate ``[n, d]`` result, no transposed copy for per-channel groups. The codes are not unpacked
+        first: the ``k``-th code of every byte, ``(byte >> k * bits) & mask`` (a uint8 pass), is multiplied by its
+        scale straight into every ``8 // bits``-th channel of ``out`` (uint8 times float32 is computed in float32:
+        the same products as from float codes).
         """
         rows, length, d = out.shape
         g = self.group_size
-        if out.dtype != torch.float32 or self.num_outliers or (self.axis is GroupAxis.TOKENS and length % g):
+        per_byte = 8 // self.bits
+        if (out.dtype != torch.float32 or self.num_outliers or (self.axis is GroupAxis.TOKENS and length % g)
+                or g % per_byte):
             out.copy_(self.dequantize(torch.float32).view(rows, length, d))
             return
-        codes = unpack_float(self.packed, self.bits)
         if self.axis is GroupAxis.CHANNELS:
-            shape, scale_shape = (rows, length, d // g, g), (rows, length, d // g, 1)
+            shape, scale_shape = (rows, length, d // g, g // per_byte), (rows, length, d // g, 1)
         else:
-            shape, scale_shape = (rows, length // g, g, d), (rows, length // g, 1, d)
-        target = out.view(shape)
-        torch.mul(codes.view(shape), self.scale.float().view(scale_shape), out=target)
-        target.add_(self.zero.float().view(scale_shape))
+            shape, scale_shape = (rows, length // g, g, d // per_byte), (rows, length // g, 1, d // per_byte)
+        packed = self.packed.view(shape)
+        target = out.view(*shape, per_byte)
+        scale = self.scale.float()
+        if self.axis is GroupAxis.CHANNELS:
+            scale = scale.view(*scale_shape, 1).expand(*scale_shape, per_byte)
+        else:
+            scale = scale.view(*scale_shape, per_byte)
+        mask = (1 << self.bits) - 1
+        for k in range(per_byte):
+            codes = packed >> (k * self.bits) if k else packed
+            if k < per_byte - 1:  # the top code of a byte needs no mask
+                codes = codes & mask
+            torch.mul(codes, scale[..., k], out=target[..., k])
+        zero = self.zero.float()
+        target.add_(zero.view(*scale_shape, 1) if self.axis is GroupAxis.CHANNELS else zero.view(*scale_shape, per_byte))
 
     def nbytes(self) -> dict[str, int]:
         outliers = 0

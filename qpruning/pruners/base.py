@@ -57,6 +57,12 @@ class Pruner(ABC):
         """The fewest tokens per layer that this pruner accepts (the kept window must fit)."""
         return max(self.window, 1)
 
+    @property
+    def queries_read(self) -> int | None:
+        """How many of the prompt's last queries :meth:`score` (and ``paper_score``) read: ``None`` for all of
+        them (the default: safe for any scorer). A shared prefill (:mod:`qpruning.prefill`) keeps only these."""
+        return None
+
     def layer_tokens(self, tokens: Sequence[int], seq_len: int) -> list[int]:
         """Kept tokens per layer (and KV head) for a prompt of ``seq_len`` tokens, from the plan's ``tokens``
         (identity here)."""
@@ -98,6 +104,10 @@ class NoPruner(Pruner):
         return False
 
     def min_tokens(self) -> int:
+        return 0
+
+    @property
+    def queries_read(self) -> int | None:
         return 0
 
     def score(self, query, key, key_valid, scaling):

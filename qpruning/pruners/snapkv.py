@@ -43,6 +43,10 @@ class SnapKV(Pruner):
         if self.pooling not in ("max", "avg"):
             raise ConfigError(f"pruner.pooling={self.pooling!r} is not allowed", "allowed: max or avg")
 
+    @property
+    def queries_read(self) -> int | None:
+        return self.window  # the observation window (Ada-KV, HeadKV and PyramidKV score as SnapKV does)
+
     def score(self, query, key, key_valid, scaling):
         batch, q_heads, seq, _ = query.shape
         kv_heads = key.shape[1]

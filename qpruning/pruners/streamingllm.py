@@ -38,6 +38,10 @@ class StreamingLLM(Pruner):
         if self.sinks is not None and self.sinks < 0:
             raise ConfigError(f"pruner.sinks={self.sinks} is negative", "allowed: sinks >= 0 or null")
 
+    @property
+    def queries_read(self) -> int | None:
+        return 0  # positions only
+
     def score(self, query, key, key_valid, scaling):
         batch, heads, seq, _ = key.shape
         positions = torch.arange(seq, device=key.device, dtype=torch.float32).expand(batch, seq)

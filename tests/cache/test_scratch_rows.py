@@ -9,7 +9,8 @@ from qpruning import KIVI, FlexGen
 from qpruning.backends import reference_attention
 from qpruning.backends.reference import workspace
 from qpruning.cache.hqq_cache import HQQCache
-from qpruning.cache.packing import PACKABLE_BITS, unpack, unpack_float
+from qpruning.cache.packing import PACKABLE_BITS
+from qpruning.cache.quantized import GroupAxis, QuantizedTensor
 from qpruning.cache.quantizers import KIVIOutlier
 from qpruning.cache.segments import gather_rows
 from tests.cache.test_ragged import (
@@ -71,11 +72,21 @@ def uniform_layer(rng, quantizer, kept: int):
 
 
 @pytest.mark.parametrize("bits", PACKABLE_BITS)
-def test_table_unpacking_gives_the_codes_of_every_byte(bits):
-    every_byte = torch.arange(256, dtype=torch.uint8).view(16, 16)
-    codes = unpack_float(every_byte, bits)
-    assert codes.dtype == torch.float32
-    assert torch.equal(codes, unpack(every_byte, bits).float())
+@pytest.mark.parametrize("axis", list(GroupAxis), ids=lambda a: a.name)
+def test_in_place_dequantization_equals_dequantize_for_every_byte(bits, axis, rng):
+    """Every byte value (so every code in every position of a byte), strided output, both group axes."""
+    rows, length, d, g = 2, 128, 64, 32
+    per_byte = 8 // bits
+    packed = torch.randint(0, 256, (rows * length, d // per_byte), dtype=torch.uint8, generator=rng)
+    packed[:256 // (d // per_byte) + 1].view(-1)[:256] = torch.arange(256, dtype=torch.uint8)
+    groups = (rows * length, d // g) if axis is GroupAxis.CHANNELS else (rows * length // g, d)
+    scale = (torch.rand(groups, generator=rng) + 0.1).half()
+    zero = torch.randn(groups, generator=rng).half()
+    tensor = QuantizedTensor(packed, scale, zero, bits, g, axis, d)
+    buffer = torch.full((rows, length + 5, d), float("nan"))
+    tensor.dequantize_into(buffer[:, 3:3 + length])
+    assert torch.equal(buffer[:, 3:3 + length], tensor.dequantize(torch.float32).view(rows, length, d))
+    assert buffer[:, :3].isnan().all() and buffer[:, 3 + length:].isnan().all()
 
 
 @pytest.mark.parametrize("quantizer", QUANTIZERS, ids=lambda q: f"{q.name}{q.bits}g{q.group_size}")
