@@ -78,6 +78,23 @@ def test_batched_decoding_keeps_each_runs_compression_and_here_its_tokens(one_by
         assert found == reference, runner.output_dir.name
 
 
+def test_rotated_runs_decoded_as_one_batch_give_the_tokens_of_runs_one_by_one(tmp_path, caplog):
+    grid = [[f"pruner={p}", f"tokens={t}", "quant=kivi_rot", "bits=4"]
+            for p, t in itertools.product(("snapkv", "streamingllm"), (64, 128))]
+    alone = runners(tmp_path / "alone", grid)
+    loaded = alone[0].model.load()
+    for runner in alone:
+        runner.preloaded = loaded
+        runner.run()
+    group = runners(tmp_path / "batched", grid)
+    with caplog.at_level("DEBUG", logger="qpruning.grouped"):
+        GroupRunner(group, batch_decode=True).run()
+    assert any("4 runs decoded as one batch" in r.getMessage() for r in caplog.records)
+    for runner, reference in zip(group, alone):
+        assert records(runner.output_dir) == records(reference.output_dir), runner.output_dir.name
+    assert len({tuple(r["kv_bytes"] for r in records(runner.output_dir)) for runner in group}) > 1
+
+
 def test_a_group_does_only_what_each_run_still_lacks(one_by_one, tmp_path):
     group = runners(tmp_path, GRID[:3])
     half = group[1].predictions_path

@@ -57,10 +57,11 @@ def _stack_segments(segments: list[Segment]) -> Segment | None:
 
 def _stack_layer(layers: list[CompressedLayer]) -> CompressedLayer | None:
     first = layers[0]
-    same = (first.quantizer, first.storage_dtype, first.backend, first.head_repeat, first.seen_tokens)
+    same = (first.quantizer, first.storage_dtype, first.backend, first.head_repeat, first.seen_tokens, first.layer_idx)
     if not all(
         layer.compressed and layer.decoded is None and layer.residual_keys.shape[2] == 0
-        and (layer.quantizer, layer.storage_dtype, layer.backend, layer.head_repeat, layer.seen_tokens) == same
+        and (layer.quantizer, layer.storage_dtype, layer.backend, layer.head_repeat, layer.seen_tokens,
+             layer.layer_idx) == same
         and len(layer.prefix) == len(first.prefix) and layer.shape[0] == 1
         for layer in layers
     ):
@@ -68,7 +69,9 @@ def _stack_layer(layers: list[CompressedLayer]) -> CompressedLayer | None:
     prefix = [_stack_segments([layer.prefix[i] for layer in layers]) for i in range(len(first.prefix))]
     if any(segment is None for segment in prefix):
         return None
-    stacked = CompressedLayer()
+    stacked = CompressedLayer(first.layer_idx)
+    # the same quantizer and layer: the same rotation (seeded by the layer), or none
+    stacked.rotation = first.rotation
     stacked.dtype, stacked.device, stacked.is_initialized = first.dtype, first.device, True
     _, heads, head_dim = first.shape
     stacked.shape = (len(layers), heads, head_dim)
