@@ -244,6 +244,10 @@ def hydra_entry(config_name: str, task: Callable, argv: list[str], prog: str) ->
     if not (CONF_DIR / f"{config_name}.yaml").is_file():
         raise SystemExit(f"qpruning {prog} needs the repository's conf/ folder ({CONF_DIR} not found): "
                          "run it from a checkout installed with pip install -e .")
+    # The checkout's own Hydra plugins (hydra_plugins/qpruning_grouped_launcher: the default launcher of -m) from
+    # any folder, as run.py finds them beside itself; before Hydra first looks for plugins (the preflight).
+    if str(CONF_DIR.parent) not in sys.path:
+        sys.path.insert(1, str(CONF_DIR.parent))
     if "--debug" in argv:
         argv = [a for a in argv if a != "--debug"]
         os.environ["QPRUNING_DEBUG"] = "1"  # the tasks (and Slurm jobs, which inherit it) show tracebacks too

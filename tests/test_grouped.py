@@ -217,6 +217,22 @@ def test_a_sweep_runs_grouped_by_default_and_writes_what_the_basic_launcher_writ
         assert "one prefill per sample" in log and "score" in log
 
 
+def test_the_qpruning_command_runs_a_sweep_grouped_from_any_folder(tmp_path):
+    import os
+    import subprocess
+
+    # this checkout's package alone on the path (a link, as an installed package sees it), not its folder
+    (tmp_path / "path").mkdir()
+    (tmp_path / "path" / "qpruning").symlink_to(Path(__file__).resolve().parents[1] / "qpruning")
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(tmp_path / "path")}
+    proc = subprocess.run([sys.executable, "-m", "qpruning.cli", "run", "-m", "pruner=snapkv,streamingllm", *FAST,
+                           "limit=1", f"output_root={tmp_path / 'out'}"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "grouped: one prefill per sample" in proc.stdout + proc.stderr
+    assert len(list((tmp_path / "out").rglob("metrics.json"))) == 2
+
+
 def test_a_grouped_slurm_sweep_submits_one_slurm_job_per_group(slurm_cluster: SlurmCluster, tmp_path):
     sweep = tmp_path / "sweep"
     grouped = "hydra_plugins.qpruning_grouped_launcher.grouped_slurm_launcher.GroupedSlurmLauncher"
