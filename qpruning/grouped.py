@@ -114,7 +114,8 @@ class GroupRunner:
         batch_decode: decode the runs that share a quantizer (and its per-layer bits) together, as the rows of one
             batch (:func:`~qpruning.cache.stack.stack_caches`): fewer decode steps, but a batch's arithmetic can
             differ from one row's in the last bits, and so, rarely, a token (results/bench/sweep/README.md).
-            Runs whose caches cannot be stacked decode one by one.
+            Within a batch, the runs whose caches stack (the same layout) decode together; a run whose cache
+            stacks with no other decodes alone.
     """
 
     runners: list[Runner]
@@ -186,10 +187,10 @@ class GroupRunner:
                 prefill = self._prefill(model, tokenizer, sample, needing) if len(needing) > 1 else None
                 batches = self._decode_batches(model, needing) if self.batch_decode and prefill else [needing]
                 for batch in batches:
-                    records = self._decode_together(model, tokenizer, sample, prefill, batch) if len(batch) > 1 else None
+                    together = self._decode_together(model, tokenizer, sample, prefill, batch) if len(batch) > 1 else {}
                     for i, (runner, state) in enumerate(batch):
                         with current_run(runner.output_dir), runner.compressor.attach(model):
-                            record = runner.evaluate(model, tokenizer, sample, prefill) if records is None else records[i]
+                            record = together[i] if i in together else runner.evaluate(model, tokenizer, sample, prefill)
                             runner.add_record(state, record)
                 del prefill
 
@@ -206,42 +207,55 @@ class GroupRunner:
 
     @staticmethod
     def _decode_together(model, tokenizer, sample, prefill: SharedPrefill,
-                         batch: list[tuple[Runner, RunState]]) -> list[dict[str, Any]] | None:
-        """The records of ``batch``'s runs, decoded as the rows of one batch; None when their caches cannot be
-        stacked or the prompt fails (the runs then go one by one)."""
-        started = time.time()
+                         batch: list[tuple[Runner, RunState]]) -> dict[int, dict[str, Any]]:
+        """The records of ``batch``'s runs decoded as the rows of batches, by their index in ``batch``: the runs
+        whose caches stack (:func:`stack_caches`: the same layout layer by layer) decode together, one batch per
+        such set; a run whose cache stacks with no other (or a failing prompt) is left out, to decode alone."""
         first = batch[0][0]
         try:
             input_ids, kwargs = first.prompt(model, tokenizer, sample)
         except SampleError:
-            return None
-        caches = []
+            return {}
+        caches, fill_started = [], time.time()
         for runner, _ in batch:
             caches.append(runner.compressor.new_cache(model))
             prefill.fill(runner.compressor, caches[-1])
-        stacked = stack_caches(caches)
-        if stacked is None:
-            logger.debug("sample %s: caches of %d runs cannot be stacked; decoding one by one", sample.id, len(batch))
-            return None
-        rows, length = len(batch), input_ids.shape[1]
-        ids = input_ids.expand(rows, -1)
-        with first.compressor.attach(model), prefill.replayed_rows(model, stacked, lambda: None, rows):
-            output = model.generate(ids, attention_mask=torch.ones_like(ids), **cache_kwargs(model, stacked),
-                                    **kwargs)
-        eos = kwargs.get("eos_token_id", model.generation_config.eos_token_id)
-        eos = set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
-        seconds = round((time.time() - started) / rows + prefill.share_seconds, 3)
-        records = []
-        for row, ((runner, _), cache) in enumerate(zip(batch, caches)):
-            tokens = output[row, length:].tolist()
-            end = next((i + 1 for i, token in enumerate(tokens) if token in eos), len(tokens))  # then padding
-            try:
-                record = runner.generated_record(sample, tokenizer, tokens[:end], length, cache)
-            except SampleError as exc:
-                record = runner.failed_record(sample, exc)
-            record["seconds"] = seconds
-            records.append(record)
-        logger.debug("sample %s: %d runs decoded as one batch in %.2fs", sample.id, rows, time.time() - started)
+        fill_seconds = (time.time() - fill_started) / len(batch)
+        sets: list[list[int]] = []
+        for index, cache in enumerate(caches):  # stacking compares each layout with the first one's: greedy is exact
+            home = next((s for s in sets if stack_caches([caches[s[0]], cache]) is not None), None)
+            if home is None:
+                sets.append([index])
+            else:
+                home.append(index)
+        records: dict[int, dict[str, Any]] = {}
+        for indices in sets:
+            if len(indices) < 2:
+                logger.debug("sample %s: %s decodes alone (its cache stacks with no other of its batch)", sample.id,
+                             batch[indices[0]][0].output_dir.name)
+                continue
+            started = time.time()
+            members = [caches[i] for i in indices]
+            stacked = stack_caches(members)
+            rows, length = len(indices), input_ids.shape[1]
+            ids = input_ids.expand(rows, -1)
+            with first.compressor.attach(model), prefill.replayed_rows(model, stacked, lambda: None, rows):
+                output = model.generate(ids, attention_mask=torch.ones_like(ids), **cache_kwargs(model, stacked),
+                                        **kwargs)
+            eos = kwargs.get("eos_token_id", model.generation_config.eos_token_id)
+            eos = set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
+            seconds = round((time.time() - started) / rows + fill_seconds + prefill.share_seconds, 3)
+            for row, (index, cache) in enumerate(zip(indices, members)):
+                runner = batch[index][0]
+                tokens = output[row, length:].tolist()
+                end = next((i + 1 for i, token in enumerate(tokens) if token in eos), len(tokens))  # then padding
+                try:
+                    record = runner.generated_record(sample, tokenizer, tokens[:end], length, cache)
+                except SampleError as exc:
+                    record = runner.failed_record(sample, exc)
+                record["seconds"] = seconds
+                records[index] = record
+            logger.debug("sample %s: %d runs decoded as one batch in %.2fs", sample.id, rows, time.time() - started)
         return records
 
     @staticmethod

@@ -95,6 +95,25 @@ def test_rotated_runs_decoded_as_one_batch_give_the_tokens_of_runs_one_by_one(tm
     assert len({tuple(r["kv_bytes"] for r in records(runner.output_dir)) for runner in group}) > 1
 
 
+def test_a_batch_of_mixed_layouts_decodes_the_runs_that_stack_together(tmp_path, caplog):
+    # PyramidKV's per-layer counts are not multiples of KIVI's 64-token key groups: its layers keep 16-bit tails,
+    # and its caches do not stack with SnapKV's; the SnapKV runs still decode as one batch.
+    grid = [[f"pruner={p}", f"tokens={t}", "bits=4"] for p, t in itertools.product(("snapkv", "pyramidkv"), (64, 128))]
+    alone = runners(tmp_path / "alone", grid)
+    loaded = alone[0].model.load()
+    for runner in alone:
+        runner.preloaded = loaded
+        runner.run()
+    group = runners(tmp_path / "batched", grid)
+    with caplog.at_level("DEBUG", logger="qpruning.grouped"):
+        GroupRunner(group, batch_decode=True).run()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("2 runs decoded as one batch" in m for m in messages)
+    assert not any("4 runs decoded as one batch" in m for m in messages)
+    for runner, reference in zip(group, alone):
+        assert records(runner.output_dir) == records(reference.output_dir), runner.output_dir.name
+
+
 def test_a_group_does_only_what_each_run_still_lacks(one_by_one, tmp_path):
     group = runners(tmp_path, GRID[:3])
     half = group[1].predictions_path
