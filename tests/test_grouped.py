@@ -78,9 +78,8 @@ def test_batched_decoding_keeps_each_runs_compression_and_here_its_tokens(one_by
         assert found == reference, runner.output_dir.name
 
 
-def test_rotated_runs_decoded_as_one_batch_give_the_tokens_of_runs_one_by_one(tmp_path, caplog):
-    grid = [[f"pruner={p}", f"tokens={t}", "quant=kivi_rot", "bits=4"]
-            for p, t in itertools.product(("snapkv", "streamingllm"), (64, 128))]
+def batched_and_alone(tmp_path, grid, caplog) -> tuple[list, list, list[str]]:
+    """``grid`` run one by one and as one group with batched decoding: (group, alone, the group's debug lines)."""
     alone = runners(tmp_path / "alone", grid)
     loaded = alone[0].model.load()
     for runner in alone:
@@ -89,7 +88,14 @@ def test_rotated_runs_decoded_as_one_batch_give_the_tokens_of_runs_one_by_one(tm
     group = runners(tmp_path / "batched", grid)
     with caplog.at_level("DEBUG", logger="qpruning.grouped"):
         GroupRunner(group, batch_decode=True).run()
-    assert any("4 runs decoded as one batch" in r.getMessage() for r in caplog.records)
+    return group, alone, [r.getMessage() for r in caplog.records]
+
+
+def test_rotated_runs_decoded_as_one_batch_give_the_tokens_of_runs_one_by_one(tmp_path, caplog):
+    grid = [[f"pruner={p}", f"tokens={t}", "quant=kivi_rot", "bits=4"]
+            for p, t in itertools.product(("snapkv", "streamingllm"), (64, 128))]
+    group, alone, messages = batched_and_alone(tmp_path, grid, caplog)
+    assert any("4 runs decoded as one batch" in m for m in messages)
     for runner, reference in zip(group, alone):
         assert records(runner.output_dir) == records(reference.output_dir), runner.output_dir.name
     assert len({tuple(r["kv_bytes"] for r in records(runner.output_dir)) for runner in group}) > 1
@@ -99,15 +105,7 @@ def test_a_batch_of_mixed_layouts_decodes_the_runs_that_stack_together(tmp_path,
     # PyramidKV's per-layer counts are not multiples of KIVI's 64-token key groups: its layers keep 16-bit tails,
     # and its caches do not stack with SnapKV's; the SnapKV runs still decode as one batch.
     grid = [[f"pruner={p}", f"tokens={t}", "bits=4"] for p, t in itertools.product(("snapkv", "pyramidkv"), (64, 128))]
-    alone = runners(tmp_path / "alone", grid)
-    loaded = alone[0].model.load()
-    for runner in alone:
-        runner.preloaded = loaded
-        runner.run()
-    group = runners(tmp_path / "batched", grid)
-    with caplog.at_level("DEBUG", logger="qpruning.grouped"):
-        GroupRunner(group, batch_decode=True).run()
-    messages = [r.getMessage() for r in caplog.records]
+    group, alone, messages = batched_and_alone(tmp_path, grid, caplog)
     assert any("2 runs decoded as one batch" in m for m in messages)
     assert not any("4 runs decoded as one batch" in m for m in messages)
     for runner, reference in zip(group, alone):
