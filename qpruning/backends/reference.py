@@ -43,10 +43,12 @@ def reference_attention(segments: Sequence[Segment], query: torch.Tensor, scalin
         segments, torch.float32, rows, head_dim, query.device, workspace=workspace(query.device)
     )
     seq = keys.shape[1]
-    keys = keys.view(batch, heads, 1, seq, head_dim)
-    values = values.view(batch, heads, 1, seq, head_dim)
-    q = query.float().reshape(batch, heads, group, q_len, head_dim)
-    logits = torch.matmul(q, keys.transpose(-1, -2)) * scaling  # [batch, heads, group, q, seq]
+    # The group's query heads and new tokens become the rows of one matrix per KV head, so that keys and values
+    # are read as they lie (broadcasting them over the group would copy them group times per call).
+    keys = keys.view(batch, heads, seq, head_dim)
+    values = values.view(batch, heads, seq, head_dim)
+    q = query.float().reshape(batch, heads, group * q_len, head_dim)
+    logits = torch.matmul(q, keys.transpose(-1, -2)).mul_(scaling)  # [batch, heads, group * q, seq]
     if q_len > 1 or valid is not None:
         # The q new tokens are the last q of every row; new token j is visible to query i when j <= i.
         position = torch.arange(seq, device=query.device).view(1, seq)
@@ -56,7 +58,8 @@ def reference_attention(segments: Sequence[Segment], query: torch.Tensor, scalin
         )
         if valid is not None:
             allowed = allowed & valid.view(batch, heads, 1, 1, seq)
-        logits = logits.masked_fill(~allowed, -math.inf)
+        logits = logits.view(batch, heads, group, q_len, seq).masked_fill(~allowed, -math.inf)
+        logits = logits.view(batch, heads, group * q_len, seq)
     probs = torch.softmax(logits, dim=-1)
-    out = torch.matmul(probs, values)  # [batch, heads, group, q, head_dim]
-    return out.reshape(batch, q_heads, q_len, head_dim).transpose(1, 2).to(query.dtype)
+    out = torch.matmul(probs, values)  # [batch, heads, group * q, head_dim]
+    return out.view(batch, q_heads, q_len, head_dim).transpose(1, 2).to(query.dtype)

@@ -140,9 +140,9 @@ class QuantizedTensor:
 
         The same float32 arithmetic as :meth:`dequantize` (code times scale, then plus zero), written in place:
         no intermediate ``[n, d]`` result, no transposed copy for per-channel groups. The codes are not unpacked
-        first: the ``k``-th code of every byte, ``(byte >> k * bits) & mask`` (a uint8 pass), is multiplied by its
-        scale straight into every ``8 // bits``-th channel of ``out`` (uint8 times float32 is computed in float32:
-        the same products as from float codes).
+        into a tensor of their own: the ``k``-th code of every byte, ``(byte >> k * bits) & mask`` (a uint8
+        pass), is converted straight into every ``8 // bits``-th channel of ``out``; then ``out`` is scaled and
+        shifted in place, each group by its own scale and zero.
         """
         rows, length, d = out.shape
         g = self.group_size
@@ -152,24 +152,19 @@ class QuantizedTensor:
             out.copy_(self.dequantize(torch.float32).view(rows, length, d))
             return
         if self.axis is GroupAxis.CHANNELS:
-            shape, scale_shape = (rows, length, d // g, g // per_byte), (rows, length, d // g, 1)
+            shape, scale_shape = (rows, length, d // g, g), (rows, length, d // g, 1)
         else:
-            shape, scale_shape = (rows, length // g, g, d // per_byte), (rows, length // g, 1, d // per_byte)
-        packed = self.packed.view(shape)
-        target = out.view(*shape, per_byte)
-        scale = self.scale.float()
-        if self.axis is GroupAxis.CHANNELS:
-            scale = scale.view(*scale_shape, 1).expand(*scale_shape, per_byte)
-        else:
-            scale = scale.view(*scale_shape, per_byte)
+            shape, scale_shape = (rows, length // g, g, d), (rows, length // g, 1, d)
+        target = out.view(shape)
+        packed = self.packed.view(*shape[:-1], shape[-1] // per_byte)
+        codes = target.view(*packed.shape, per_byte)
         mask = (1 << self.bits) - 1
         for k in range(per_byte):
-            codes = packed >> (k * self.bits) if k else packed
+            code = packed >> (k * self.bits) if k else packed
             if k < per_byte - 1:  # the top code of a byte needs no mask
-                codes = codes & mask
-            torch.mul(codes, scale[..., k], out=target[..., k])
-        zero = self.zero.float()
-        target.add_(zero.view(*scale_shape, 1) if self.axis is GroupAxis.CHANNELS else zero.view(*scale_shape, per_byte))
+                code = code & mask
+            codes[..., k].copy_(code)
+        target.mul_(self.scale.float().view(scale_shape)).add_(self.zero.float().view(scale_shape))
 
     def nbytes(self) -> dict[str, int]:
         outliers = 0

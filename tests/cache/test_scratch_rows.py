@@ -56,10 +56,10 @@ def attention_over(keys, values, query):
     batch, q_heads, q_len, _ = query.shape
     group = q_heads // KV_HEADS
     seq = keys.shape[1]
-    q = query.float().reshape(batch, KV_HEADS, group, q_len, DIM)
-    logits = torch.matmul(q, keys.view(batch, KV_HEADS, 1, seq, DIM).transpose(-1, -2)) * SCALE
+    q = query.float().reshape(batch, KV_HEADS, group * q_len, DIM)
+    logits = torch.matmul(q, keys.view(batch, KV_HEADS, seq, DIM).transpose(-1, -2)) * SCALE
     probs = torch.softmax(logits, dim=-1)
-    out = torch.matmul(probs, values.view(batch, KV_HEADS, 1, seq, DIM))
+    out = torch.matmul(probs, values.view(batch, KV_HEADS, seq, DIM))
     return out.reshape(batch, q_heads, q_len, DIM).transpose(1, 2)
 
 
