@@ -138,6 +138,7 @@ def job_overrides(config_name: str, overrides: list[str]) -> list[list[str]]:
     hydra = GlobalHydra.instance().hydra
     sweep_cfg = hydra.compose_config(config_name, overrides, run_mode=RunMode.MULTIRUN,
                                      with_log_configuration=False)
+    check_launcher(sweep_cfg.hydra.launcher)
     parser = OverridesParser.create()
     if sweep_cfg.hydra.sweeper.get("_target_") != BASIC_SWEEPER:  # another sweeper: check the fixed values only
         return [[o.input_line for o in parser.parse_overrides(overrides) if not o.is_sweep_override()]]
@@ -168,6 +169,14 @@ def preflight(config_name: str, overrides: list[str], multirun: bool = False) ->
     finally:
         GlobalHydra.instance().clear()
     return len(jobs)
+
+
+def check_launcher(launcher) -> None:
+    """The launcher's own switches (``hydra.launcher.batch_decode=maybe`` is a mistake, not ``true``)."""
+    from qpruning.errors import check_bool
+
+    if "batch_decode" in launcher:
+        check_bool("hydra.launcher.batch_decode", launcher.batch_decode)
 
 
 def job_configs(config_name: str, jobs: list[list[str]]) -> Iterator[Any]:

@@ -128,6 +128,12 @@ def check_int(
         raise ConfigError(f"{key}={value} is below {minimum}", allowed)
 
 
+def check_bool(key: str, value: object) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is ``true`` or ``false`` (not ``1``, ``"yes"`` or ``maybe``)."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}={_shown(value)} is not a boolean", "allowed: true or false")
+
+
 def check_real(
     key: str,
     value: object,

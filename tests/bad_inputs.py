@@ -159,6 +159,9 @@ CASES: list[Case] = [
     # -- sweeps --------------------------------------------------------------------------------------------------
     run_case("sweep-one-bad-bits", "-m", "bits=4,3", mentions="bits", sub=True),
     run_case("sweep-one-bad-budget", "-m", "budget=0.5,0", mentions="budget"),
+    run_case("sweep-batch-decode-text", "-m", "bits=4,8", "hydra.launcher.batch_decode=maybe",
+             mentions="batch_decode"),
+    run_case("sweep-batch-decode-number", "-m", "bits=4,8", "hydra.launcher.batch_decode=1", mentions="batch_decode"),
     # -- allocation files ----------------------------------------------------------------------------------------
     run_case("allocation-missing", "allocation={tmp}/nope.yaml", mentions="nope.yaml"),
     run_case("allocation-yaml-syntax", "allocation={tmp}/allocation.yaml", mentions="allocation.yaml", sub=True,

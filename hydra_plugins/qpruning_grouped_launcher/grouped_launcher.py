@@ -14,12 +14,16 @@ from omegaconf import DictConfig
 
 
 class GroupedLauncher(Launcher):
-    """``batch_decode``: decode the runs of a group that share a quantizer as the rows of one batch (faster; the
-    last bits of a batch's arithmetic can differ from one row's: see :class:`qpruning.grouped.GroupRunner`)."""
+    """``batch_decode``: decode the runs of a group that share a quantizer as the rows of one batch (fewer decode
+    steps, which pays on a GPU; on a CPU a batch costs about what its rows cost one by one. The last bits of a
+    batch's arithmetic can differ from one row's: see :class:`qpruning.grouped.GroupRunner`)."""
 
     def __init__(self, batch_decode: bool = False) -> None:
         super().__init__()
-        self.batch_decode = bool(batch_decode)
+        from qpruning.errors import check_bool
+
+        check_bool("hydra.launcher.batch_decode", batch_decode)
+        self.batch_decode = batch_decode
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None

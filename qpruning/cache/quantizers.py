@@ -16,7 +16,7 @@ import torch
 
 from qpruning.cache.quantized import GroupAxis, OutlierFilter, QuantizedTensor, check_groupable, quantize
 from qpruning.cache.rotation import check_rotatable
-from qpruning.errors import ConfigError, check_int, check_params
+from qpruning.errors import ConfigError, check_bool, check_int, check_params
 
 ALLOWED_BITS = (2, 4, 8, 16)
 ALLOWED_GROUP_SIZES = (32, 64, 128)
@@ -49,8 +49,7 @@ class KVQuantizer:
 
     def __post_init__(self) -> None:
         check_int("bits", self.bits, choices=ALLOWED_BITS, meaning="16 = no quantization")
-        if not isinstance(self.rotate, bool):
-            raise ConfigError(f"quant.rotate={self.rotate!r} is not a boolean", "allowed: true or false")
+        check_bool("quant.rotate", self.rotate)
         check_int("group_size", self.group_size, choices=ALLOWED_GROUP_SIZES)
         if self.residual_length is None:
             self.residual_length = self.group_size
