@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from qpruning.benchmarks import SampleError
-from qpruning.cache.stack import stack_caches
+from qpruning.cache.stack import stack_caches, stackable
 from qpruning.loggers import NullLogger
 from qpruning.prefill import SharedPrefill, queries_needed
 from qpruning.runlock import RunLock
@@ -209,8 +209,9 @@ class GroupRunner:
     def _decode_together(model, tokenizer, sample, prefill: SharedPrefill,
                          batch: list[tuple[Runner, RunState]]) -> dict[int, dict[str, Any]]:
         """The records of ``batch``'s runs decoded as the rows of batches, by their index in ``batch``: the runs
-        whose caches stack (:func:`stack_caches`: the same layout layer by layer) decode together, one batch per
-        such set; a run whose cache stacks with no other (or a failing prompt) is left out, to decode alone."""
+        whose caches stack (:func:`stackable`: the same layout layer by layer) decode together, one batch per such
+        set; a run whose cache stacks with no other decodes alone from the cache already filled (each run's cache
+        is compressed once). Empty when the prompt fails (each run then records the failure on its own)."""
         first = batch[0][0]
         try:
             input_ids, kwargs = first.prompt(model, tokenizer, sample)
@@ -223,27 +224,24 @@ class GroupRunner:
         fill_seconds = (time.time() - fill_started) / len(batch)
         sets: list[list[int]] = []
         for index, cache in enumerate(caches):  # stacking compares each layout with the first one's: greedy is exact
-            home = next((s for s in sets if stack_caches([caches[s[0]], cache]) is not None), None)
+            home = next((s for s in sets if stackable([caches[s[0]], cache])), None)
             if home is None:
                 sets.append([index])
             else:
                 home.append(index)
+        eos = kwargs.get("eos_token_id", model.generation_config.eos_token_id)
+        eos = set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
         records: dict[int, dict[str, Any]] = {}
         for indices in sets:
-            if len(indices) < 2:
-                logger.debug("sample %s: %s decodes alone (its cache stacks with no other of its batch)", sample.id,
-                             batch[indices[0]][0].output_dir.name)
-                continue
             started = time.time()
             members = [caches[i] for i in indices]
-            stacked = stack_caches(members)
             rows, length = len(indices), input_ids.shape[1]
+            decoded = stack_caches(members) if rows > 1 else members[0]
             ids = input_ids.expand(rows, -1)
-            with first.compressor.attach(model), prefill.replayed_rows(model, stacked, lambda: None, rows):
-                output = model.generate(ids, attention_mask=torch.ones_like(ids), **cache_kwargs(model, stacked),
+            lead = batch[indices[0]][0]
+            with lead.compressor.attach(model), prefill.replayed_rows(model, decoded, lambda: None, rows):
+                output = model.generate(ids, attention_mask=torch.ones_like(ids), **cache_kwargs(model, decoded),
                                         **kwargs)
-            eos = kwargs.get("eos_token_id", model.generation_config.eos_token_id)
-            eos = set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
             seconds = round((time.time() - started) / rows + fill_seconds + prefill.share_seconds, 3)
             for row, (index, cache) in enumerate(zip(indices, members)):
                 runner = batch[index][0]
@@ -255,7 +253,11 @@ class GroupRunner:
                     record = runner.failed_record(sample, exc)
                 record["seconds"] = seconds
                 records[index] = record
-            logger.debug("sample %s: %d runs decoded as one batch in %.2fs", sample.id, rows, time.time() - started)
+            if rows > 1:
+                logger.debug("sample %s: %d runs decoded as one batch in %.2fs", sample.id, rows, time.time() - started)
+            else:
+                logger.debug("sample %s: %s decoded alone (its cache stacks with no other of its batch)", sample.id,
+                             lead.output_dir.name)
         return records
 
     @staticmethod

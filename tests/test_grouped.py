@@ -101,37 +101,52 @@ def test_rotated_runs_decoded_as_one_batch_give_the_tokens_of_runs_one_by_one(tm
     assert len({tuple(r["kv_bytes"] for r in records(runner.output_dir)) for runner in group}) > 1
 
 
-def test_a_batch_of_mixed_layouts_decodes_the_runs_that_stack_together(tmp_path, caplog):
+def test_a_batch_of_mixed_layouts_decodes_the_runs_that_stack_together(tmp_path, caplog, monkeypatch):
     # PyramidKV's per-layer counts are not multiples of KIVI's 64-token key groups: its layers keep 16-bit tails,
-    # and its caches do not stack with SnapKV's; the SnapKV runs still decode as one batch.
+    # and its caches do not stack with SnapKV's; the SnapKV runs still decode as one batch, each PyramidKV run alone
+    # from the cache filled to try the stack (not compressed a second time).
+    fills = []
+    original = SharedPrefill.fill
+
+    def counting(self, compressor, cache):
+        fills.append(compressor.describe())
+        return original(self, compressor, cache)
+
+    monkeypatch.setattr(SharedPrefill, "fill", counting)
     grid = [[f"pruner={p}", f"tokens={t}", "bits=4"] for p, t in itertools.product(("snapkv", "pyramidkv"), (64, 128))]
     group, alone, messages = batched_and_alone(tmp_path, grid, caplog)
     assert any("2 runs decoded as one batch" in m for m in messages)
     assert not any("4 runs decoded as one batch" in m for m in messages)
+    assert any("decoded alone" in m for m in messages)
+    samples = len(records(group[0].output_dir))
+    assert len(fills) == len(grid) * samples and len(set(fills)) == len(grid)  # each run's cache filled once a sample
     for runner, reference in zip(group, alone):
         assert records(runner.output_dir) == records(reference.output_dir), runner.output_dir.name
 
 
-def test_a_group_does_only_what_each_run_still_lacks(one_by_one, tmp_path):
+@pytest.fixture
+def recorded_prefills(monkeypatch) -> list[SharedPrefill]:
+    """Every :class:`SharedPrefill` recorded during the test, in order."""
+    recorded = []
+    original = SharedPrefill.record.__func__
+
+    def recording(cls, *args, **kwargs):
+        recorded.append(original(cls, *args, **kwargs))
+        return recorded[-1]
+
+    monkeypatch.setattr(SharedPrefill, "record", classmethod(recording))
+    return recorded
+
+
+def test_a_group_does_only_what_each_run_still_lacks(one_by_one, tmp_path, recorded_prefills):
     group = runners(tmp_path, GRID[:3])
     half = group[1].predictions_path
     half.parent.mkdir(parents=True)
     half.write_text((one_by_one / group[1].output_dir.name / "predictions.jsonl").read_text().splitlines()[0] + "\n")
     group[2].run()
     done_at = group[2].metrics_path.stat().st_mtime_ns
-    recorded = []
-    original = SharedPrefill.record.__func__
-
-    def counting(cls, *args, **kwargs):
-        prefill = original(cls, *args, **kwargs)
-        recorded.append(prefill)
-        return prefill
-
-    SharedPrefill.record = classmethod(counting)
-    try:
-        GroupRunner(group).run()
-    finally:
-        SharedPrefill.record = classmethod(original)
+    GroupRunner(group).run()
+    recorded = recorded_prefills
     # sample 1: only the first run lacks it (no prefill to share); sample 2: the first two runs share one prefill
     assert [prefill.sharers for prefill in recorded] == [2]
     assert group[2].metrics_path.stat().st_mtime_ns == done_at
@@ -139,22 +154,13 @@ def test_a_group_does_only_what_each_run_still_lacks(one_by_one, tmp_path):
         assert records(runner.output_dir) == records(one_by_one / runner.output_dir.name)
 
 
-def test_a_group_without_h2o_keeps_only_the_window_queries_and_writes_the_same_files(one_by_one, tmp_path):
+def test_a_group_without_h2o_keeps_only_the_window_queries_and_writes_the_same_files(one_by_one, tmp_path,
+                                                                                      recorded_prefills):
     grid = [job for job in GRID if job[0] != "pruner=h2o"]  # SnapKV, PyramidKV, StreamingLLM; both modes
     group = runners(tmp_path, grid)
-    kept = []
-    original = SharedPrefill.record.__func__
-
-    def watching(cls, *args, **kwargs):
-        prefill = original(cls, *args, **kwargs)
-        kept.append({(tuple(layer.query_tail.shape), tuple(layer.key.shape)) for layer in prefill.layers})
-        return prefill
-
-    SharedPrefill.record = classmethod(watching)
-    try:
-        GroupRunner(group).run()
-    finally:
-        SharedPrefill.record = classmethod(original)
+    GroupRunner(group).run()
+    kept = [{(tuple(layer.query_tail.shape), tuple(layer.key.shape)) for layer in prefill.layers}
+            for prefill in recorded_prefills]
     windows = {runner.compressor.pruner.queries_read for runner in group}
     assert len(kept) == 2 and max(windows) < 600
     for shapes in kept:  # one shape per layer kind; queries cut to the largest window of the group

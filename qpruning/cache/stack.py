@@ -48,27 +48,30 @@ def _stackable(parts: list) -> bool:
     )
 
 
-def _stack_segments(segments: list[Segment]) -> Segment | None:
-    if not (_stackable([s.keys for s in segments]) and _stackable([s.values for s in segments])):
-        return None
+def _stack_segments(segments: list[Segment]) -> Segment:
     return Segment.build(_cat_tokens([s.keys for s in segments]), _cat_tokens([s.values for s in segments]),
                          torch.cat([s.lengths for s in segments]))
 
 
-def _stack_layer(layers: list[CompressedLayer]) -> CompressedLayer | None:
+def _layers_match(layers: list[CompressedLayer]) -> bool:
+    """The layers hold segments of one layout, layer for layer (checked without concatenating anything)."""
     first = layers[0]
     same = (first.quantizer, first.storage_dtype, first.backend, first.head_repeat, first.seen_tokens, first.layer_idx)
-    if not all(
+    return all(
         layer.compressed and layer.decoded is None and layer.residual_keys.shape[2] == 0
         and (layer.quantizer, layer.storage_dtype, layer.backend, layer.head_repeat, layer.seen_tokens,
              layer.layer_idx) == same
         and len(layer.prefix) == len(first.prefix) and layer.shape[0] == 1
         for layer in layers
-    ):
-        return None
+    ) and all(
+        _stackable([layer.prefix[i].keys for layer in layers]) and _stackable([layer.prefix[i].values for layer in layers])
+        for i in range(len(first.prefix))
+    )
+
+
+def _stack_layer(layers: list[CompressedLayer]) -> CompressedLayer:
+    first = layers[0]
     prefix = [_stack_segments([layer.prefix[i] for layer in layers]) for i in range(len(first.prefix))]
-    if any(segment is None for segment in prefix):
-        return None
     stacked = CompressedLayer(first.layer_idx)
     # the same quantizer and layer: the same rotation (seeded by the layer), or none
     stacked.rotation = first.rotation
@@ -86,16 +89,20 @@ def _stack_layer(layers: list[CompressedLayer]) -> CompressedLayer | None:
     return stacked
 
 
+def stackable(caches: list[QPrunedCache]) -> bool:
+    """Whether :func:`stack_caches` can stack ``caches`` (the same checks, nothing concatenated)."""
+    if not caches or any(len(c.layers) != len(caches[0].layers) or c.key_valid is not None for c in caches):
+        return False
+    if any(c.plans and [p.bits for p in c.plans] != [p.bits for p in caches[0].plans] for c in caches):
+        return False
+    return all(_layers_match([c.layers[i] for c in caches]) for i in range(len(caches[0].layers)))
+
+
 def stack_caches(caches: list[QPrunedCache]) -> QPrunedCache | None:
     """One batch cache whose row ``i`` is ``caches[i]`` (each a one-prompt cache right after its prefill), or None
-    when they cannot be stacked (see the module docstring)."""
-    if not caches or any(len(c.layers) != len(caches[0].layers) or c.key_valid is not None for c in caches):
+    when they cannot be stacked (see the module docstring and :func:`stackable`)."""
+    if not stackable(caches):
         return None
-    if any(c.plans and [p.bits for p in c.plans] != [p.bits for p in caches[0].plans] for c in caches):
-        return None
-    layers = [_stack_layer([c.layers[i] for c in caches]) for i in range(len(caches[0].layers))]
-    if any(layer is None for layer in layers):
-        return None
-    stacked = QPrunedCache(len(layers), plans=caches[0].plans)
-    stacked.layers = layers
+    stacked = QPrunedCache(len(caches[0].layers), plans=caches[0].plans)
+    stacked.layers = [_stack_layer([c.layers[i] for c in caches]) for i in range(len(caches[0].layers))]
     return stacked
