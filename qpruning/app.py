@@ -162,6 +162,7 @@ def runner_from_config(cfg, output_dir: str | Path) -> Runner:
         kernel=cfg.get("kernel", "auto"),
         every_layer=bool(allocation),
         compat=cfg.get("compat", "methods"),
+        sliding=cfg.get("sliding", "keep"),
     )
     labels = RunLabels(
         # The benchmark itself (niah, ruler...), not the config variant (niah_small, ruler_8k), which only

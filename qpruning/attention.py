@@ -12,7 +12,12 @@ the existing implementations are untouched. The wrapper, for each attention call
   quantize the layer from its full-precision queries and keys (:meth:`ForwardContext.compress_layer`); the
   compressor returns what the layer now holds;
 - on a compressed layer: attends over the layer's segments (:meth:`CompressedLayer.attend`) with a mask built
-  from the layer's own row lengths, then lets the layer quantize its residual window.
+  from the layer's own row lengths, applying what the model's attention applies (the call's ``scaling``,
+  ``softcap`` and ``s_aux`` sinks, and a sliding-window layer's window: :class:`~qpruning.cache.terms.AttentionTerms`),
+  then lets the layer quantize its residual window.
+
+A sliding-window layer kept as the model keeps it (``sliding=keep``) is never compressed: the base implementation
+runs on it with the model's own sliding mask, as in the unmodified model.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from qpruning.cache.budget import LayerPlan
 from qpruning.cache.cache import QPrunedCache
 from qpruning.cache.context import active_forward
 from qpruning.cache.layer import LayerPrefill
+from qpruning.cache.terms import AttentionTerms
 
 PREFIX = "qpruning_"
 _registered: set[str] = set()
@@ -98,7 +104,7 @@ def _make_attention(base: str) -> Callable:
             scaling = query.shape[-1] ** -0.5
         layer = context.cache.layers[module.layer_idx]
         if layer.compressed:
-            out = layer.attend(query, scaling)
+            out = layer.attend(query, scaling, AttentionTerms.from_call(kwargs))
             layer.flush()
             return out, None
         out = base_fn(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)

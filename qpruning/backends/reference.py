@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from qpruning.cache.segments import Segment, gather_rows
+from qpruning.cache.terms import PLAIN, AttentionTerms
 
 _local = threading.local()
 
@@ -30,10 +31,14 @@ def workspace(device: torch.device) -> Callable[[int], torch.Tensor]:
     return buffer
 
 
-def reference_attention(segments: Sequence[Segment], query: torch.Tensor, scaling: float) -> torch.Tensor:
+def reference_attention(
+    segments: Sequence[Segment], query: torch.Tensor, scaling: float, terms: AttentionTerms = PLAIN
+) -> torch.Tensor:
     """Exact attention of ``query`` ``[batch, q_heads, q, head_dim]`` over ``segments`` (a compressed layer's, in
     token order, the ``q`` new tokens at the end of every row) through dequantized, padded rows (float32 math).
     When no row is padded, the rows are dequantized in place into this thread's scratch buffer (:func:`workspace`).
+    ``terms`` (:class:`~qpruning.cache.terms.AttentionTerms`) adds what the model's attention applies: logit
+    soft-capping, attention sinks, a sliding window over the row's last tokens.
     Returns ``[batch, q, q_heads, head_dim]`` in ``query.dtype``."""
     batch, q_heads, q_len, head_dim = query.shape
     rows = segments[0].rows
@@ -49,17 +54,28 @@ def reference_attention(segments: Sequence[Segment], query: torch.Tensor, scalin
     values = values.view(batch, heads, seq, head_dim)
     q = query.float().reshape(batch, heads, group * q_len, head_dim)
     logits = torch.matmul(q, keys.transpose(-1, -2)).mul_(scaling)  # [batch, heads, group * q, seq]
-    if q_len > 1 or valid is not None:
+    if terms.softcap is not None:
+        logits = logits.div_(terms.softcap).tanh_().mul_(terms.softcap)
+    window = terms.window if terms.window is not None and terms.window < seq + 1 else None
+    if q_len > 1 or valid is not None or window is not None:
         # The q new tokens are the last q of every row; new token j is visible to query i when j <= i.
         position = torch.arange(seq, device=query.device).view(1, seq)
         new_index = position - (lengths.view(-1, 1) - q_len)  # [rows, seq]
-        allowed = new_index.view(batch, heads, 1, 1, seq) <= torch.arange(q_len, device=query.device).view(
-            1, 1, 1, q_len, 1
-        )
+        query_index = torch.arange(q_len, device=query.device).view(1, 1, 1, q_len, 1)
+        allowed = new_index.view(batch, heads, 1, 1, seq) <= query_index
+        if window is not None:
+            # A row holds consecutive positions: query i sees itself and the window - 1 tokens before it.
+            allowed = allowed & (new_index.view(batch, heads, 1, 1, seq) > query_index - window)
         if valid is not None:
             allowed = allowed & valid.view(batch, heads, 1, 1, seq)
         logits = logits.view(batch, heads, group, q_len, seq).masked_fill(~allowed, -math.inf)
         logits = logits.view(batch, heads, group * q_len, seq)
-    probs = torch.softmax(logits, dim=-1)
+    if terms.sinks is not None:
+        # One value-less key per query head: its logit joins the softmax's denominator only.
+        sinks = terms.sinks.float().view(1, heads, group, 1, 1).expand(batch, heads, group, q_len, 1)
+        logits = torch.cat([logits, sinks.reshape(batch, heads, group * q_len, 1)], dim=-1)
+        probs = torch.softmax(logits, dim=-1)[..., :seq]
+    else:
+        probs = torch.softmax(logits, dim=-1)
     out = torch.matmul(probs, values)  # [batch, heads, group * q, head_dim]
     return out.view(batch, q_heads, q_len, head_dim).transpose(1, 2).to(query.dtype)

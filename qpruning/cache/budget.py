@@ -105,14 +105,29 @@ def check_disjoint(overrides: list[LayerOverride], key: str = "layers") -> None:
             )
 
 
+SLIDING_MODES = ("keep", "quantize")
+
+
 @dataclass(frozen=True)
 class LayerPlan:
     """What one layer keeps: ``tokens`` per KV head (before a pruner's own reshaping) at ``bits``, stored rotated
-    when ``rotate`` (:mod:`qpruning.cache.rotation`)."""
+    when ``rotate`` (:mod:`qpruning.cache.rotation`).
+
+    A sliding-window layer (``window``: its window, counting the current token) holds at most its window whatever
+    the budget: ``sliding="keep"`` as the model's own cache layer does (``bits`` 16), ``sliding="quantize"`` with
+    the run's quantizer at ``bits``. ``window`` is None for a global layer."""
 
     bits: int
     tokens: int | None  # None: keep every token
     rotate: bool = False
+    window: int | None = None
+    sliding: str | None = None  # "keep" or "quantize" for a sliding-window layer
+
+    def __post_init__(self) -> None:
+        if (self.window is None) != (self.sliding is None):
+            raise ValueError("LayerPlan: window and sliding go together (both set for a sliding-window layer)")
+        if self.sliding is not None:
+            check_choice("sliding", self.sliding, SLIDING_MODES)
 
 
 def row_bytes(tokens: int, bits: int, quantizer: KVQuantizer, head_dim: int) -> int:

@@ -9,7 +9,7 @@ import torch
 from transformers.cache_utils import Cache
 
 from qpruning.cache.budget import LayerPlan
-from qpruning.cache.layer import BYTE_KINDS, FULL_CACHE_BYTES_PER_NUMBER, CompressedLayer
+from qpruning.cache.layer import BYTE_KINDS, FULL_CACHE_BYTES_PER_NUMBER, CompressedLayer, SlidingLayer
 
 __all__ = ["FULL_CACHE_BYTES_PER_NUMBER", "PrefillResult", "QPrunedCache"]
 
@@ -20,6 +20,10 @@ class PrefillResult:
 
     ``layer_tokens`` is each layer's kept-token count (``None``: every token); ``kept_tokens`` the mean tokens
     held per layer and KV row; ``bytes`` by kind (:data:`qpruning.cache.layer.BYTE_KINDS`) with ``total``.
+    ``kv_bytes`` and ``kv_bytes_full`` count every layer (the full reference: what the model's own 16-bit cache
+    holds, at most the window of a sliding-window layer); ``kv_bytes_global`` and ``kv_bytes_full_global`` the
+    global layers alone, whose full cache a ``budget`` is a fraction of (equal to the totals for a model without
+    sliding-window layers).
     """
 
     layer_tokens: tuple[int | None, ...]
@@ -29,6 +33,8 @@ class PrefillResult:
     kv_ratio: float
     seen_tokens: int
     bytes: dict[str, int]
+    kv_bytes_global: int = 0
+    kv_bytes_full_global: int = 0
 
     def summary(self) -> dict:
         """The same fields as :meth:`QPrunedCache.summary` (what runs record)."""
@@ -36,6 +42,8 @@ class PrefillResult:
             "kv_bytes": self.kv_bytes,
             "kv_bytes_full": self.kv_bytes_full,
             "kv_ratio": self.kv_ratio,
+            "kv_bytes_global": self.kv_bytes_global,
+            "kv_bytes_full_global": self.kv_bytes_full_global,
             "kept_tokens": self.kept_tokens,
             "seen_tokens": self.seen_tokens,
             "bytes": self.bytes,
@@ -64,18 +72,25 @@ class QPrunedCache(Cache):
     """
 
     def __init__(self, num_layers: int, plans: Sequence[LayerPlan] = ()) -> None:
-        super().__init__(layers=[CompressedLayer(layer_idx=i) for i in range(num_layers)])
+        plans = tuple(plans)
+        if plans and len(plans) != num_layers:
+            raise ValueError(f"QPrunedCache: {len(plans)} plans for {num_layers} layers")
+        super().__init__(layers=_layers(num_layers, plans))
         # Bits and kept tokens of every layer (KVCompressor.plan), given when the cache is made; empty: the
         # attached compressor's plans.
-        self.plans: tuple[LayerPlan, ...] = tuple(plans)
+        self.plans: tuple[LayerPlan, ...] = plans
         # [batch, seq] bool of real (non-padding) prompt tokens, recorded from the first forward's 2-D mask.
         self.key_valid: torch.Tensor | None = None
 
     def use_plans(self, plans: Sequence[LayerPlan]) -> None:
         """Take ``plans`` if the cache was made without any (``QPrunedCache(n)`` handed to an attached model);
-        a cache keeps the plans it was made with."""
+        a cache keeps the plans it was made with. Its layers are made anew for the plans (a sliding-window layer is
+        another kind of layer), which an unused cache allows."""
         if not self.plans:
+            if any(layer.is_initialized for layer in self.layers):
+                raise ValueError("QPrunedCache.use_plans: the cache already holds tokens")
             self.plans = tuple(plans)
+            self.layers = _layers(len(self.layers), self.plans)
 
     def record_attention_mask(self, attention_mask: torch.Tensor | None) -> None:
         """Remember which prompt tokens are padding (from the first forward's 2-D attention mask)."""
@@ -103,13 +118,17 @@ class QPrunedCache(Cache):
         return _mean_tokens([layer.tokens_per_row() for layer in self.layers if layer.shape is not None])
 
     def summary(self) -> dict:
-        """What the cache holds: bytes by kind, the 16-bit reference, the ratio, kept tokens, tokens seen."""
+        """What the cache holds: bytes by kind, the 16-bit reference, the ratio, kept tokens, tokens seen (and
+        the global layers' bytes and reference, see :class:`PrefillResult`)."""
         held = self.nbytes()
         full = self.full_nbytes()
+        global_layers = [layer for layer in self.layers if not layer.is_sliding]
         return {
             "kv_bytes": held["total"],
             "kv_bytes_full": full,
             "kv_ratio": held["total"] / full if full else float("nan"),
+            "kv_bytes_global": sum(sum(layer.nbytes().values()) for layer in global_layers),
+            "kv_bytes_full_global": sum(layer.full_nbytes() for layer in global_layers),
             "kept_tokens": self.kept_tokens(),
             "seen_tokens": self.layers[0].seen_tokens if self.layers else 0,
             "bytes": held,
@@ -123,6 +142,7 @@ class QPrunedCache(Cache):
             return None
         held = _summed(r.bytes for r in records)
         full = sum(r.full_bytes for r in records)
+        global_layers = [r for r, layer in zip(records, self.layers) if not layer.is_sliding]
         return PrefillResult(
             layer_tokens=tuple(r.tokens for r in records),
             kept_tokens=_mean_tokens([r.tokens_per_row for r in records]),
@@ -131,6 +151,8 @@ class QPrunedCache(Cache):
             kv_ratio=held["total"] / full if full else float("nan"),
             seen_tokens=records[0].seen_tokens,
             bytes=held,
+            kv_bytes_global=sum(sum(r.bytes.values()) for r in global_layers),
+            kv_bytes_full_global=sum(r.full_bytes for r in global_layers),
         )
 
     @property
@@ -138,3 +160,14 @@ class QPrunedCache(Cache):
         """:meth:`summary` as it was right after prefill (:meth:`prefill_result`), or None before."""
         result = self.prefill_result()
         return None if result is None else result.summary()
+
+
+def _layers(num_layers: int, plans: Sequence[LayerPlan]) -> list:
+    """One layer object per decoder layer: a :class:`SlidingLayer` for a sliding-window layer kept as the model
+    keeps it, a :class:`CompressedLayer` (with its window, for a quantized sliding-window layer) otherwise."""
+    if not plans:
+        return [CompressedLayer(layer_idx=i) for i in range(num_layers)]
+    return [
+        SlidingLayer(i, plan.window) if plan.sliding == "keep" else CompressedLayer(i, window=plan.window)
+        for i, plan in enumerate(plans)
+    ]

@@ -20,26 +20,36 @@ A layer whose quantizer has ``rotate=True`` (``quant=kivi_rot``/``flexgen_rot``)
 :class:`~qpruning.cache.rotation.Rotation` from :meth:`CompressedLayer.compress` on: every token it stores from then
 (quantized prefix, 16-bit tail, residual window, flushed blocks) is in the rotated basis, and :meth:`attend` rotates
 the query and rotates the output back, whichever backend runs. Pruning has already scored the original keys.
+
+A sliding-window layer (``window``: Gemma 2/3's local layers, gpt-oss's, Mistral v0.1's) holds at most its window,
+as the model's own cache layer does. With ``sliding=quantize`` it is a :class:`CompressedLayer` with a ``window``:
+at the end of prefill it keeps the last ``window - 1`` tokens, quantized in blocks of ``residual_length`` tokens;
+its attention sees the last ``window`` tokens of every row (:class:`~qpruning.cache.terms.AttentionTerms`), and
+after each flush the blocks that no later query can see are freed, so it holds at most the window plus one block
+and the residual. With ``sliding=keep`` it is a :class:`SlidingLayer`: transformers' own
+``DynamicSlidingWindowLayer`` (the model's dtype, the model's mask), with qpruning's accounting.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from transformers.cache_utils import CacheLayerMixin
+from transformers.cache_utils import CacheLayerMixin, DynamicSlidingWindowLayer
 
 from qpruning.cache.context import active_forward
 from qpruning.cache.quantizers import KVQuantizer
 from qpruning.cache.rotation import Rotation
 from qpruning.cache.segments import Segment
+from qpruning.cache.terms import PLAIN, AttentionTerms
 
 BYTE_KINDS = ("packed", "scales", "zeros", "outliers", "full", "residual", "index", "rotation")
 FULL_CACHE_BYTES_PER_NUMBER = 2  # the reference cache is 16-bit
 
-# Attention over a layer's segments (see :mod:`qpruning.backends`): ``backend(segments, query, scaling)``.
-AttentionBackend = Callable[[Sequence[Segment], torch.Tensor, float], torch.Tensor]
+# Attention over a layer's segments (see :mod:`qpruning.backends`): ``backend(segments, query, scaling)``, or
+# ``backend(segments, query, scaling, terms)`` when the call has :class:`AttentionTerms` beyond plain attention.
+AttentionBackend = Callable[..., torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -64,9 +74,12 @@ class CompressedLayer(CacheLayerMixin):
     is_compileable = False
     is_croppable = False
 
-    def __init__(self, layer_idx: int = 0) -> None:
+    def __init__(self, layer_idx: int = 0, window: int | None = None) -> None:
         super().__init__()
         self.layer_idx = layer_idx  # seeds the layer's rotation (quant rotate=true)
+        # a sliding-window layer's window (sliding=quantize), counting the current token; None: a global layer
+        self.window = window
+        self.is_sliding = window is not None
         self.rotation: Rotation | None = None
         self.seen_tokens = 0
         self.compressed = False
@@ -130,7 +143,7 @@ class CompressedLayer(CacheLayerMixin):
         return -1
 
     def reset(self) -> None:
-        self.__init__()
+        self.__init__(self.layer_idx, self.window)
 
     def _unsupported(self, what: str):
         raise NotImplementedError(f"{what} is not supported on a compressed KV cache (use greedy or sampling)")
@@ -241,13 +254,14 @@ class CompressedLayer(CacheLayerMixin):
                 keys, values = self._in_order(order, lengths, quantized, keep)
                 if keys is None:
                     keys, values = self.keys[in_quantized], self.values[in_quantized]
-                segments.append(
-                    Segment.build(
-                        quantizer.quantize_keys(stored(keys), scale_dtype),
-                        quantizer.quantize_values(stored(values), scale_dtype),
-                        quantized.reshape(-1),
+                for block_keys, block_values, block_lengths in self._blocks(keys, values, quantized.reshape(-1)):
+                    segments.append(
+                        Segment.build(
+                            quantizer.quantize_keys(stored(block_keys), scale_dtype),
+                            quantizer.quantize_values(stored(block_values), scale_dtype),
+                            block_lengths,
+                        )
                     )
-                )
             tail = lengths - quantized
             if int(tail.sum()):
                 segments.append(
@@ -268,10 +282,48 @@ class CompressedLayer(CacheLayerMixin):
         self.decoded = None
         self.residual_keys = self.keys.new_empty(batch, heads, 0, head_dim, dtype=storage_dtype)
         self.residual_values = self.residual_keys.clone()
+        if self.window is not None and not quantizer.enabled and len(segments) == 1 and segments[0].uniform_length:
+            # a 16-bit sliding window of equally long rows is one residual that slides (flush), as the model's own
+            self.residual_keys = segments[0].keys.view(batch, heads, -1, head_dim)
+            self.residual_values = segments[0].values.view(batch, heads, -1, head_dim)
+            self.prefix = []
         self.keys = self.values = None
         self.compressed = True
         self.backend = backend
         return self.finish_prefill(tokens)
+
+    def _blocks(self, keys: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor):
+        """The kept tokens to quantize (``[n, head_dim]``, row by row) as one run, or, in a sliding-window layer
+        whose rows are equally long, as blocks of ``residual_length`` tokens per row, oldest first (so that the
+        blocks that slide out of the window can be freed: :meth:`_evict`)."""
+        first = int(lengths[0]) if lengths.numel() else 0
+        block = self.quantizer.residual_length
+        if self.window is None or not bool((lengths == first).all()) or first <= block:
+            return [(keys, values, lengths)]
+        rows, head_dim = lengths.numel(), keys.shape[-1]
+        keys, values = keys.view(rows, first, head_dim), values.view(rows, first, head_dim)
+        # the first block takes the remainder, so that every later one is a whole block of the residual's size
+        starts = [0, *range(first % block or block, first, block)]
+        ends = [*starts[1:], first]
+        return [
+            (keys[:, a:b].reshape(-1, head_dim), values[:, a:b].reshape(-1, head_dim),
+             torch.full_like(lengths, b - a))
+            for a, b in zip(starts, ends)
+        ]
+
+    def _evict(self) -> None:
+        """Free the oldest segments of a sliding-window layer that no later query can see: the next query sees
+        itself and the last ``window - 1`` tokens held, so a segment goes when every row holds at least
+        ``window - 1`` tokens after it."""
+        if self.window is None:
+            return
+        held = self.tokens_per_row()
+        while self.prefix:
+            after = held - self.prefix[0].lengths.long()
+            if bool((after < self.window - 1).any()):
+                break
+            self.prefix.pop(0)
+            held = after
 
     def _stored(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (``[..., head_dim]``) in the basis the layer stores: rotated (float32) when it has a rotation."""
@@ -291,8 +343,17 @@ class CompressedLayer(CacheLayerMixin):
         return self.keys.gather(2, index).reshape(-1, head_dim), self.values.gather(2, index).reshape(-1, head_dim)
 
     def flush(self) -> None:
-        """Quantize the residual window, a block of ``residual_length`` tokens per row at a time."""
-        if not self.compressed or not self.quantizer.enabled:
+        """Quantize the residual window, a block of ``residual_length`` tokens per row at a time (a 16-bit
+        sliding-window layer instead keeps the last ``window - 1`` tokens of its residual)."""
+        if not self.compressed:
+            return
+        if not self.quantizer.enabled:
+            if self.window is not None:
+                self._evict()
+                start = self.residual_keys.shape[2] - (self.window - 1)
+                if not self.prefix and start > 0:
+                    self.residual_keys = self.residual_keys[:, :, start:].contiguous()
+                    self.residual_values = self.residual_values[:, :, start:].contiguous()
             return
         block = self.quantizer.residual_length
         pending = self.residual_keys.shape[2]
@@ -308,9 +369,14 @@ class CompressedLayer(CacheLayerMixin):
             self.quantizer.quantize_values(values, self.storage_dtype),
             lengths,
         )
-        self.decoded = new if self.decoded is None else self.decoded.append_uniform(new)
         self.residual_keys = self.residual_keys[:, :, n:].contiguous()
         self.residual_values = self.residual_values[:, :, n:].contiguous()
+        if self.window is not None:
+            # blocks stay apart, oldest first, so that those sliding out of the window can be freed
+            self.prefix.append(new)
+            self._evict()
+            return
+        self.decoded = new if self.decoded is None else self.decoded.append_uniform(new)
 
     def segments(self) -> list[Segment]:
         """Every segment in token order: prefix (quantized, then 16-bit tail), decoded blocks, residual."""
@@ -333,9 +399,12 @@ class CompressedLayer(CacheLayerMixin):
 
     # -- attention over the compressed layer --------------------------------------------------------------
 
-    def attend(self, query: torch.Tensor, scaling: float) -> torch.Tensor:
+    def attend(self, query: torch.Tensor, scaling: float, terms: AttentionTerms = PLAIN) -> torch.Tensor:
         """Attention of ``query`` ``[batch, q_heads, q, head_dim]`` over the layer, which already holds the
         ``q`` new tokens at the end of every row. Returns ``[batch, q, q_heads, head_dim]``.
+
+        ``terms`` are the call's soft-capping and sinks (:class:`AttentionTerms`); a sliding-window layer adds its
+        window.
 
         Runs the backend the layer was given at :meth:`compress` over :meth:`segments`: the PyTorch reference
         (dequantize into padded rows, exact float32 attention) or the fused Triton kernel for decode steps.
@@ -344,9 +413,12 @@ class CompressedLayer(CacheLayerMixin):
         """
         if self.backend is None:
             raise RuntimeError("This layer was compressed without an attention backend (compress(..., backend=...))")
+        if self.window is not None:
+            terms = AttentionTerms(softcap=terms.softcap, sinks=terms.sinks, window=self.window)
+        extra = () if terms.plain else (terms,)
         if self.rotation is None:
-            return self.backend(self.segments(), query, scaling)
-        out = self.backend(self.segments(), self.rotation.rotate(query).to(query.dtype), scaling)
+            return self.backend(self.segments(), query, scaling, *extra)
+        out = self.backend(self.segments(), self.rotation.rotate(query).to(query.dtype), scaling, *extra)
         return self.rotation.unrotate(out).to(out.dtype)
 
     # -- accounting ---------------------------------------------------------------------------------------
@@ -369,12 +441,14 @@ class CompressedLayer(CacheLayerMixin):
         return out
 
     def full_nbytes(self) -> int:
-        """Bytes an uncompressed 16-bit layer would hold for the tokens seen so far (padding included)."""
+        """Bytes the model's own uncompressed cache layer would hold at 16 bits for the tokens seen so far (padding
+        included): every token of a global layer, at most ``window - 1`` of a sliding-window layer."""
         if self.shape is None:
             return 0
         batch, heads, head_dim = self.shape
         heads //= self.head_repeat  # the model's KV heads, whatever the layer holds
-        return 2 * batch * heads * self.seen_tokens * head_dim * FULL_CACHE_BYTES_PER_NUMBER
+        tokens = _model_tokens(self.seen_tokens, self.window)
+        return 2 * batch * heads * tokens * head_dim * FULL_CACHE_BYTES_PER_NUMBER
 
     def tokens_per_row(self) -> torch.Tensor:
         """Tokens held by each (batch item, KV head) row, ``[rows]``."""
@@ -385,6 +459,75 @@ class CompressedLayer(CacheLayerMixin):
         for segment in self.segments():
             total += segment.lengths.long()
         return total
+
+
+class SlidingLayer(DynamicSlidingWindowLayer):
+    """A sliding-window layer kept as the model keeps it (``sliding=keep``): transformers' own
+    ``DynamicSlidingWindowLayer`` (the last ``window - 1`` tokens in the model's dtype, the model's mask and
+    attention), with the accounting and the prefill record of :class:`CompressedLayer`."""
+
+    compressed = False
+
+    def __init__(self, layer_idx: int = 0, window: int = 1) -> None:
+        super().__init__(sliding_window=window)
+        self.layer_idx = layer_idx
+        self.window = window
+        self.compression_pending = True
+        self.prefill: LayerPrefill | None = None
+        self.shape: tuple[int, int, int] | None = None
+        self.head_repeat = 1
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        super().lazy_initialization(key_states, value_states)
+        batch, heads, _, head_dim = key_states.shape
+        self.shape = (batch, heads, head_dim)
+
+    @property
+    def seen_tokens(self) -> int:
+        return self.cumulative_length
+
+    def reset(self) -> None:
+        self.__init__(self.layer_idx, self.window)
+
+    def finish_prefill(self, tokens: int | None = None) -> LayerPrefill:
+        """End this layer's prefill (it keeps what the model's own layer keeps); records and returns what it holds."""
+        self.compression_pending = False
+        self.prefill = LayerPrefill(
+            tokens=None, bytes=self.nbytes(), full_bytes=self.full_nbytes(), tokens_per_row=self.tokens_per_row(),
+            seen_tokens=self.seen_tokens,
+        )
+        return self.prefill
+
+    def kept_positions(self) -> torch.Tensor:
+        """The positions the layer holds now, ``LongTensor [batch, kv_heads, held]`` (the last ones seen)."""
+        if self.shape is None:
+            raise RuntimeError("kept_positions: the layer holds nothing yet")
+        batch, heads, _ = self.shape
+        held = self.keys.shape[-2]
+        start = self.seen_tokens - held
+        return torch.arange(start, start + held, device=self.device).expand(batch, heads, held).clone()
+
+    def nbytes(self) -> dict[str, int]:
+        out = dict.fromkeys(BYTE_KINDS, 0)
+        if self.is_initialized:
+            out["full"] = _nbytes(self.keys) + _nbytes(self.values)
+        return out
+
+    def full_nbytes(self) -> int:
+        if self.shape is None:
+            return 0
+        batch, heads, head_dim = self.shape
+        tokens = _model_tokens(self.seen_tokens, self.window)
+        return 2 * batch * heads * tokens * head_dim * FULL_CACHE_BYTES_PER_NUMBER
+
+    def tokens_per_row(self) -> torch.Tensor:
+        batch, heads, _ = self.shape
+        return torch.full((batch * heads,), self.keys.shape[-2], dtype=torch.int64)
+
+
+def _model_tokens(seen: int, window: int | None) -> int:
+    """Tokens the model's own cache layer holds after ``seen`` tokens: all, or ``window - 1`` of a sliding one."""
+    return seen if window is None else min(seen, window - 1)
 
 
 def _positions(keep: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

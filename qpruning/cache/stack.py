@@ -56,11 +56,12 @@ def _stack_segments(segments: list[Segment]) -> Segment:
 def _layers_match(layers: list[CompressedLayer]) -> bool:
     """The layers hold segments of one layout, layer for layer (checked without concatenating anything)."""
     first = layers[0]
-    same = (first.quantizer, first.storage_dtype, first.backend, first.head_repeat, first.seen_tokens, first.layer_idx)
+    same = (first.quantizer, first.storage_dtype, first.backend, first.head_repeat, first.seen_tokens, first.layer_idx,
+            first.window)
     return all(
         layer.compressed and layer.decoded is None and layer.residual_keys.shape[2] == 0
         and (layer.quantizer, layer.storage_dtype, layer.backend, layer.head_repeat, layer.seen_tokens,
-             layer.layer_idx) == same
+             layer.layer_idx, layer.window) == same
         and len(layer.prefix) == len(first.prefix) and layer.shape[0] == 1
         for layer in layers
     ) and all(
@@ -72,7 +73,7 @@ def _layers_match(layers: list[CompressedLayer]) -> bool:
 def _stack_layer(layers: list[CompressedLayer]) -> CompressedLayer:
     first = layers[0]
     prefix = [_stack_segments([layer.prefix[i] for layer in layers]) for i in range(len(first.prefix))]
-    stacked = CompressedLayer(first.layer_idx)
+    stacked = CompressedLayer(first.layer_idx, window=first.window)
     # the same quantizer and layer: the same rotation (seeded by the layer), or none
     stacked.rotation = first.rotation
     stacked.dtype, stacked.device, stacked.is_initialized = first.dtype, first.device, True
