@@ -180,14 +180,19 @@ def input_files(config: Mapping[str, Any]) -> dict[str, str]:
     return files
 
 
+# Keys added after runs existed, at the value those runs had: left out of the identity when at that value.
+DEFAULTS_LEFT_OUT = {"compat": DEFAULT_COMPAT, "sliding": "keep"}
+
+
 def run_identity(config: Mapping[str, Any]) -> dict[str, Any]:
     """The resolved configuration (a plain dict) minus run control, with file contents in place of paths."""
     identity = json.loads(json.dumps({k: v for k, v in config.items() if k not in RUN_CONTROL_KEYS}, default=str))
     for dotted in RUN_CONTROL_KEYS:
         _drop(identity, dotted)
-    if identity.get("compat") == DEFAULT_COMPAT:
-        # the default mode is left out, so methods runs keep the folders they had before ``compat`` existed
-        identity.pop("compat")
+    for key, default in DEFAULTS_LEFT_OUT.items():
+        if identity.get(key) == default:
+            # a default is left out, so runs keep the folders they had before the key existed
+            identity.pop(key)
     files = input_files(config)
     for key in PATH_KEYS:
         _put(identity, key, files.get(key))

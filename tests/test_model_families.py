@@ -209,3 +209,29 @@ def test_models_that_cannot_work_are_refused_in_one_line_naming_the_missing_prop
     with pytest.raises(ConfigError, match=reason) as error:
         KVCompressor(pruner=SnapKV(), quantizer=KIVI(bits=4), tokens=64).plan(config)
     assert "\n" not in str(error.value) and model_type in str(error.value)
+
+
+def test_sliding_is_part_of_a_runs_identity_and_its_default_keeps_the_folders_of_before():
+    from test_config import compose_config
+
+    keep = compose_config(["model=tiny_gemma3"])
+    assert compose_config(["model=tiny_gemma3", "sliding=keep"]).run_name == keep.run_name
+    assert compose_config(["model=tiny_gemma3", "sliding=quantize"]).run_name != keep.run_name
+
+
+def test_a_hybrid_model_runs_from_the_application_and_records_the_global_ratio(tmp_path):
+    import json
+
+    from test_config import compose_config
+
+    from qpruning.app import runner_from_config
+
+    for mode in ("keep", "quantize"):
+        cfg = compose_config(["model=tiny_gemma3", f"sliding={mode}", "benchmark=niah_small", "limit=1",
+                              "benchmark.max_new_tokens=4", "tokens=64"])
+        runner = runner_from_config(cfg, tmp_path / mode)
+        runner.run()
+        metrics = json.loads((tmp_path / mode / "metrics.json").read_text())
+        assert metrics["config"]["sliding"] == mode and metrics["samples"] == 1
+        assert 0 < metrics["kv_ratio_global"] < 1
+        assert metrics["kv_bytes_global"] < metrics["kv_bytes"]
