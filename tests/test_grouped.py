@@ -209,6 +209,22 @@ def test_a_replayed_prefill_builds_the_cache_the_model_builds_in_line(tiny_model
     assert "forward" not in vars(model)  # the model is left as it was
 
 
+@pytest.mark.parametrize("sliding", ["keep", "quantize"])
+def test_a_group_of_runs_on_a_hybrid_model_writes_what_its_runs_write_one_by_one(tmp_path, sliding):
+    grid = [[f"pruner={p}", f"bits={b}"] for p, b in (("snapkv", 4), ("pyramidkv", 4), ("snapkv", 16))]
+    extra = ["model=tiny_gemma3", f"sliding={sliding}", "limit=1"]
+    alone = runners(tmp_path / "alone", grid, extra)
+    loaded = alone[0].model.load()
+    for runner in alone:
+        runner.preloaded = loaded
+        runner.run()
+    group = runners(tmp_path / "group", grid, extra)
+    GroupRunner(group).run()
+    for runner, reference in zip(group, alone):
+        assert records(runner.output_dir) == records(reference.output_dir), runner.output_dir.name
+        assert metrics(runner.output_dir)["kv_ratio_global"] < 1
+
+
 def run_py(*overrides):
     import os
     import subprocess

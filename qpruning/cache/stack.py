@@ -6,7 +6,7 @@ cache can hold them side by side: row ``r`` of a segment is one cache's row (rag
 :mod:`qpruning.cache.segments`). Each cache's own layer is left untouched.
 
 :func:`stack_caches` returns None when the caches cannot be stacked: a layer left uncompressed (16-bit with
-every token kept), different quantizers or storage, different segment kinds, the HQQ cache of ``compat=paper``, or
+every token kept, or a sliding window kept as the model keeps it), different quantizers or storage, different segment kinds, the HQQ cache of ``compat=paper``, or
 outliers (their share is taken over the whole quantized tensor, so a batch would choose other outliers than each
 cache alone).
 """
@@ -55,6 +55,8 @@ def _stack_segments(segments: list[Segment]) -> Segment:
 
 def _layers_match(layers: list[CompressedLayer]) -> bool:
     """The layers hold segments of one layout, layer for layer (checked without concatenating anything)."""
+    if not all(isinstance(layer, CompressedLayer) and layer.compressed for layer in layers):
+        return False  # a layer left as the model made it (16-bit in full, a kept sliding window) does not stack
     first = layers[0]
     same = (first.quantizer, first.storage_dtype, first.backend, first.head_repeat, first.seen_tokens, first.layer_idx,
             first.window)
