@@ -85,7 +85,7 @@ clean:  ## Remove the environment and run outputs (not results/)
 # --- GPU check (issue 18): wheels for a lent GPU machine, and the one prepared check (docs/gpu.md) ---
 .PHONY: gpu-wheelhouse gpu-check gpu-check-cpu
 
-gpu-wheelhouse:  ## Download into .whl/ the wheels a lent GPU machine lacks (needs a registry; ~16 MiB)
+gpu-wheelhouse:  ## Download into .whl/ the wheels a lent GPU machine lacks (needs a registry; ~17 MiB)
 	PIP="$(PYTHON) -m pip" bash scripts/gpu_wheelhouse.sh
 
 gpu-check:  ## On a GPU machine: install .whl/ (never its torch) and run the GPU check (writes into OUT; docs/gpu.md)
