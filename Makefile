@@ -31,7 +31,7 @@ setup: $(STAMP)  ## Build the environment in .venv: exactly requirements/lock.tx
 lock:  ## Regenerate requirements/lock.txt from pyproject.toml's bounds (newest versions they admit)
 	PYTHON=$(PYTHON) EXTRAS=$(EXTRAS) bash scripts/make_lock.sh $(LOCK)
 
-test-latest:  ## The not-slow tests against the newest releases the bounds admit (no lock), in .venv-latest
+test-latest:  ## Not-slow tests on the newest releases the bounds admit (no lock, .venv-latest), then the transformers canary
 	rm -rf $(LATEST)
 	$(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/python -m pip install -q --upgrade pip
@@ -43,6 +43,9 @@ test-latest:  ## The not-slow tests against the newest releases the bounds admit
 	if [ -s $(LATEST)/not-in-lock.txt ]; then echo "test-latest: versions not in the lock:"; sed 's/^/  /' $(LATEST)/not-in-lock.txt; \
 	else echo "test-latest: the newest versions the bounds admit are the lock's"; fi
 	$(LATEST)/bin/python -m pytest -q -m "not slow" $(ARGS)
+	# Report only, never a failure (offline included): the newest transformers release if it is not the one just
+	# tested (beyond the bound, or not resolvable), and the contract tests against it (scripts/transformers_canary.py).
+	-$(LATEST)/bin/python scripts/transformers_canary.py --contract
 
 run: $(STAMP)  ## Run the embedded default (SmolLM2 on CPU); pass Hydra overrides with ARGS="..."
 	$(PY) run.py $(ARGS)
@@ -85,7 +88,7 @@ clean:  ## Remove the environment and run outputs (not results/)
 # --- GPU check (issue 18): wheels for a lent GPU machine, and the one prepared check (docs/gpu.md) ---
 .PHONY: gpu-wheelhouse gpu-check gpu-check-cpu
 
-gpu-wheelhouse:  ## Download into .whl/ the wheels a lent GPU machine lacks (needs a registry; ~16 MiB)
+gpu-wheelhouse:  ## Download into .whl/ the wheels a lent GPU machine lacks (needs a registry; ~17 MiB)
 	PIP="$(PYTHON) -m pip" bash scripts/gpu_wheelhouse.sh
 
 gpu-check:  ## On a GPU machine: install .whl/ (never its torch) and run the GPU check (writes into OUT; docs/gpu.md)

@@ -32,6 +32,7 @@ import torch
 
 from qpruning.data_packages import package_dir
 from qpruning.errors import ConfigError, MissingFileError, check_int
+from qpruning.transformers_api import from_pretrained_kwargs
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +119,9 @@ def smollm2_local_dir() -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=SMOLLM2_GGUF)
-        model = AutoModelForCausalLM.from_pretrained(source, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(
+            source, gguf_file=SMOLLM2_GGUF, dtype=torch.float32, **from_pretrained_kwargs()
+        )
         # The GGUF loader marks the model as quantized, which forbids saving; the weights it holds are
         # already dequantized float32 tensors, so dropping the marker saves exactly what was loaded.
         model.hf_quantizer = None
@@ -346,6 +349,7 @@ class ModelSpec:
                 "attn_implementation": attn,
                 "trust_remote_code": self.trust_remote_code,
                 "revision": self.revision,
+                **from_pretrained_kwargs(),
             }
             if self.gguf_file and not self.local_path:
                 kwargs["gguf_file"] = self.gguf_file

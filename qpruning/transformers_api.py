@@ -4,11 +4,13 @@ qpruning plugs into transformers at a few documented places: a ``Cache`` made of
 (``CacheLayerMixin``: ``lazy_initialization``, ``update``, ``get_seq_length``, ``get_mask_sizes``), the cache
 argument of ``generate`` and of the model's forward, and the ``AttentionInterface`` / ``AttentionMaskInterface``
 registries. transformers renames things between minor releases (5.24 renamed the model's ``past_key_values``
-argument, and its outputs' field, to ``cache``), so the names are read here, from the installed version's own
-signatures, once per model class, and nowhere else:
+argument, and its outputs' field, to ``cache``; 5.25 made ``from_pretrained`` swap layers for Hub kernels by
+default), so the names are read here, from the installed version's own signatures, once per model class, and
+nowhere else:
 
     generate(**inputs, **cache_kwargs(model, cache))      # rather than past_key_values=cache or cache=cache
     output_cache(out)                                     # rather than out.past_key_values or out.cache
+    from_pretrained(path, **from_pretrained_kwargs())     # the model's own layers, never Hub kernels
 
 :func:`check_entry_points` says, naming the transformers version and the entry point, which of them the installed
 version no longer has; the contract tests (``tests/test_transformers_contract.py``) exercise each one.
@@ -84,6 +86,19 @@ def output_cache(output: Any) -> Any:
         if value is not None:
             return value
     return None
+
+
+def from_pretrained_kwargs() -> dict[str, Any]:
+    """Keyword arguments for ``AutoModelForCausalLM.from_pretrained``: the model's own layers, no Hub kernels.
+
+    From 5.25, ``from_pretrained`` kernelizes by default (``use_kernels=None`` means on): it raises without the
+    ``kernels`` package at the version it pins, and with it swaps layers for kernels fetched from the Hub at load
+    time (offline runs fail, the numbers change). Every version with the kernels integration (``set_use_kernels``)
+    takes ``use_kernels=False``, which keeps the behaviour of the versions before 5.25.
+    """
+    from transformers import PreTrainedModel
+
+    return {"use_kernels": False} if hasattr(PreTrainedModel, "set_use_kernels") else {}
 
 
 def check_entry_points() -> None:

@@ -4,7 +4,7 @@
 #   1. installs the wheels of .whl/ (make gpu-wheelhouse, here, beforehand) into a folder of their own with
 #      `pip install --no-index --no-deps --target`, put first on PYTHONPATH: the machine's own torch, triton and
 #      CUDA libraries are never touched (no torch wheel is in .whl/ and no dependency is resolved), and
-#      transformers 5.24 shadows the machine's 5.17; then `pip install --no-deps -e .` (qpruning itself);
+#      the lock's transformers (5.25) shadows the machine's 5.17; then `pip install --no-deps -e .` (qpruning itself);
 #   2. checks the wheelhouse's requirements against what is now installed (scripts/gpu_wheels_check.py);
 #   3. runs scripts/gpu_check.py: parts a-d, CSV + Markdown into $OUT (default outputs/gpu_check).
 #

@@ -5,7 +5,8 @@
 # numpy, pandas, matplotlib, safetensors, tokenizers, huggingface_hub, accelerate, einops, pyyaml, requests,
 # typer, pytest and pytest-timeout, and no network. It lacks hydra-core, omegaconf (and antlr4), hqq (and
 # termcolor), gguf, rouge, fuzzywuzzy, wonderwords, submitit, datasets (and dill, multiprocess) and the essay
-# package needlehaystack; qpruning supports transformers 5.24, whose regex floor is newer than some images'.
+# package needlehaystack; the lock's transformers (5.25) needs a newer regex than some images' and huggingface_hub
+# 2.4 (the machine has 1.33), which brings httpx2, httpcore2 and truststore.
 # Every wheel here is pure Python except regex (cp312); none is torch, triton or a CUDA library, so installing
 # them (scripts/gpu_check.sh: pip install --no-deps --target) cannot touch the machine's torch.
 #
@@ -32,8 +33,8 @@ pinned() {  # NAME... -> NAME==VERSION from the lock (names compared case-insens
     done
 }
 # Wheels on the registry (pure Python, or built for CPython 3.12 on x86-64 Linux).
-mapfile -t WHEELS < <(pinned transformers regex hydra-core omegaconf termcolor gguf rouge fuzzywuzzy wonderwords \
-    submitit datasets dill multiprocess needlehaystack)
+mapfile -t WHEELS < <(pinned transformers regex huggingface_hub httpx2 httpcore2 truststore hydra-core omegaconf \
+    termcolor gguf rouge fuzzywuzzy wonderwords submitit datasets dill multiprocess needlehaystack)
 # Published as source only (pure Python): built into wheels here.
 mapfile -t SDISTS < <(pinned hqq antlr4-python3-runtime)
 mkdir -p "$DEST"

@@ -103,7 +103,7 @@ def test_wheelhouse_check_finds_an_unmet_requirement(tmp_path):
                 f"Requires-Dist: {r}\n" for r in requires)
             z.writestr(f"{name}-1.0.dist-info/METADATA", meta + "\nA description.\n")
 
-    wheel("alpha", ["beta>=1", "torch>=2.0", "pytest; extra == 'dev'", "tomli; python_version < '3.11'"])
+    wheel("alpha", ["beta>=1", "torch>=2.0", "pytest; extra == 'dev'", "tomli; python_version < '3.11'", "kernels>=0.19.1"])
     wheel("beta", ["not-on-the-box-pkg"])
     assert checker.unmet(tmp_path, "box") == [
         "beta needs not-on-the-box-pkg: neither in " + str(tmp_path) + " nor installed"

@@ -25,6 +25,7 @@ from qpruning.transformers_api import (
     cache_argument,
     cache_kwargs,
     check_entry_points,
+    from_pretrained_kwargs,
     output_cache,
     transformers_version,
 )
@@ -149,6 +150,20 @@ def test_attention_registration_adds_a_named_function_and_mask(tiny_models):
             ours = model(prompt, **cache_kwargs(model, compressor.new_cache(model))).logits
         assert model.config._attn_implementation == "sdpa"
         assert torch.equal(ours, reference)
+
+
+def test_from_pretrained_loads_the_models_own_layers(tiny_models, tmp_path):
+    # transformers 5.25 kernelizes in from_pretrained by default: without the `kernels` package it raises
+    # ("Kernels are not available"), with it it swaps layers for kernels fetched from the Hub.
+    from transformers import AutoModelForCausalLM
+
+    model, _ = tiny_models("llama")
+    model.save_pretrained(tmp_path)
+    with entry_point("from_pretrained(..., **from_pretrained_kwargs())"):
+        loaded = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32, **from_pretrained_kwargs())
+        assert not getattr(loaded, "use_kernels", False)
+        prompt = ids(10, seed=3)
+        assert torch.equal(loaded(prompt).logits, model(prompt).logits)
 
 
 def test_an_unknown_cache_argument_is_refused_with_the_version():
