@@ -326,13 +326,17 @@ def summary_line(metrics: dict[str, Any], output_dir: Path) -> str:
     budget = budget_label(metrics.get("tokens"), metrics.get("budget"), metrics.get("budget_mode", "nominal"))
     ratio = metrics.get("kv_ratio")
     score = metrics.get("score")
+    global_ratio = metrics.get("kv_ratio_global")
+    # a hybrid model: the global layers' ratio is the one the budget sets; the whole cache holds the windows too
+    globals_only = (f" (global layers {100 * global_ratio:.1f}%)"
+                    if global_ratio is not None and ratio is not None and abs(global_ratio - ratio) > 1e-9 else "")
     return (
         f"[qpruning] {metrics['benchmark']} | {metrics['model']} | {metrics['pruner']} + {metrics['quant']} "
         f"{metrics['bits']}-bit g{metrics['group_size']} {budget} | score {score:.2f}"
         if score is not None
         else f"[qpruning] {metrics['benchmark']} | {metrics['model']} | score n/a"
     ) + (
-        f" | kept {metrics['tokens_effective']:.0f} tokens | KV {100 * ratio:.1f}% of 16-bit"
+        f" | kept {metrics['tokens_effective']:.0f} tokens | KV {100 * ratio:.1f}% of 16-bit{globals_only}"
         if ratio is not None and metrics.get("tokens_effective") is not None
         else ""
     ) + f" | {metrics['samples']} samples ({metrics['failed']} failed) in {metrics['seconds']:.0f}s -> {output_dir}"
