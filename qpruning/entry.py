@@ -85,7 +85,9 @@ def check_run(cfg, folder: str, machine: bool = True) -> None:
 def check_optimize(cfg, folder: str, machine: bool = True) -> None:
     from qpruning.app import optimize_setup
 
-    optimize_setup(cfg)
+    setup = optimize_setup(cfg)
+    if machine:
+        setup.spec.check_machine()
 
 
 CHECKS: dict[str, Callable[[Any, str, bool], None]] = {"config": check_run, "optimize": check_optimize}
@@ -98,7 +100,8 @@ def check_schema(config_name: str, cfg) -> None:
     from qpruning import schema
 
     schema.check_keys(config_name, list(cfg.keys()))
-    schema.check_values(config_name, OmegaConf.to_container(cfg, resolve=True))
+    schema.check_values(config_name, OmegaConf.to_container(cfg, resolve=True),
+                        OmegaConf.to_container(cfg, resolve=False))
 
 
 def _validated(runner, machine: bool) -> None:
@@ -249,7 +252,7 @@ def as_user_error(exc: Exception) -> Exception:
     cause = exc.__cause__ or exc.__context__
     if isinstance(cause, UserError):  # raised by a resolver, wrapped by OmegaConf
         return cause
-    if not isinstance(exc, (HydraException, OmegaConfBaseException)):
+    if not isinstance(exc, (HydraException, OmegaConfBaseException)) and not _raised_by_hydra(exc):
         return exc
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     what = lines[0] if lines else type(exc).__name__
@@ -266,6 +269,18 @@ def as_user_error(exc: Exception) -> Exception:
                            "allowed: the keys that `--cfg job` prints (a new key needs a leading +)")
     allowed = " ".join(lines[1:3]) or "see python run.py --help for the syntax and conf/config.yaml for the keys"
     return ConfigError(what, allowed)
+
+
+def _raised_by_hydra(exc: Exception) -> bool:
+    """Whether ``exc`` is a ``ValueError``/``TypeError`` that Hydra or OmegaConf raised about the configuration itself
+    (``compat=0``: "Config group override must be a string or a list"), not one of qpruning's own."""
+    if not isinstance(exc, (ValueError, TypeError)):
+        return False
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    module = str(tb.tb_frame.f_globals.get("__name__", "")) if tb is not None else ""
+    return module.split(".")[0] in ("hydra", "omegaconf")
 
 
 # -- the entry ----------------------------------------------------------------------------------------------

@@ -457,3 +457,21 @@ def check_name(key: str, value: object) -> None:
     if len(value) > NAME_LENGTH:
         raise ConfigError(f"{key}: a name of {len(value)} characters is too long to name a folder",
                           f"allowed: at most {NAME_LENGTH} characters")
+
+
+def check_writable_folder(key: str, value: object) -> None:
+    """Raise :class:`ConfigError` unless ``value`` names a folder that exists or can be created, and can be written
+    (checked by creating it and a temporary file in it)."""
+    import tempfile
+    from pathlib import Path
+
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{key}={_shown(value)} is not a folder", "allowed: a folder to write into, e.g. outputs")
+    path = Path(value).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{key}={value} cannot be written ({exc.strerror or type(exc).__name__})",
+                          "allowed: a folder this user can create and write into") from None

@@ -315,7 +315,11 @@ class ModelSpec:
     def _loading(self, source, what: str) -> Iterator[None]:
         """Within the block, transformers' failure to read the model's ``what`` is one :class:`UserError` naming
         the source and what was expected."""
-        allowed = "allowed: a hub id that is downloaded or reachable, or model.local_path=DIR with the model's files"
+        if Path(source).expanduser().is_dir():
+            allowed = ("allowed: a folder as save_pretrained writes it (a valid config.json of a model type that "
+                       "transformers knows, the weights, the tokenizer)")
+        else:
+            allowed = "allowed: a hub id that is downloaded or reachable, or model.local_path=DIR with the model's files"
         try:
             yield
         except OSError as exc:  # not downloaded and offline, no such repository, a file missing from the folder

@@ -22,15 +22,24 @@ plain Python containers: it does not import Hydra.
 from __future__ import annotations
 
 import dataclasses
-import tempfile
-from collections.abc import Callable, Iterable, Mapping
+import re
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path, PurePath
+from pathlib import PurePath
 from typing import Any, Literal
 
 from qpruning.benchmarks import BENCHMARKS
 from qpruning.cache import QUANTIZERS
-from qpruning.errors import ConfigError, check_fields, check_name, check_real, check_type, nearest, parameters
+from qpruning.errors import (
+    ConfigError,
+    check_fields,
+    check_name,
+    check_real,
+    check_type,
+    check_writable_folder,
+    nearest,
+    parameters,
+)
 from qpruning.loggers import NullLogger, WandbLogger
 from qpruning.models import ModelSpec
 from qpruning.pruners import PRUNERS
@@ -72,21 +81,6 @@ def _allocation(key: str, value: Any) -> None:
         raise ConfigError(f"{key}={value!r} is empty", "allowed: the path of an allocation.yaml, or null (none)")
 
 
-def _output_root(key: str, value: Any) -> None:
-    """The folder every run writes under: it must exist or be creatable, and be writable (checked by writing)."""
-    if not value.strip():
-        raise ConfigError(f"{key}={value!r} is empty", "allowed: a folder to write runs into, e.g. outputs")
-    path = Path(value).expanduser()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise ConfigError(f"{key}={value} cannot be written ({reason})",
-                          "allowed: a folder this user can create and write into") from None
-
-
 def _run_name(key: str, value: Any) -> None:
     """``run_name`` is a folder path under ``output_root``: relative, without ``..``, each name at most 255 bytes."""
     path = PurePath(value)
@@ -110,7 +104,7 @@ class CommonConfig:
     full_cache_tokens: int | None = owned("the compressor")
     storage_dtype: str | None = owned("the compressor")
     seed: int = owned("the runner, or the search")
-    output_root: str = checked(_output_root)
+    output_root: str = checked(check_writable_folder)
 
 
 @dataclass(kw_only=True)
@@ -173,11 +167,17 @@ def check_keys(config_name: str, keys: Iterable[str]) -> None:
                               f"allowed: {key}=<value> (or {key}=null where it may be empty), not ~{key}")
 
 
-def check_values(config_name: str, config: Mapping[str, Any]) -> None:
-    """Raise :class:`ConfigError` for a value of the resolved ``config`` that its schema does not admit."""
+def check_values(config_name: str, config: Mapping[str, Any], raw: Mapping[str, Any] | None = None) -> None:
+    """Raise :class:`ConfigError` for a value of the resolved ``config`` that its schema does not admit. ``raw``: the
+    same configuration unresolved, where a group's field that is a top-level key (``quant.bits: ${bits}``) is left
+    to that key's owner (the quantizer says ``bits=4.0`` with the bit widths it takes)."""
     top, groups = schema(config_name)
+    owners = {f.name for f in dataclasses.fields(top) if "owner" in f.metadata}
     for name in groups:
-        check_group(name, config[name])
+        raw_node = (raw or {}).get(name)
+        delegated = [key for key, value in raw_node.items() if _interpolates(value, owners)] \
+            if isinstance(raw_node, Mapping) else []
+        check_group(name, config[name], delegated)
     for key in FOLDER_NAMES:  # before run_name, which they make: the message names the key that was typed
         group, _, name = key.partition(".")
         if group in groups:
@@ -191,8 +191,15 @@ def check_values(config_name: str, config: Mapping[str, Any]) -> None:
                           "allowed: one of them: an allocation file (from qpruning optimize), or layers= overrides")
 
 
-def check_group(name: str, node: Any) -> None:
-    """A group's node: a mapping whose ``_target_`` is one of :data:`GROUPS`, with the parameters its class takes."""
+def _interpolates(value: Any, keys: Collection[str]) -> bool:
+    """Whether ``value`` is ``${key}`` for one of ``keys``."""
+    match = re.fullmatch(r"\$\{(\w+)\}", value) if isinstance(value, str) else None
+    return match is not None and match.group(1) in keys
+
+
+def check_group(name: str, node: Any, delegated: Collection[str] = ()) -> None:
+    """A group's node: a mapping whose ``_target_`` is one of :data:`GROUPS`, with the parameters its class takes
+    (the types of the ``delegated`` fields are left to their owner)."""
     if not isinstance(node, Mapping):
         raise ConfigError(f"{name}={node!r} is not a configuration group", f"allowed: {name}=<one of conf/{name}/>")
     targets = GROUPS[name]
@@ -201,12 +208,14 @@ def check_group(name: str, node: Any) -> None:
         raise ConfigError(f"{name}._target_={target!r} is not what qpruning builds a {name} with",
                           f"allowed: {', '.join(targets)}")
     built = targets[target]
+    node = {key: value for key, value in node.items() if key not in delegated}
     if isinstance(built, Mapping):  # a factory: the class of the node's name (an unknown name: the factory says)
         if node.get("name") not in built:
             return
         check_fields(name, built[node["name"]], node, what=f"{name}={node['name']}", skip=FACTORY_KEYS)
     else:
-        check_fields(name, built, node, what=f"{name}={node.get('name', built.__name__)}", skip=("_target_",))
+        what = f"{name}={node.get('name')}" if name == "model" else f"{name}={built.__name__}"
+        check_fields(name, built, node, what=what, skip=("_target_",))
 
 
 def launches_remotely(launcher: Mapping[str, Any] | None) -> bool:
