@@ -7,10 +7,11 @@ objects from it. The library below (:class:`~qpruning.runner.Runner`, the compre
   that share each sample's prefill (:mod:`qpruning.grouped`);
 - :func:`optimize_setup` / :func:`run_optimize_job`: ``qpruning optimize``;
 - :func:`register_resolvers`: the ``qp.*`` resolvers that name run folders;
-- :func:`build` and the checks of a composed configuration that no single dataclass owns (the logger, ``tokens``
-  typed over the default ``budget``), with instantiation that reports the user's mistake rather than Hydra's
-  wrapper around it. The dataclasses (quantizers, pruners, :class:`~qpruning.compressor.KVCompressor`,
-  benchmarks, :class:`~qpruning.models.ModelSpec`) validate their own fields in ``__post_init__``.
+- :func:`build` and the checks of a composed configuration that no single dataclass owns (``tokens`` typed over
+  the default ``budget``, an allocation beside a typed ``tokens`` or ``budget``), with instantiation that
+  reports the user's mistake rather than Hydra's wrapper around it. The dataclasses (quantizers, pruners,
+  :class:`~qpruning.compressor.KVCompressor`, benchmarks, :class:`~qpruning.models.ModelSpec`) validate their own
+  fields in ``__post_init__``; every key's type is declared once, in :mod:`qpruning.schema`'s terms.
 
 An allocation file (``allocation=...``) is read here and turned into a plain per-layer configuration
 (:class:`~qpruning.optimize.allocation.LayerConfiguration`) before the runner sees it.
@@ -21,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,7 @@ from omegaconf import OmegaConf, open_dict
 
 from qpruning.compat import paper_sinks, paper_window
 from qpruning.compressor import KVCompressor
-from qpruning.errors import ConfigError, UserError, check_choice, check_int, check_real
+from qpruning.errors import ConfigError, UserError, check_int, check_real, check_seed, is_real
 from qpruning.identity import DEFAULT_COMPAT, RUN_CONTROL_KEYS, RunLabels, budget_label, run_hash
 from qpruning.loggers import NullLogger
 from qpruning.optimize.allocation import Allocation, Geometry, Precision
@@ -44,7 +46,6 @@ logger = logging.getLogger(__name__)
 
 # -- checks and instantiation ---------------------------------------------------------------------------
 
-LOGGER_MODES = ("online", "offline", "disabled")
 DEFAULT_BUDGET_KEY = "default_budget"
 
 
@@ -70,13 +71,6 @@ def build(cfg: Any, key: str) -> Any:
         raise
 
 
-def check_logger(cfg: Any) -> None:
-    """``logger.mode``: online, offline, disabled or null (``WANDB_MODE`` decides)."""
-    node = cfg.get("logger")
-    if node is not None and "mode" in node:
-        check_choice("logger.mode", node.mode, LOGGER_MODES, optional=True)
-
-
 def tokens_and_budget(cfg: Any) -> tuple[Any, Any]:
     """The ``tokens`` and ``budget`` a run uses: whichever of the two the user typed wins over the default.
 
@@ -96,6 +90,21 @@ def budget_is_default(cfg: Any) -> bool:
     if "budget" not in cfg or not OmegaConf.is_interpolation(cfg, "budget"):
         return False
     return str(cfg._get_node("budget")._value()).replace(" ", "") == "${" + DEFAULT_BUDGET_KEY + "}"
+
+
+def check_allocation_conflicts(cfg: Any, allocation: str, allocation_budget: float | None) -> None:
+    """An allocation file sets every layer's bits and tokens (and names its budget): a typed ``tokens=``, or a typed
+    ``budget=`` other than the file's, would be a label that the run does not follow. Refused, not overridden
+    (``layers=`` beside it: :func:`qpruning.schema.check_values`)."""
+    tokens, budget = cfg.get("tokens"), cfg.get("budget")
+    if tokens is not None:
+        raise ConfigError(f"tokens={tokens} beside allocation={allocation}: the allocation sets every layer's tokens",
+                          "allowed: one of them (tokens= without an allocation, or the allocation alone)")
+    typed = budget is not None and not budget_is_default(cfg)
+    if typed and is_real(budget) and allocation_budget is not None and not math.isclose(budget, allocation_budget, rel_tol=1e-9):
+        raise ConfigError(f"budget={budget} beside allocation={allocation}, which was made for "
+                          f"budget={allocation_budget}", f"allowed: budget={allocation_budget} or no budget= (the "
+                          "allocation's), or an allocation made for this budget (qpruning optimize)")
 
 
 # -- python run.py --------------------------------------------------------------------------------------
@@ -138,16 +147,16 @@ def runner_from_config(cfg, output_dir: str | Path) -> Runner:
     pruner = build(cfg, "pruner")
     quantizer = build(cfg, "quant")
     benchmark = build(cfg, "benchmark")
-    check_logger(cfg)
     layers = container.get("layers") or []
     tokens, budget = tokens_and_budget(cfg)  # a typed tokens= wins over the default budget
     layer_config = cfg.get("layer_config")
     allocation = cfg.get("allocation")
     if allocation:
         found = Allocation.from_yaml(Path(allocation)).configuration()  # the run sees a plain configuration
+        check_allocation_conflicts(cfg, allocation, found.budget)
         layers = found.layers  # every layer's bits and tokens
         layer_config = layer_config or found.name
-        if tokens is None and (budget is None or budget_is_default(cfg)) and found.budget is not None:
+        if found.budget is not None:
             budget = found.budget
     container["tokens"], container["budget"] = tokens, budget
     compressor = KVCompressor(
@@ -390,7 +399,7 @@ def optimize_setup(cfg) -> OptimizeSetup:
     check_int("groups", cfg.get("groups"), minimum=1, meaning="contiguous layer groups")
     check_int("max_evaluations", cfg.get("max_evaluations"), minimum=1)
     check_real("transfer_fraction", cfg.get("transfer_fraction"), low=0.0, high=1.0)
-    check_int("seed", cfg.get("seed"), minimum=0)
+    check_seed("seed", cfg.get("seed"))
     model_config = spec.load_config()
     layers = getattr(model_config, "num_hidden_layers", None)
     if layers is not None and cfg.groups > layers:

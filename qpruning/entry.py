@@ -8,9 +8,12 @@ anything runs:
 
 1. **Preflight** (:func:`preflight`): the configuration of every job is composed with Hydra's compose API (a
    ``-m`` sweep is expanded as Hydra's basic sweeper expands it, ``hydra.sweeper.params`` of an experiment
-   included), its run folder name resolved, its objects built (each dataclass validates its fields) and checked
-   against the model's config (bits, group size against ``head_dim``, budget against the pruner's window). A bad
-   value anywhere in a sweep stops the sweep before its first job.
+   included), checked against the schema (:mod:`qpruning.schema`: every key known, every value by type, the names
+   that become folders inside ``output_root``, ``output_root`` writable), its objects built (each dataclass
+   validates its fields' ranges) and checked against the model's config (bits, group size against ``head_dim``,
+   budget against the pruner's window, the window against the model's positions, a typed ``tokens`` against the
+   longest prompt) and this machine (the model's device, attention and dtype, ``kernel=on``; on Slurm, the job
+   checks its own machine). A bad value anywhere in a sweep stops the sweep before its first job.
 2. **The task** (:func:`run_task`, :func:`optimize_task`): the rest, which needs the tokenizer or the data (a
    corrupt data file, an empty benchmark), is checked by each job before its model loads, and reported the same
    way.
@@ -27,7 +30,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from qpruning.errors import ConfigError, MissingFileError, reported
+from qpruning.errors import ConfigError, MissingFileError, nearest, reported
 
 logger = logging.getLogger(__name__)
 
@@ -71,32 +74,48 @@ def optimize_task(cfg) -> float:
 # -- preflight ------------------------------------------------------------------------------------------------
 
 
-def check_run(cfg, folder: str) -> None:
-    """What a run checks before its model loads, short of tokenizer and data (see :meth:`Runner.validate`)."""
+def check_run(cfg, folder: str, machine: bool = True) -> None:
+    """What a run checks before its model loads, short of tokenizer and data (see :meth:`Runner.validate`);
+    ``machine``: also what this machine must have (false when the job runs elsewhere)."""
     from qpruning.app import runner_from_config
 
-    _validated(runner_from_config(cfg, folder))
+    _validated(runner_from_config(cfg, folder), machine)
 
 
-def check_optimize(cfg, folder: str) -> None:
+def check_optimize(cfg, folder: str, machine: bool = True) -> None:
     from qpruning.app import optimize_setup
 
-    optimize_setup(cfg)
+    setup = optimize_setup(cfg)
+    if machine:
+        setup.spec.check_machine()
 
 
-CHECKS: dict[str, Callable[[Any, str], None]] = {"config": check_run, "optimize": check_optimize}
+CHECKS: dict[str, Callable[[Any, str, bool], None]] = {"config": check_run, "optimize": check_optimize}
 
 
-def _validated(runner) -> None:
+def check_schema(config_name: str, cfg) -> None:
+    """``cfg`` against :mod:`qpruning.schema`: its keys before anything is resolved, then its resolved values."""
+    from omegaconf import OmegaConf
+
+    from qpruning import schema
+
+    schema.check_keys(config_name, list(cfg.keys()))
+    schema.check_values(config_name, OmegaConf.to_container(cfg, resolve=True),
+                        OmegaConf.to_container(cfg, resolve=False))
+
+
+def _validated(runner, machine: bool) -> None:
     # A sweep has many jobs and few models: read each model's config once. A config this machine cannot read
     # (a hub model not downloaded where a Slurm sweep is submitted) is checked by the job, before its weights.
     try:
         config = _model_config(runner.model)
     except MissingFileError as exc:
         logger.info("preflight: %s; the job checks it", exc.what)
+        runner.benchmark.validate(runner.model.context_window)
+        if machine:
+            runner.model.check_machine()
     else:
-        runner.compressor.plan(config)
-    runner.benchmark.validate(runner.model.context_window)
+        runner.check(config, machine=machine)
 
 
 _MODEL_CONFIGS: dict[str, Any] = {}
@@ -128,17 +147,21 @@ def split_flags(argv: list[str]) -> tuple[str | None, bool, list[str], bool]:
     return config_name, multirun, overrides, possible
 
 
-def job_overrides(config_name: str, overrides: list[str]) -> list[list[str]]:
-    """The overrides of every job of a ``-m`` sweep, as Hydra's basic sweeper forms them."""
+def job_overrides(config_name: str, overrides: list[str], launcher: dict | None = None) -> list[list[str]]:
+    """The overrides of every job of a ``-m`` sweep, as Hydra's basic sweeper forms them; ``launcher``, when
+    given, gets the sweep's ``hydra.launcher`` node."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.types import RunMode
+    from omegaconf import OmegaConf
 
     hydra = GlobalHydra.instance().hydra
     sweep_cfg = hydra.compose_config(config_name, overrides, run_mode=RunMode.MULTIRUN,
                                      with_log_configuration=False)
     check_launcher(sweep_cfg.hydra.launcher)
+    if launcher is not None:
+        launcher.update(OmegaConf.to_container(sweep_cfg.hydra.launcher, resolve=False))
     parser = OverridesParser.create()
     if sweep_cfg.hydra.sweeper.get("_target_") != BASIC_SWEEPER:  # another sweeper: check the fixed values only
         return [[o.input_line for o in parser.parse_overrides(overrides) if not o.is_sweep_override()]]
@@ -152,15 +175,19 @@ def preflight(config_name: str, overrides: list[str], multirun: bool = False) ->
     from hydra.core.global_hydra import GlobalHydra
 
     from qpruning.app import register_resolvers
+    from qpruning.schema import launches_remotely
 
     register_resolvers()
     check = CHECKS.get(config_name, check_run)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            jobs = job_overrides(config_name, overrides) if multirun else [overrides]
+            launcher: dict = {}
+            jobs = job_overrides(config_name, overrides, launcher) if multirun else [overrides]
+            machine = not launches_remotely(launcher)  # a Slurm job checks its own machine
             for cfg in job_configs(config_name, jobs):
-                check(cfg, str(Path(str(cfg.get("output_root", "outputs"))) / "preflight"))
+                check_schema(config_name, cfg)
+                check(cfg, str(Path(str(cfg.get("output_root", "outputs"))) / "preflight"), machine)
     except Exception as exc:
         converted = as_user_error(exc)
         if converted is exc:
@@ -225,7 +252,7 @@ def as_user_error(exc: Exception) -> Exception:
     cause = exc.__cause__ or exc.__context__
     if isinstance(cause, UserError):  # raised by a resolver, wrapped by OmegaConf
         return cause
-    if not isinstance(exc, (HydraException, OmegaConfBaseException)):
+    if not isinstance(exc, (HydraException, OmegaConfBaseException)) and not _raised_by_hydra(exc):
         return exc
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     what = lines[0] if lines else type(exc).__name__
@@ -235,10 +262,25 @@ def as_user_error(exc: Exception) -> Exception:
         return ConfigError(what, "allowed: " + ", ".join(exc.options))
     if isinstance(exc, ConfigCompositionException) and isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
         key = cause.full_key or cause.key
-        return ConfigError(f"{key} is not a key of the configuration",
+        parent = getattr(cause, "parent_node", None)
+        siblings = [str(k) for k in parent.keys()] if hasattr(parent, "keys") else []
+        prefix = str(key)[: len(str(key)) - len(str(cause.key))]
+        return ConfigError(f"{key} is not a key of the configuration{nearest(str(cause.key), siblings, prefix)}",
                            "allowed: the keys that `--cfg job` prints (a new key needs a leading +)")
     allowed = " ".join(lines[1:3]) or "see python run.py --help for the syntax and conf/config.yaml for the keys"
     return ConfigError(what, allowed)
+
+
+def _raised_by_hydra(exc: Exception) -> bool:
+    """Whether ``exc`` is a ``ValueError``/``TypeError`` that Hydra or OmegaConf raised about the configuration itself
+    (``compat=0``: "Config group override must be a string or a list"), not one of qpruning's own."""
+    if not isinstance(exc, (ValueError, TypeError)):
+        return False
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    module = str(tb.tb_frame.f_globals.get("__name__", "")) if tb is not None else ""
+    return module.split(".")[0] in ("hydra", "omegaconf")
 
 
 # -- the entry ----------------------------------------------------------------------------------------------

@@ -20,11 +20,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from qpruning.errors import check_choice, check_fields, check_real
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.wandb.ai"
 PROBE_TIMEOUT = 3.0  # seconds to reach the W&B server before going offline
 INIT_TIMEOUT = 3.0  # wandb's init_timeout online before going offline (wandb.init itself takes a few s more)
+LOGGER_MODES = ("online", "offline", "disabled")  # logger.mode; null: WANDB_MODE decides
 
 
 def _server_reachable(base_url: str, timeout: float) -> bool:
@@ -119,6 +122,12 @@ class WandbLogger(RunLogger):
         probe_timeout: float = PROBE_TIMEOUT,
         init_timeout: float = INIT_TIMEOUT,
     ) -> None:
+        given = dict(project=project, entity=entity, group=group, tags=tags, mode=mode, name=name,
+                     probe_timeout=probe_timeout, init_timeout=init_timeout)
+        check_fields("logger", WandbLogger, given, what="logger=wandb")
+        check_choice("logger.mode", mode, LOGGER_MODES, optional=True)
+        for key in ("probe_timeout", "init_timeout"):
+            check_real(f"logger.{key}", given[key], low=0.0, meaning="seconds")
         self.project, self.entity, self.group = project, entity, group
         self.tags, self.mode, self.name = list(tags or []), mode, name
         self.probe_timeout, self.init_timeout = float(probe_timeout), float(init_timeout)

@@ -21,6 +21,7 @@ context window) before it spends time loading a model.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import inspect
@@ -28,7 +29,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,17 @@ from typing import Any
 import torch
 
 from qpruning.data_packages import DATA_PACKAGES, package_dirs
-from qpruning.errors import ConfigError, MissingFileError, check_int
+from qpruning.errors import (
+    ConfigError,
+    DataError,
+    MissingFileError,
+    check_choice,
+    check_dataclass_fields,
+    check_fields,
+    check_int,
+    check_seed,
+    parameters,
+)
 from qpruning.transformers_api import from_pretrained_kwargs
 
 logger = logging.getLogger(__name__)
@@ -88,6 +99,10 @@ TINY_FAMILIES: dict[str, TinyFamily] = {
 }
 TINY_ARCHITECTURES = tuple(TINY_FAMILIES)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2")
+CONFIG_FILE = "config.json"
+WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.gguf")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
 
 GEMMA3_CHAT_TEMPLATE = (
     # Gemma 3's chat template (the tokenizer_config.json of Google's gemma-3 checkpoints), for text: a system
@@ -419,16 +434,15 @@ class ModelSpec:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.dtype != "auto" and self.dtype not in DTYPES:
-            raise ConfigError(f"model.dtype={self.dtype!r} is not allowed; use auto or one of {', '.join(DTYPES)}")
-        if self.attn_implementation not in ("auto", "sdpa", "eager", "flash_attention_2"):
-            raise ConfigError(
-                f"model.attn_implementation={self.attn_implementation!r} is not allowed; "
-                "use auto, sdpa, eager or flash_attention_2"
-            )
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"model.device={self.device!r} is not allowed; use auto, cpu or cuda")
+        check_dataclass_fields("model", self)
+        for key in ("name", "name_or_path"):
+            if not getattr(self, key).strip():
+                raise ConfigError(f"model.{key}={getattr(self, key)!r} is empty", "allowed: a non-empty name")
+        check_choice("model.dtype", self.dtype, ("auto", *DTYPES))
+        check_choice("model.attn_implementation", self.attn_implementation, ATTN_IMPLEMENTATIONS)
+        check_choice("model.device", self.device, ("auto", "cpu", "cuda"))
         check_int("model.context_window", self.context_window, minimum=1)
+        check_seed("model.seed", self.seed)
         if self.is_tiny and self.name_or_path.split(":", 1)[1] not in TINY_ARCHITECTURES:
             raise ConfigError(
                 f"Unknown tiny model {self.name_or_path!r}; allowed: "
@@ -436,6 +450,32 @@ class ModelSpec:
             )
         if self.is_embedded:
             embedded_model(self.name_or_path)
+        sizes = {k: v for k, v in parameters(tiny_config).items() if k != "architecture"}
+        check_fields("model.tiny", sizes, self.tiny, what="a tiny model")
+        for key, value in self.tiny.items():
+            check_int(f"model.tiny.{key}", value, minimum=1)
+
+    def check_machine(self) -> None:
+        """Raise :class:`ConfigError` when this machine cannot load the model as configured: ``device=cuda``
+        without a CUDA device, ``flash_attention_2`` without flash-attn, a CUDA device or a 16-bit dtype,
+        ``bfloat16`` on a GPU that has none."""
+        cuda = torch.cuda.is_available()
+        if self.device == "cuda" and not cuda:
+            raise ConfigError("model.device=cuda, but this machine has no CUDA device (torch.cuda.is_available() "
+                              "is false)", "allowed: model.device=cpu or auto (cuda when there is one)")
+        device, dtype = self.resolved_device(), self.resolved_dtype()
+        if self.attn_implementation == "flash_attention_2":
+            if importlib.util.find_spec("flash_attn") is None:
+                raise ConfigError("model.attn_implementation=flash_attention_2, but flash-attn is not installed",
+                                  "allowed: sdpa, eager or auto (flash_attention_2 when installed on a GPU), "
+                                  "or pip install flash-attn")
+            if device != "cuda" or dtype not in (torch.float16, torch.bfloat16):
+                raise ConfigError(f"model.attn_implementation=flash_attention_2 needs a CUDA device and a 16-bit "
+                                  f"dtype, not {device} in {str(dtype).replace('torch.', '')}",
+                                  "allowed: sdpa or eager here, or model.device=cuda with model.dtype=bfloat16")
+        if device == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+            raise ConfigError("model.dtype=bfloat16, but this GPU has no bfloat16",
+                              "allowed: model.dtype=float16 or float32")
 
     @property
     def is_tiny(self) -> bool:
@@ -470,7 +510,34 @@ class ModelSpec:
             return self.local_path
         if self.is_embedded:
             return embedded_local_dir(self.name_or_path)
+        if _looks_like_path(self.name_or_path) and not Path(self.name_or_path).expanduser().exists():
+            raise MissingFileError(f"model.name_or_path={self.name_or_path} does not exist",
+                                   "allowed: a folder with the model's config and weights, or a hub id (org/name)")
         return self.name_or_path
+
+    def check_files(self) -> None:
+        """Raise :class:`MissingFileError` when the model's local folder lacks its config, weights or tokenizer
+        (a hub id is left to :meth:`load_config`)."""
+        if self.is_tiny:
+            return
+        source = Path(self._source()).expanduser()
+        if not source.is_dir():
+            if source.exists():
+                raise MissingFileError(f"model {self.name}: {source} is a file, not a model folder",
+                                       "allowed: a folder with config.json, the weights and the tokenizer")
+            return  # a hub id
+        key = "model.local_path" if self.local_path else "model.name_or_path"
+        expected = ("allowed: a folder with config.json, the weights (*.safetensors, pytorch_model*.bin or "
+                    "model.gguf_file) and the tokenizer (tokenizer.json, tokenizer.model or tokenizer_config.json)")
+        gguf = self.gguf_file and not self.local_path
+        if gguf and not (source / self.gguf_file).is_file():
+            raise MissingFileError(f"model.gguf_file={self.gguf_file} is not in {source}", expected)
+        if not gguf and not (source / CONFIG_FILE).is_file():
+            raise MissingFileError(f"{key}={source} holds no model: no {CONFIG_FILE}", expected)
+        if not gguf and not any(any(source.glob(p)) for p in WEIGHT_PATTERNS):
+            raise MissingFileError(f"{key}={source} holds no weights", expected)
+        if not gguf and not any((source / name).is_file() for name in TOKENIZER_FILES):
+            raise MissingFileError(f"{key}={source} holds no tokenizer", expected)
 
     def load_config(self):
         """The model's ``PretrainedConfig``, without weights (cheap: for validation before loading)."""
@@ -485,15 +552,28 @@ class ModelSpec:
         kwargs: dict[str, Any] = {"trust_remote_code": self.trust_remote_code, "revision": self.revision}
         if self.gguf_file and not self.local_path:
             kwargs["gguf_file"] = self.gguf_file
+        self.check_files()
         source = self._source()
-        try:
+        with self._loading(source, "config"):
             return AutoConfig.from_pretrained(source, **kwargs)
-        except OSError as exc:  # not downloaded and offline, no such repository, no config.json in the folder
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise MissingFileError(
-                f"model {self.name} ({source}): its config cannot be read ({first})",
-                "allowed: a hub id that is downloaded or reachable, or model.local_path=DIR with the model's files",
-            ) from None
+
+    @contextlib.contextmanager
+    def _loading(self, source, what: str) -> Iterator[None]:
+        """Within the block, transformers' failure to read the model's ``what`` is one :class:`UserError` naming
+        the source and what was expected."""
+        if Path(source).expanduser().is_dir():
+            allowed = ("allowed: a folder as save_pretrained writes it (a valid config.json of a model type that "
+                       "transformers knows, the weights, the tokenizer)")
+        else:
+            allowed = "allowed: a hub id that is downloaded or reachable, or model.local_path=DIR with the model's files"
+        try:
+            yield
+        except OSError as exc:  # not downloaded and offline, no such repository, a file missing from the folder
+            raise MissingFileError(f"model {self.name} ({source}): its {what} cannot be read ({_first_line(exc)})",
+                                   allowed) from None
+        except (ValueError, KeyError) as exc:  # not a model's folder, a config transformers does not know
+            raise DataError(f"model {self.name} ({source}): its {what} cannot be read ({_first_line(exc)})",
+                            allowed) from None
 
     def load_tokenizer(self):
         from transformers import AutoTokenizer
@@ -503,7 +583,9 @@ class ModelSpec:
         kwargs: dict[str, Any] = {"trust_remote_code": self.trust_remote_code, "revision": self.revision}
         if self.gguf_file and not self.local_path:
             kwargs["gguf_file"] = self.gguf_file
-        tokenizer = AutoTokenizer.from_pretrained(self._source(), **kwargs)
+        source = self._source()
+        with self._loading(source, "tokenizer"):
+            tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         # Left padding keeps the last prompt tokens aligned at the end of every row: the observation window
@@ -520,6 +602,7 @@ class ModelSpec:
         """Load the model alone, in eval mode on the configured device (a tiny model needs no tokenizer file)."""
         from transformers import AutoModelForCausalLM
 
+        self.check_machine()
         logger.info("loading model %s (%s)", self.name, self.local_path or self.name_or_path)
         dtype = self.resolved_dtype()
         attn = self.resolved_attn_implementation()
@@ -542,11 +625,23 @@ class ModelSpec:
                 kwargs["gguf_file"] = self.gguf_file
             if self.device_map:
                 kwargs["device_map"] = self.device_map
-            logger.info("Loading %s from %s (%s, %s)", self.name, self._source(), dtype, attn)
-            model = AutoModelForCausalLM.from_pretrained(self._source(), **kwargs)
+            source = self._source()
+            logger.info("Loading %s from %s (%s, %s)", self.name, source, dtype, attn)
+            with self._loading(source, "weights"):
+                model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
             if not self.device_map:
                 model = model.to(self.resolved_device())
         return model.eval()
+
+
+def _looks_like_path(name: str) -> bool:
+    """Whether ``name_or_path`` was meant as a local path (absolute, ``./``, ``../``, ``~``), not a hub id."""
+    return name.startswith(("/", "./", "../", "~")) or name in (".", "..") or os.sep * 2 in name
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def tiny_model(

@@ -33,7 +33,7 @@ import torch
 from qpruning.benchmarks import Benchmark, SampleError
 from qpruning.benchmarks.base import EVALUATIONS
 from qpruning.compressor import KVCompressor
-from qpruning.errors import DataError, check_choice, check_int
+from qpruning.errors import ConfigError, DataError, check_choice, check_int, check_seed, is_int
 from qpruning.identity import RunLabels, input_files, run_hash
 from qpruning.loggers import NullLogger, RunLogger
 from qpruning.models import ModelSpec
@@ -118,7 +118,7 @@ class Runner:
     def __post_init__(self) -> None:
         self.output_dir = Path(self.output_dir)
         check_int("limit", self.limit, minimum=1, optional=True, meaning="the first N samples; null: all")
-        check_int("seed", self.seed, minimum=0)
+        check_seed("seed", self.seed)
         check_choice("benchmark.evaluation", self.benchmark.evaluation, EVALUATIONS)
 
     @property
@@ -132,9 +132,41 @@ class Runner:
     def validate(self):
         """Check everything that can be checked without weights; returns the model config."""
         model_config = self.model.load_config()
+        self.check(model_config)
+        return model_config
+
+    def check(self, model_config, machine: bool = True) -> None:
+        """:meth:`validate`'s checks against ``model_config`` (a sweep reads it once): the compressor's plan, the
+        benchmark in the model's window, the window within the model's positions, a typed ``tokens`` within the
+        longest prompt; with ``machine``, what this machine must have (the model's device, attention and dtype,
+        ``kernel=on``'s Triton)."""
+        positions = getattr(model_config, "max_position_embeddings", None)
+        if is_int(positions) and self.model.context_window > positions:
+            raise ConfigError(
+                f"model.context_window={self.model.context_window} is more than the model's "
+                f"max_position_embeddings={positions}: prompts that long run past the positions it knows",
+                f"allowed: model.context_window <= {positions}")
         self.compressor.plan(model_config)
         self.benchmark.validate(self.model.context_window)
-        return model_config
+        self._check_tokens_fit()
+        if machine:
+            self.model.check_machine()
+            check_kernel(self.compressor.kernel, self.model.resolved_device())
+
+    def _check_tokens_fit(self) -> None:
+        """A typed ``tokens`` (or a layer's) above the longest prompt keeps every token: refused, not run as a
+        compressed run that is not one. An allocation's tokens (``qpruning optimize``'s, for a budget) are not typed."""
+        if not self.compressor.pruner.prunes or self.compressor.every_layer:
+            return
+        longest = self.benchmark.longest_prompt(self.model.context_window)
+        typed = [("tokens", self.compressor.tokens)]
+        typed += [(f"layers[{o.layers!r}].tokens", o.tokens) for o in self.compressor.layers]
+        for key, tokens in typed:
+            if tokens is not None and tokens > longest:
+                raise ConfigError(
+                    f"{key}={tokens} is more than the longest prompt of "
+                    f"benchmark={self.labels.benchmark_variant or self.labels.benchmark} ({longest} tokens): every "
+                    "token would be kept", f"allowed: tokens <= {longest}, a budget=, or pruner=none (no pruning)")
 
     def prepare(self):
         """Everything before the weights: validation, the tokenizer, the samples (data must be present).
@@ -388,6 +420,21 @@ class Runner:
         for key, value in summary.items():
             metrics.setdefault(key, value)
         return metrics
+
+
+def check_kernel(kernel: str, device: str) -> None:
+    """``kernel=on`` needs the fused Triton kernel to run on ``device``: Triton and CUDA, or Triton's interpreter
+    on a CPU (``TRITON_INTERPRET=1``)."""
+    if kernel != "on":
+        return
+    from qpruning.backends import triton
+
+    usable = triton.available() if device == "cuda" else triton.interpreting() and triton.triton_installed()
+    if not usable:
+        raise ConfigError(f"kernel=on, but the fused Triton kernel cannot run on {device} here (it needs Triton "
+                          "and a CUDA device, or TRITON_INTERPRET=1 on a CPU)",
+                          "allowed: kernel=auto (the kernel where it can run, else PyTorch), kernel=off, or "
+                          "pip install -e .[gpu] on a GPU machine")
 
 
 def _device_name() -> str:

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import pytest
-from bad_inputs import CASES, PREFIX, REPO, Case, run_in_process, run_subprocess
+from bad_inputs import CASES, GROUPS, PREFIX, REPO, Case, run_in_process, run_subprocess
 
 from qpruning.errors import EXIT_USER_ERROR, ConfigError
 
@@ -26,18 +26,21 @@ def _no_debug(monkeypatch):
     # records nothing to restore, so the 1 would leak into every later test. "0" means off (errors.debug_requested).
     monkeypatch.setenv("QPRUNING_DEBUG", "0")
     monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # conftest's interpreter would let kernel=on run on the CPU
 
 
-def test_the_table_holds_at_least_70_distinct_bad_inputs():
-    assert len(CASES) >= 70
+def test_the_table_holds_at_least_200_distinct_bad_inputs_in_classes():
+    assert len(CASES) >= 200
     assert len({c.id for c in CASES}) == len(CASES)
     assert len({(c.app, c.args, tuple(c.files.items())) for c in CASES}) == len(CASES)
+    assert all(cases for cases in GROUPS.values()) and all(c.group in GROUPS for c in CASES)
 
 
 def assert_one_line(outcome, case):
     assert outcome.code == EXIT_USER_ERROR, (case.id, outcome.code, outcome.stderr[-2000:])
     assert not outcome.model_loaded, f"{case.id}: a model was loaded"
     assert "Traceback" not in outcome.stderr, outcome.stderr[-3000:]
+    assert not outcome.outside, f"{case.id}: written outside the output root: {outcome.outside}"
     lines = outcome.error_lines()
     assert len(lines) == 1, outcome.stderr
     assert outcome.last_line() == lines[0], outcome.stderr
@@ -121,3 +124,31 @@ def test_the_preflight_composes_each_sweep_job_as_hydra_does():
             assert OmegaConf.to_container(fast, resolve=True) == OmegaConf.to_container(full, resolve=True), job
     GlobalHydra.instance().clear()
     assert preflight("config", ["experiment=demo", "model=tiny_llama"], multirun=True) == 6
+
+
+PATH_GROUP = "Paths: names that become folders, and the output root"
+NAME_CASES = [c for c in GROUPS[PATH_GROUP] if not any(a.startswith("output_root=") for a in c.args)]
+
+
+@pytest.mark.parametrize("case", NAME_CASES, ids=[c.id for c in NAME_CASES])
+def test_a_name_that_would_leave_the_output_root_writes_nothing_outside_it(case, tmp_path, monkeypatch):
+    # The output root eight folders deep in the case's folder (the working directory too): a '..' that escaped it
+    # would land in the folder the test looks at.
+    root = tmp_path / "a" / "b" / "c" / "d" / "e" / "f" / "g" / "h" / "outputs"
+    monkeypatch.chdir(tmp_path)
+    outcome = run_in_process(replace(case, args=(*case.args, f"output_root={root}")), tmp_path)
+    assert_one_line(outcome, case)
+    assert [p for p in tmp_path.rglob("*") if p.is_file() and root not in p.parents] == []
+
+
+def test_a_plain_name_writes_its_run_folder_inside_the_output_root(tmp_path, monkeypatch):
+    # The control of the test above: the same look finds the folder a run that passes its checks writes.
+    root = tmp_path / "a" / "b" / "outputs"
+    monkeypatch.chdir(tmp_path)
+    ok = Case("ok", "run", ("model=tiny_llama", "model.name=my.model", "layer_config=16bit@0-1", "tokens=128",
+                            "benchmark.lengths=[600]", "benchmark.depths=[50]", f"output_root={root}"), "")
+    outcome = run_in_process(ok, tmp_path)
+    assert outcome.model_loaded and outcome.outside == []
+    folders = {p.parent for p in tmp_path.rglob("*") if p.is_file()}
+    assert folders and all(root in p.parents for p in folders)
+    assert any(p.relative_to(root).parts[:2] == ("runs", "my.model") for p in folders)

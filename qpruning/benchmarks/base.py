@@ -26,6 +26,7 @@ a length the model cannot hold), :class:`DataNotFoundError` (data missing; the m
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
@@ -42,6 +43,18 @@ CHAT_DATE_STRING = "26 Jul 2024"
 
 class BenchmarkConfigError(ConfigError):
     """A benchmark configuration that cannot run (unknown names, impossible lengths). Raised before any model work."""
+
+
+@contextlib.contextmanager
+def benchmark_errors() -> Iterator[None]:
+    """Within the block, a :class:`ConfigError` of a ``check_*`` helper is raised as a :class:`BenchmarkConfigError`
+    (what a benchmark's checks raise)."""
+    try:
+        yield
+    except BenchmarkConfigError:
+        raise
+    except ConfigError as exc:
+        raise BenchmarkConfigError(exc.what, exc.allowed) from None
 
 
 class DataNotFoundError(MissingFileError):
@@ -228,6 +241,11 @@ class Benchmark(ABC):
     def max_input_tokens(self, sample: Sample, context_window: int) -> int:
         """The prompt budget: the window minus the room reserved for the sample's generation."""
         return context_window - sample.max_new_tokens
+
+    def longest_prompt(self, context_window: int) -> int:
+        """An upper bound on a prompt's tokens in ``context_window`` (after :meth:`validate`): prompts are cut to
+        fit the window, and a benchmark that knows its lengths says less. A ``tokens=`` above it keeps every token."""
+        return context_window
 
     def generation_kwargs(self, sample: Sample, tokenizer) -> dict[str, Any]:
         """Keyword arguments for ``model.generate``: greedy decoding of ``sample.max_new_tokens`` tokens.

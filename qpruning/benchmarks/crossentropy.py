@@ -21,9 +21,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+from qpruning.errors import check_dataclass_fields, check_real
 from qpruning.transformers_api import cache_kwargs, output_cache
 
-from .base import Benchmark, BenchmarkConfigError, DataNotFoundError, Sample, SampleError
+from .base import Benchmark, BenchmarkConfigError, DataNotFoundError, Sample, SampleError, benchmark_errors
 from .common import essay_files
 from .longbench import data as lb_data
 
@@ -58,6 +59,9 @@ class CrossEntropy(Benchmark):
     evaluation: ClassVar[Literal["generate", "cross_entropy"]] = "cross_entropy"
 
     def __post_init__(self) -> None:
+        with benchmark_errors():
+            check_dataclass_fields("benchmark", self)
+            check_real("benchmark.hub_timeout", self.hub_timeout, low=0.0, meaning="seconds")
         if self.source not in SOURCES:
             raise BenchmarkConfigError(
                 f"benchmark.source={self.source!r} is not a crossentropy source", f"valid: {', '.join(SOURCES)}"
@@ -84,6 +88,9 @@ class CrossEntropy(Benchmark):
 
     def max_input_tokens(self, sample: Sample, context_window: int) -> int:
         return context_window - self.continuation_tokens
+
+    def longest_prompt(self, context_window: int) -> int:
+        return self.length  # the prefix that goes into the cache
 
     # -- documents -------------------------------------------------------------------------------------------------
 

@@ -33,7 +33,17 @@ from typing import Any, ClassVar
 
 from tqdm.auto import tqdm
 
-from .base import Benchmark, BenchmarkConfigError, Sample, SampleError, encode_prompt, newline_token_ids
+from qpruning.errors import check_dataclass_fields, check_int
+
+from .base import (
+    Benchmark,
+    BenchmarkConfigError,
+    Sample,
+    SampleError,
+    benchmark_errors,
+    encode_prompt,
+    newline_token_ids,
+)
 from .common import essays_text
 from .rouge import rouge1
 
@@ -91,7 +101,7 @@ class NeedleInAHaystack(Benchmark):
         stop_at_newline: stop generating at a newline and score the first line (the paper's code).
     """
 
-    lengths: list[int] | None = None
+    lengths: list[int] | int | None = None
     min_length: int = 1000
     max_length: int | None = None
     length_step: int = 100
@@ -110,26 +120,38 @@ class NeedleInAHaystack(Benchmark):
 
     def __post_init__(self) -> None:
         self._window: int | None = None  # set by validate(); the default max_length
+        with benchmark_errors():
+            self._check_fields()
+
+    def _check_fields(self) -> None:
+        check_dataclass_fields("benchmark", self)  # by type: lengths=[1000.7] or ["400"] is refused, not rounded
         if self.lengths is not None:
-            self.lengths = [
-                int(x) for x in ([self.lengths] if isinstance(self.lengths, int) else self.lengths)
-            ]
+            self.lengths = [self.lengths] if isinstance(self.lengths, int) else list(self.lengths)
             if not self.lengths:
                 raise BenchmarkConfigError("benchmark.lengths=[] is empty", "allowed: context lengths in tokens, or null")
-        if self.length_step < 1:
-            raise BenchmarkConfigError(f"benchmark.length_step={self.length_step} is not positive", "allowed: a step >= 1")
+        check_int("benchmark.min_length", self.min_length, minimum=1)
+        check_int("benchmark.max_length", self.max_length, minimum=1, optional=True, meaning="null: the model's window")
+        check_int("benchmark.length_step", self.length_step, minimum=1)
+        check_int("benchmark.final_context_length_buffer", self.final_context_length_buffer, minimum=0)
+        check_int("benchmark.max_new_tokens", self.max_new_tokens, minimum=1, meaning="tokens generated per sample")
         if self.depths is not None:
             self.depths = [float(d) for d in self.depths]
             bad = [d for d in self.depths if not 0 <= d <= 100]
             if bad or not self.depths:
                 raise BenchmarkConfigError(f"benchmark.depths={self.depths} is out of range", "allowed: percentages in [0, 100]")
-        elif self.depth_intervals < 1:
-            raise BenchmarkConfigError(f"benchmark.depth_intervals={self.depth_intervals} is not positive", "allowed: >= 1")
+        else:
+            check_int("benchmark.depth_intervals", self.depth_intervals, minimum=1)
         if "{context}" not in self.template or "{question}" not in self.template:
             raise BenchmarkConfigError(
                 f"benchmark.template={self.template!r} lacks {{context}} or {{question}}",
                 "allowed: a template with both {context} and {question}",
             )
+        try:
+            self.template.format(context="", question="")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise BenchmarkConfigError(f"benchmark.template={self.template!r} has a placeholder other than {{context}} "
+                                       f"and {{question}} ({type(exc).__name__}: {exc})",
+                                       "allowed: {context}, {question}, and literal braces doubled ({{ }})") from None
         if _normalize(self.key_phrase) not in _normalize(self.needle):
             raise BenchmarkConfigError(
                 f"benchmark.key_phrase={self.key_phrase!r} is not part of the needle {self.needle!r}",
@@ -165,12 +187,15 @@ class NeedleInAHaystack(Benchmark):
         super().validate(context_window)
         if self.max_length is None and self.lengths is None:
             self._window = context_window
-        longest = max(self.grid_lengths())
+        longest = self.longest_prompt(context_window)
         if longest > context_window:
             raise BenchmarkConfigError(
                 f"niah context length {longest} does not fit the model's context window of {context_window} tokens",
                 f"allowed: benchmark.lengths (or max_length) <= {context_window}",
             )
+
+    def longest_prompt(self, context_window: int) -> int:
+        return max(self.grid_lengths())  # a cell's prompt fills its context length, template and answer included
 
     # -- samples ---------------------------------------------------------------------------------------------------
 

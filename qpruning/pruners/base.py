@@ -25,7 +25,7 @@ from typing import ClassVar
 
 import torch
 
-from qpruning.errors import check_int
+from qpruning.errors import check_dataclass_fields, check_int
 
 # The largest attention-probability block (in float32 numbers) a scorer materializes at once: queries are
 # processed in chunks so that a 32k-token prompt never needs an L x L matrix per head, and so that one block
@@ -47,6 +47,7 @@ class Pruner(ABC):
     window: int = 32
 
     def __post_init__(self) -> None:
+        check_dataclass_fields("pruner", self)  # every field by its annotation: kernel_size=3.5 is refused
         check_int("pruner.window", self.window, minimum=0, meaning="prompt tokens always kept")
 
     @property

@@ -14,8 +14,9 @@ import logging
 import shlex
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from qpruning.errors import MissingFileError, reported
+from qpruning.errors import MissingFileError, check_writable_folder, reported
 
 from .build import build_report, push_to_wandb
 from .collect import find_run_dirs
@@ -59,16 +60,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def check_inputs(args: argparse.Namespace) -> None:
+    """What the report needs before it reads anything: run folders (or throughput files) that exist, a ``--paper``
+    folder that exists, an ``--out`` folder it can write."""
+    missing = [path for path in [*args.throughput, *([args.paper] if args.paper else [])] if not Path(path).exists()]
+    if missing:
+        raise MissingFileError(f"{missing[0]} does not exist", "allowed: --throughput CSV files and a --paper folder "
+                               "that exist")
+    if not args.throughput and not find_run_dirs(args.runs):
+        raise MissingFileError(
+            f"no run folders under {', '.join(args.runs)}",
+            "allowed: run or sweep folders that hold metrics.json or predictions.jsonl (e.g. outputs/)",
+        )
+    check_writable_folder("--out", args.out)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    if not args.throughput and not find_run_dirs(args.runs):
-        with reported():
-            raise MissingFileError(
-                f"no run folders under {', '.join(args.runs)}",
-                "allowed: run or sweep folders that hold metrics.json or predictions.jsonl (e.g. outputs/)",
-            )
+    with reported():
+        check_inputs(args)
     command = "python -m qpruning.report " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
     )

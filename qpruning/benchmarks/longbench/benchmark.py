@@ -9,7 +9,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ..base import Benchmark, BenchmarkConfigError, Sample, SampleError, encode_prompt, newline_token_ids
+from qpruning.errors import check_dataclass_fields, check_real
+
+from ..base import (
+    Benchmark,
+    BenchmarkConfigError,
+    Sample,
+    SampleError,
+    benchmark_errors,
+    encode_prompt,
+    newline_token_ids,
+)
 from . import data as lb_data
 from .metrics import sample_score
 from .prompts import (
@@ -55,7 +65,7 @@ class LongBench(Benchmark):
         hub_timeout: seconds to wait for the hub before declaring it unreachable (no retries).
     """
 
-    datasets: list[str] | None = None
+    datasets: list[str] | str | None = None
     data_dir: str | None = None
     limit: int | None = None
     chat_template: bool = True
@@ -67,6 +77,9 @@ class LongBench(Benchmark):
     default_datasets: ClassVar[tuple[str, ...]] = ENGLISH_DATASETS
 
     def __post_init__(self) -> None:
+        with benchmark_errors():
+            check_dataclass_fields("benchmark", self)
+            check_real("benchmark.hub_timeout", self.hub_timeout, low=0.0, meaning="seconds")
         if self.datasets is None:
             self.datasets = list(self.default_datasets)
         elif isinstance(self.datasets, str):
@@ -98,6 +111,9 @@ class LongBench(Benchmark):
                 f"{longest} tokens, which leaves {context_window - longest} tokens for the prompt "
                 f"(at least {MIN_PROMPT_TOKENS} needed)", "allowed: a model with a longer context window"
             )
+
+    def longest_prompt(self, context_window: int) -> int:
+        return context_window - min(DATASET2MAXLEN[d] for d in self.datasets)  # prompts are cut to fit
 
     # -- samples ---------------------------------------------------------------------------------------------------
 

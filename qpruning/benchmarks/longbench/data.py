@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from qpruning.errors import DataError
+from qpruning.errors import DataError, describe_type, kind_of, matches
 
 from ..base import DataNotFoundError
 from ..common import data_cache_dir, hub_offline_by_env, hub_reachable
@@ -40,6 +40,11 @@ logger = logging.getLogger(__name__)
 HUB_REPO = "THUDM/LongBench"
 HUB_ZIP = "data.zip"
 FIELDS = ("input", "context", "answers", "length", "dataset", "language", "all_classes", "_id")
+RECORD_TYPES: dict[str, object] = {
+    "input": str, "context": str, "answers": list[str] | str, "_id": str | int, "length": int | None,
+    "dataset": str | None, "language": str | None, "all_classes": list[str] | None,
+}
+"""The JSON type of each field of an official record (``read_jsonl`` refuses a record with another)."""
 
 
 def file_name(dataset: str, e: bool = False) -> str:
@@ -63,8 +68,8 @@ def find_file(folder: str | os.PathLike, name: str) -> Path | None:
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The records of a LongBench jsonl file; each must carry the official fields."""
     fields = ("input", "context", "answers", "_id")
-    allowed = f"allowed: one JSON object per line with the official fields ({', '.join(fields)}); fetch the " \
-        "files again with scripts/download_longbench.py"
+    allowed = f"allowed: one JSON object per line with the official fields ({', '.join(fields)}: strings; answers: " \
+        "a list of strings; length: a whole number); fetch the files again with scripts/download_longbench.py"
     records = []
     with open(path, encoding="utf-8", errors="strict") as handle:
         try:
@@ -81,6 +86,10 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
                 if missing:
                     raise DataError(f"data file {path} line {number} lacks the LongBench field(s) "
                                     f"{', '.join(missing)}", allowed)
+                for name, annotation in RECORD_TYPES.items():
+                    if name in record and not matches(record[name], annotation):
+                        raise DataError(f"data file {path} line {number}: field {name!r} is "
+                                        f"{kind_of(record[name])}, not {describe_type(annotation)}", allowed)
                 records.append(record)
         except UnicodeDecodeError:
             raise DataError(f"data file {path} is not UTF-8 text", allowed) from None

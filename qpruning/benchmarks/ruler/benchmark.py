@@ -13,6 +13,8 @@ from typing import Any, ClassVar
 
 from tqdm.auto import tqdm
 
+from qpruning.errors import check_dataclass_fields, check_real, check_seed
+
 from .. import common
 from ..base import (
     Benchmark,
@@ -20,6 +22,7 @@ from ..base import (
     DataNotFoundError,
     Sample,
     SampleError,
+    benchmark_errors,
     encode_prompt,
     render_prompt,
     tokenize_prompt,
@@ -98,7 +101,7 @@ class Ruler(Benchmark):
     """
 
     length: int = 4096
-    tasks: list[str] | None = None
+    tasks: list[str] | str | None = None
     num_samples: int = 500
     seed: int = 42
     chat_template: bool = True
@@ -113,6 +116,10 @@ class Ruler(Benchmark):
     def __post_init__(self) -> None:
         # dataset -> (qas, docs), or None when its data is missing; an attribute, not a config field
         self._qa_cache: dict[str, Any] = {}
+        with benchmark_errors():
+            check_dataclass_fields("benchmark", self)
+            check_seed("benchmark.seed", self.seed)
+            check_real("benchmark.hub_timeout", self.hub_timeout, low=0.0, meaning="seconds")
         if self.tasks is None:
             self.tasks = list(ALL_TASKS)
         elif isinstance(self.tasks, str):
@@ -138,6 +145,9 @@ class Ruler(Benchmark):
     @property
     def benchmark_length(self) -> int:
         return self.length
+
+    def longest_prompt(self, context_window: int) -> int:
+        return min(self.length, context_window)  # every sample is generated to fit ``length`` tokens
 
     def tokens_to_generate(self, task: str) -> int:
         """The generation length of ``task``: RULER's per base task unless ``max_new_tokens`` overrides it."""

@@ -67,7 +67,7 @@ def read_squad(path: str | os.PathLike) -> tuple[list[dict[str, Any]], list[str]
                         "more_context": [i for i in article_docs if i != own],
                     }
                 )
-    return qas, docs
+    return _strings(qas, docs)
 
 
 def read_hotpotqa(path: str | os.PathLike) -> tuple[list[dict[str, Any]], list[str]]:
@@ -84,6 +84,19 @@ def read_hotpotqa(path: str | os.PathLike) -> tuple[list[dict[str, Any]], list[s
         }
         for d in data
     ]
+    return _strings(qas, docs)
+
+
+def _strings(qas: list[dict[str, Any]], docs: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
+    """``(qas, docs)``, once every document, question and answer is checked to be a string (a TypeError names
+    the first that is not)."""
+    for doc in docs:
+        if not isinstance(doc, str):
+            raise TypeError(f"a paragraph is {type(doc).__name__} {doc!r}, not a string")
+    for qa in qas:
+        texts = [qa["query"], *qa["outputs"]]
+        if not all(isinstance(t, str) for t in texts):
+            raise TypeError(f"the question {qa['query']!r} or one of its answers {qa['outputs']!r} is not a string")
     return qas, docs
 
 
