@@ -389,7 +389,7 @@ class ModelSpec:
 
 def _looks_like_path(name: str) -> bool:
     """Whether ``name_or_path`` was meant as a local path (absolute, ``./``, ``../``, ``~``), not a hub id."""
-    return name.startswith(("/", "./", "../", "~")) or name in (".", "..") or os.sep * 2 in name
+    return name.startswith(("/", "./", "../", "~")) or name in (".", "..")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -67,6 +67,10 @@ def checked(check: Callable[[str, Any], None], default: Any = dataclasses.MISSIN
     return field(default=default, metadata={"check": check})
 
 
+def _type_only(key: str, value: Any) -> None:
+    """Nothing beyond the annotation (``sliding: Literal["keep", "quantize"]``)."""
+
+
 def _fraction(key: str, value: Any) -> None:
     check_real(key, value, low=0.0, high=1.0, allowed="allowed: a fraction in (0, 1] of the full 16-bit cache")
 
@@ -118,12 +122,12 @@ class RunConfig(CommonConfig):
     layer_config: str | None = checked(_folder_name)
     allocation: str | None = checked(_allocation)
     kernel: str = owned("the compressor (and the job's machine: kernel=on)")
-    sliding: Literal["keep", "quantize"] = checked(lambda key, value: None, default="keep")
+    sliding: Literal["keep", "quantize"] = checked(_type_only, default="keep")
     limit: int | None = owned("the runner")
     experiment_name: str | None = checked(_folder_name)
     run_name: str = checked(_run_name)
     compat: str = owned("the compressor")
-    paper_sinks: int | None = checked(lambda key, value: None, default=None)  # compat=paper: pruner.sinks' default
+    paper_sinks: int | None = checked(_type_only, default=None)  # compat=paper: pruner.sinks' default
 
 
 @dataclass(kw_only=True)
