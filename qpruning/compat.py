@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from qpruning.pruners.base import Pruner
+from qpruning.pruners.paper import PAPER_CLASSES
+
 COMPAT_MODES = ("methods", "paper")
 PAPER_PRUNERS = ("none", "streamingllm", "h2o", "snapkv", "pyramidkv")
 
@@ -26,6 +29,17 @@ PAPER_WINDOWS: dict[str, dict[str, int]] = {
     "ruler": {"snapkv": 8, "h2o": 8, "pyramidkv": 8, "streamingllm": 0},
 }
 PAPER_SINKS: dict[str, int] = {"longbench": 4, "ruler": 4}
+
+
+def paper_pruner(pruner: Pruner) -> Pruner:
+    """The ``compat=paper`` counterpart of a configured pruner (:mod:`qpruning.pruners.paper`), with the same
+    parameters: chosen once, as :func:`~qpruning.cache.hqq_cache.paper_quantizer` swaps the quantizer. A pruner
+    that is already one, or that keeps every token, is returned as it is."""
+    paper = PAPER_CLASSES.get(type(pruner))
+    if paper is None:
+        return pruner
+    return paper(**{f.name: getattr(pruner, f.name) for f in dataclasses.fields(pruner)
+                    if f.init and f.compare})
 
 
 def paper_family(benchmark: str) -> str | None:

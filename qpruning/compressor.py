@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -51,12 +50,12 @@ from qpruning.cache.budget import (
 )
 from qpruning.cache.cache import QPrunedCache
 from qpruning.cache.context import reset_active_forward, set_active_forward
-from qpruning.cache.hqq_cache import HQQCache, paper_quantizer
+from qpruning.cache.hqq_cache import paper_quantizer
 from qpruning.cache.layer import LayerPrefill
 from qpruning.cache.quantizers import KIVI, KVQuantizer
-from qpruning.compat import COMPAT_MODES, PAPER_PRUNERS
+from qpruning.compat import COMPAT_MODES, PAPER_PRUNERS, paper_pruner
 from qpruning.errors import ConfigError, check_choice, check_int, check_real
-from qpruning.pruners.base import NoPruner, Pruner, select_tokens
+from qpruning.pruners.base import NoPruner, Pruner
 from qpruning.transformers_api import cache_argument, forward_cache, set_forward_cache
 
 logger = logging.getLogger(__name__)
@@ -176,7 +175,8 @@ class KVCompressor:
         if self.compat == "paper" and self.pruner.name not in PAPER_PRUNERS:
             raise ConfigError(f"pruner={self.pruner.name} is not in the paper's code, so compat=paper cannot run it",
                               f"allowed with compat=paper: {', '.join(PAPER_PRUNERS)}; or compat=methods")
-        if self.compat == "paper":
+        if self.compat == "paper":  # the classes of the paper's code, chosen once (qpruning.compat)
+            self.pruner = paper_pruner(self.pruner)
             self.quantizer = paper_quantizer(self.quantizer)  # the HQQ cache of the paper's scripts
         if not isinstance(self.layers, (list, tuple)):
             raise ConfigError(f"layers={self.layers!r} is not a list", 'allowed: e.g. [{layers: "8-15", bits: 16}]')
@@ -224,9 +224,8 @@ class KVCompressor:
         sliding = set(geometry.sliding_layers)
         if sliding:
             self._check_sliding(geometry)
-        check_geometry = getattr(self.pruner, "validate_geometry", None)
-        if check_geometry is not None:  # pruners with per-head data (HeadKV's scores) check it against the model
-            check_geometry(geometry.num_layers, geometry.q_heads, geometry.kv_heads)
+        # pruners with per-head data (HeadKV's scores) check it against the model
+        self.pruner.validate_geometry(geometry.num_layers, geometry.q_heads, geometry.kv_heads)
         bits_per_layer = [self.quantizer.bits] * geometry.num_layers
         rotate_per_layer = [self.quantizer.rotate] * geometry.num_layers
         tokens_per_layer: list[int | None] = [self.tokens] * geometry.num_layers
@@ -419,11 +418,10 @@ class KVCompressor:
         """Kept tokens of every layer for a prompt of ``seq_len`` tokens (``None``: every token): the plans'
         tokens as this pruner spreads them (:meth:`Pruner.layer_tokens`). Compute once per prompt."""
         if self.pruner.prunes:
-            spread = getattr(self.pruner, "paper_layer_tokens", None) if self.compat == "paper" else None
             # the pruner spreads the global layers' tokens among them (PyramidKV's pyramid); sliding layers hold
             # their window
             global_layers = [i for i, p in enumerate(plans) if p.window is None]
-            spread_tokens = (spread or self.pruner.layer_tokens)([plans[i].tokens for i in global_layers], seq_len)
+            spread_tokens = self.pruner.layer_tokens([plans[i].tokens for i in global_layers], seq_len)
             out: list[int | None] = [None] * len(plans)
             for i, tokens in zip(global_layers, spread_tokens):
                 out[i] = tokens
@@ -457,11 +455,11 @@ class KVCompressor:
         key_valid = cache.key_valid
         if key_valid is not None and key_valid.shape[-1] != key.shape[2]:
             key_valid = key_valid[:, -key.shape[2]:]
-        paper = self.compat == "paper" and self.pruner.prunes
-        if paper and query.shape[1] != key.shape[1]:
-            # The paper's code repeats the KV heads to the query heads before selecting: every query head keeps
-            # its own tokens and the cache holds q_heads rows (the decode attention then has groups of one).
-            repeat = query.shape[1] // key.shape[1]
+        pruner = self.pruner
+        repeat = pruner.cache_rows(query.shape[1], key.shape[1]) // key.shape[1]
+        if repeat != 1:
+            # compat=paper's pruners repeat the KV heads to the query heads before selecting: every query head
+            # keeps its own tokens and the cache holds q_heads rows (the decode attention then has groups of one).
             layer.repeat_heads(repeat)
             key = key.repeat_interleave(repeat, dim=1)
         batch, heads, seq, _ = key.shape
@@ -477,21 +475,15 @@ class KVCompressor:
             keep[..., max(seq - plan.window + 1, 0):] = True
             if key_valid is not None:
                 keep &= key_valid.unsqueeze(1)
-        elif tokens is None or tokens >= longest:
-            if bits == 16 and key_valid is None and not paper:
+        elif tokens is None or pruner.keeps_all(tokens, longest):
+            if bits == 16 and key_valid is None and pruner.keeps_uncut_layers:
                 # nothing to remove, nothing to quantize: the layer stays exactly as the model made it
                 return layer.finish_prefill(tokens)
             keep = torch.ones(batch, heads, seq, dtype=torch.bool, device=key.device)
             if key_valid is not None:
                 keep &= key_valid.unsqueeze(1)
         else:
-            score = getattr(self.pruner, "paper_score", None) if paper else None
-            scores = (score or self.pruner.score)(query, key, key_valid, scaling)
-            counts = self.pruner.allocate(scores, tokens, key_valid, layer_idx)
-            window = min(self.pruner.window, seq)
-            keep = select_tokens(scores, counts, key_valid, window)
-            if paper and self.pruner.name != "streamingllm":
-                order = _paper_order(scores, keep, window)
+            keep, order = pruner.choose(query, key, key_valid, scaling, tokens, layer_idx)
         return layer.compress(
             keep, self.layer_quantizer(plan), self.storage_dtype_for(key.dtype), self.backend_for(key, bits), tokens,
             order=order,
@@ -503,8 +495,8 @@ class KVCompressor:
         for explicitly (``on`` with ``TRITON_INTERPRET=1``); the PyTorch reference otherwise, and always for a layer
         quantized at ``bits`` < 16 by ``compat=paper``'s HQQ cache (default ``bits``: the quantizer's)."""
         bits = self.quantizer.bits if bits is None else bits
-        if self.kernel == "off" or (isinstance(self.quantizer, HQQCache) and bits < 16):
-            # compat=paper's HQQ-cache codes are read by the reference path only (dequantized through hqq)
+        if self.kernel == "off" or self.quantizer.needs_reference_attention(bits):
+            # e.g. compat=paper's HQQ-cache codes, read by the reference path only (dequantized through hqq)
             return reference_attention
         from qpruning.backends import triton
 
@@ -519,13 +511,3 @@ class KVCompressor:
             )
         return triton.fused_attention if usable else reference_attention
 
-
-def _paper_order(scores: torch.Tensor, keep: torch.Tensor, window: int) -> torch.Tensor:
-    """``compat=paper``: kept positions ``[batch, heads, seq]`` (kept ones first) in the order the paper's code
-    caches them: the selected earlier tokens by decreasing score (``topk``'s order), then the window in position
-    order. Ties keep position order."""
-    seq = keep.shape[-1]
-    key = scores.float().masked_fill(~keep, -math.inf)
-    key[..., seq - window :] = torch.finfo(torch.float32).min  # after every selected token, before the rest
-    key = key.masked_fill(~keep, -math.inf)
-    return key.sort(dim=-1, descending=True, stable=True).indices

@@ -16,7 +16,8 @@ What the paper's code does, in the terms used below:
 * scores are computed in the inputs' dtype, the softmax in float32 and cast back to the inputs' dtype (as the
   code does with fp16 models); feed float32 tensors to get float32 throughout.
 
-Returned positions are ``LongTensor [batch, q_heads, kept]``, sorted, in original prompt positions.
+Returned positions are ``LongTensor [batch, q_heads, kept]``, sorted, in original prompt positions (or, with
+``ordered=True``, in the order the code's cache holds them: ``topk``'s order, then the window).
 """
 
 from __future__ import annotations
@@ -121,12 +122,15 @@ def snapkv_scores(
     return pool_votes(votes, kernel_size, pooling)
 
 
-def _top_plus_window(scores: torch.Tensor, n_select: int, seq: int, window: int) -> torch.Tensor:
-    """Sorted positions: the ``n_select`` best of the earlier tokens, then the last ``window`` tokens."""
+def _top_plus_window(scores: torch.Tensor, n_select: int, seq: int, window: int, ordered: bool = False) -> torch.Tensor:
+    """Positions: the ``n_select`` best of the earlier tokens (``topk`` called as the code calls it, on the
+    scores before the window only), then the last ``window`` tokens; sorted, or with ``ordered`` in the order the
+    code's cache holds them (``topk``'s order, then the window)."""
     batch, heads, _ = scores.shape
     top = scores.topk(n_select, dim=-1).indices if n_select > 0 else scores.new_zeros(batch, heads, 0).long()
     recent = torch.arange(seq - window, seq, device=scores.device).expand(batch, heads, window)
-    return torch.cat([top, recent], dim=-1).sort(dim=-1).values
+    kept = torch.cat([top, recent], dim=-1)
+    return kept if ordered else kept.sort(dim=-1).values
 
 
 def snapkv_keep(
@@ -136,6 +140,7 @@ def snapkv_keep(
     window: int,
     kernel_size: int = 7,
     pooling: str = "max",
+    ordered: bool = False,
 ) -> torch.Tensor:
     """SnapKV as ``SnapKVCluster.update_kv``: the last ``window`` queries vote (causal within the window),
     votes are pooled over the tokens before the window, and the ``budget - window`` best of those are kept with
@@ -146,7 +151,7 @@ def snapkv_keep(
     if seq < budget:
         return _all_positions(batch, q_heads, seq, key.device)
     scores = snapkv_scores(query, key, window, kernel_size, pooling)
-    return _top_plus_window(scores, budget - window, seq, window)
+    return _top_plus_window(scores, budget - window, seq, window, ordered)
 
 
 def h2o_allowed(seq: int, window: int) -> torch.Tensor:
@@ -175,14 +180,14 @@ def h2o_scores(query: torch.Tensor, key: torch.Tensor, window: int) -> torch.Ten
     return probs[..., : seq - window].sum(dim=-2)
 
 
-def h2o_keep(query: torch.Tensor, key: torch.Tensor, budget: int, window: int) -> torch.Tensor:
+def h2o_keep(query: torch.Tensor, key: torch.Tensor, budget: int, window: int, ordered: bool = False) -> torch.Tensor:
     """H2O as ``H2OKVCluster.update_kv``: the ``budget - window`` earlier tokens with the most accumulated
     attention (see :func:`h2o_scores`), plus the window. ``query`` holds every prompt query."""
     _check_budget(budget, window)
     batch, q_heads, seq, _ = query.shape
     if seq < budget:
         return _all_positions(batch, q_heads, seq, key.device)
-    return _top_plus_window(h2o_scores(query, key, window), budget - window, seq, window)
+    return _top_plus_window(h2o_scores(query, key, window), budget - window, seq, window, ordered)
 
 
 def streamingllm_keep(batch: int, q_heads: int, seq: int, budget: int, window: int, device=None) -> torch.Tensor:
@@ -234,6 +239,7 @@ def pyramidkv_keep(
     kernel_size: int = 7,
     pooling: str = "max",
     beta: int = 20,
+    ordered: bool = False,
 ) -> torch.Tensor:
     """PyramidKV: SnapKV's pooled votes, with the layer's count from :func:`pyramidkv_layer_tokens`."""
     batch, q_heads, seq, _ = query.shape
@@ -241,7 +247,7 @@ def pyramidkv_keep(
     if seq < budget:
         return _all_positions(batch, q_heads, seq, key.device)
     scores = snapkv_scores(query, key, window, kernel_size, pooling)
-    return _top_plus_window(scores, tokens - window, seq, window)
+    return _top_plus_window(scores, tokens - window, seq, window, ordered)
 
 
 # ------------------------------------------------------------------------------------------------ quantization

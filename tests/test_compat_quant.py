@@ -84,12 +84,9 @@ def test_pruned_rows_are_quantized_as_one_layer_tensor_and_decoded_tokens_stay_1
     keys, values = (torch.randn(1, 2, seq, HEAD_DIM, generator=gen) for _ in range(2))
     query = torch.randn(1, HEADS, seq, HEAD_DIM, generator=gen)
     cache, k, v = _layer_through_paper_mode(KIVI(bits=4), 4, keys, values, SnapKV(window=8), tokens, query)
-    kept = cache.kept_positions(0)  # [1, 8 query-head rows, 64], ascending
     # the code caches the selected tokens in topk order (decreasing score), then the window
-    scores = ref.snapkv_scores(query, keys, 8, 7, "max")
-    selected = kept[..., :-8]
-    rank = torch.sort(-scores.gather(-1, selected), dim=-1, stable=True).indices
-    kept = torch.cat([selected.gather(-1, rank), kept[..., -8:]], dim=-1)
+    kept = ref.snapkv_keep(query, keys, tokens, 8, ordered=True)
+    assert torch.equal(kept.sort(dim=-1).values, cache.kept_positions(0))  # [1, 8 query-head rows, 64], ascending
     expanded_k = ref.expand_kv_heads(keys, HEADS)
     expanded_v = ref.expand_kv_heads(values, HEADS)
     gathered_k = torch.gather(expanded_k, 2, kept.unsqueeze(-1).expand(-1, -1, -1, HEAD_DIM))

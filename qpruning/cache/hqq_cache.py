@@ -106,6 +106,9 @@ class HQQCache(KVQuantizer):
     def value_axis(self) -> GroupAxis:  # type: ignore[override]
         return GroupAxis.CHANNELS
 
+    def needs_reference_attention(self, bits: int) -> bool:
+        return bits < 16  # HQQ's codes are dequantized through hqq by the reference path only
+
     def validate_head_dim(self, head_dim: int) -> None:
         if self.enabled and head_dim % self.group_size and self.group_size % head_dim:
             raise ValueError(f"head_dim={head_dim}: HQQ's groups of {self.group_size} need a head_dim that divides "

@@ -67,6 +67,11 @@ class KVQuantizer:
         """False for ``bits=16``: the cache then stores the kept tokens unquantized."""
         return self.bits < 16
 
+    def needs_reference_attention(self, bits: int) -> bool:
+        """Whether a layer quantized by this method at ``bits`` must run the PyTorch reference attention (its
+        codes are read by no fused kernel); ``False``: any backend reads them."""
+        return False
+
     def with_bits(self, bits: int) -> KVQuantizer:
         """The same method at another precision (layer-wise token-precision configurations use this)."""
         return dataclasses.replace(self, bits=bits)

@@ -21,7 +21,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import torch
 
@@ -32,6 +32,14 @@ from qpruning.errors import check_dataclass_fields, check_int
 # (16 MiB) stays in the CPU's cache while it is masked, normalized and summed (blocks of 1 << 26 numbers, 256 MiB,
 # went through main memory at every step: results/core/h2o_prefill.md).
 SCORE_BLOCK_NUMBERS = 1 << 22
+
+
+class Selection(NamedTuple):
+    """What a pruner chose in one layer: ``keep`` ``[batch, rows, seq]`` (bool), and ``order`` (``None``, or the
+    kept positions ``[batch, rows, >= kept]`` in the order the cache stores them; ``None``: position order)."""
+
+    keep: torch.Tensor
+    order: torch.Tensor | None = None
 
 
 @dataclass
@@ -60,14 +68,35 @@ class Pruner(ABC):
 
     @property
     def queries_read(self) -> int | None:
-        """How many of the prompt's last queries :meth:`score` (and ``paper_score``) read: ``None`` for all of
-        them (the default: safe for any scorer). A shared prefill (:mod:`qpruning.prefill`) keeps only these."""
+        """How many of the prompt's last queries :meth:`score` reads (``compat=paper``'s classes too): ``None``
+        for all of them (the default: safe for any scorer). A shared prefill (:mod:`qpruning.prefill`) keeps only
+        these."""
         return None
 
     def layer_tokens(self, tokens: Sequence[int], seq_len: int) -> list[int]:
         """Kept tokens per layer (and KV head) for a prompt of ``seq_len`` tokens, from the plan's ``tokens``
         (identity here)."""
         return list(tokens)
+
+    def validate_geometry(self, num_layers: int, q_heads: int, kv_heads: int) -> None:
+        """Raise unless this pruner's own per-layer or per-head data fit the model (HeadKV's head scores);
+        nothing to check here."""
+        return None
+
+    def cache_rows(self, q_heads: int, kv_heads: int) -> int:
+        """Rows per layer the pruned cache holds: the KV heads (``compat=paper``'s pruners: the query heads, the
+        KV heads repeated before selection as the paper's code does)."""
+        return kv_heads
+
+    def keeps_all(self, tokens: int, longest: int) -> bool:
+        """Whether a layer given ``tokens`` keeps every token of a prompt whose longest row has ``longest``."""
+        return tokens >= longest
+
+    @property
+    def keeps_uncut_layers(self) -> bool:
+        """Whether a 16-bit layer that keeps every token (and has no padding) stays exactly as the model made it
+        (``False``: it is stored as a compressed layer anyway, as ``compat=paper``'s pruners do)."""
+        return True
 
     @abstractmethod
     def score(
@@ -78,6 +107,22 @@ class Pruner(ABC):
 
         ``key_valid`` ``[batch, seq]`` marks real (non-padding) tokens, or is ``None`` when nothing is padded.
         """
+
+    def choose(
+        self, query: torch.Tensor, key: torch.Tensor, key_valid: torch.Tensor | None, scaling: float, tokens: int,
+        layer_idx: int = 0,
+    ) -> Selection:
+        """The tokens one layer keeps: :meth:`score`, :meth:`allocate` ``tokens`` among the rows, :meth:`select`
+        with the last ``window`` tokens always kept. ``key`` has :meth:`cache_rows` heads."""
+        scores = self.score(query, key, key_valid, scaling)
+        counts = self.allocate(scores, tokens, key_valid, layer_idx)
+        return self.select(scores, counts, key_valid, min(self.window, key.shape[2]))
+
+    def select(
+        self, scores: torch.Tensor, counts: torch.Tensor, key_valid: torch.Tensor | None, window: int
+    ) -> Selection:
+        """The keep mask from scores and per-row counts (:func:`select_tokens`), in position order."""
+        return Selection(select_tokens(scores, counts, key_valid, window))
 
     def allocate(
         self, scores: torch.Tensor, tokens: int, key_valid: torch.Tensor | None, layer_idx: int = 0

@@ -79,33 +79,3 @@ class H2O(Pruner):
 
     def score(self, query, key, key_valid, scaling):
         return accumulated_attention(query, key, key_valid, scaling)
-
-    def paper_score(self, query, key, key_valid, scaling):
-        """``compat=paper``: the scores of the paper's code (``H2OKVCluster``), per query head (``key`` already
-        repeated to the query heads). Its mask covers only the last ``window x window`` block: the queries before
-        the window see every key, later ones included. Every query chunk is multiplied with every key."""
-        return _paper_scores(query, key, key_valid, scaling, min(self.window, key.shape[2]))
-
-
-def _paper_scores(query, key, key_valid, scaling: float, window: int) -> torch.Tensor:
-    """Attention summed over every prompt query, ``[batch, heads, seq]`` float32, with the paper code's H2O mask
-    (query ``i`` sees key ``j`` unless both are in the last ``window`` tokens and ``j > i``). ``query`` and
-    ``key`` have the same heads. Padding keys are masked and padding queries add nothing."""
-    batch, heads, seq, _ = query.shape
-    total = torch.zeros(batch, heads, seq, dtype=torch.float32, device=key.device)
-    keys = key.float().transpose(-1, -2)
-    columns = torch.arange(seq, device=key.device)
-    chunk = query_chunk_size(batch, heads, seq)
-    for start in range(0, seq, chunk):
-        stop = min(seq, start + chunk)
-        rows = torch.arange(start, stop, device=key.device).unsqueeze(1)
-        blocked = (rows >= seq - window) & (columns.unsqueeze(0) > rows)  # [n, seq]
-        blocked = blocked.view(1, 1, stop - start, seq)
-        if key_valid is not None:
-            blocked = blocked | ~key_valid.view(batch, 1, 1, seq)
-        logits = torch.matmul(query[:, :, start:stop].float(), keys) * scaling
-        probs = torch.softmax(logits.masked_fill(blocked, -math.inf), dim=-1)
-        if key_valid is not None:
-            probs = torch.nan_to_num(probs, nan=0.0) * key_valid[:, start:stop].view(batch, 1, -1, 1)
-        total += probs.sum(dim=2)
-    return total

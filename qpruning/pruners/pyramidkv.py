@@ -74,34 +74,6 @@ class PyramidKV(SnapKV):
         raw = [bottom - layer * step for layer in range(num_layers)]
         return largest_remainder_round(raw, selected * num_layers), mode
 
-    def paper_layer_tokens(self, tokens: Sequence[int], seq_len: int) -> list[int]:
-        """``compat=paper``: the layer budgets of the paper's code (``PyramidKVCluster``): with ``S = C - window``,
-        a prompt shorter than ``C`` is kept whole, one shorter than ``2S`` keeps ``C`` in every layer; otherwise
-        the top layer selects ``lo = S // beta``, the bottom ``hi = 2S - lo`` (capped at ``seq_len - window``,
-        ``lo = 2S - hi``), and layer ``l`` selects ``hi - l * ((hi - lo) // (N - 1))``: an integer step, so the
-        total exceeds the uniform one by less than ``N(N-1)/2``. Uniform plans only (the code has no others)."""
-        num_layers = len(tokens)
-        if num_layers < 2:
-            raise ConfigError("compat=paper: the paper's PyramidKV divides by num_layers - 1 (a 1-layer model)",
-                              "allowed: a model of 2 layers or more, or compat=methods")
-        if len(set(tokens)) > 1:
-            raise ConfigError("compat=paper: the paper's PyramidKV has no layer-wise budgets (layers=...)",
-                              "allowed: one budget for every layer, or compat=methods")
-        budget = tokens[0]
-        selected = budget - self.window
-        if seq_len < budget or seq_len < 2 * selected:
-            self.last_schedule = {"mode": "no-pruning" if seq_len < budget else "uniform-fallback", "seq_len": seq_len}
-            return list(tokens)
-        low = selected // self.beta
-        high = 2 * selected - low
-        if high >= seq_len - self.window:
-            high = seq_len - self.window
-            low = 2 * selected - high
-        step = (high - low) // (num_layers - 1)
-        schedule = [high - layer * step for layer in range(num_layers)]
-        self.last_schedule = {"mode": "paper", "seq_len": seq_len, "selected": schedule}
-        return [self.window + s for s in schedule]
-
     def layer_tokens(self, tokens: Sequence[int], seq_len: int) -> list[int]:
         num_layers = len(tokens)
         window = min(self.window, seq_len)

@@ -215,7 +215,7 @@ def test_model_cache_holds_each_heads_selected_tokens(pruner_factory, tiny_model
         masks[len(masks)] = keep.clone()
         return keep
 
-    monkeypatch.setattr("qpruning.compressor.select_tokens", recording)
+    monkeypatch.setattr("qpruning.pruners.base.select_tokens", recording)
     ids = torch.randint(100, 40000, (1, 300), generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
         plain = DynamicCache()

@@ -4,6 +4,7 @@ so a pruner's scores must not change whatever stands in the queries before them.
 import pytest
 import torch
 
+from qpruning.compat import paper_pruner
 from qpruning.pruners import H2O, AdaKV, PyramidKV, SnapKV, StreamingLLM
 from qpruning.pruners.base import NoPruner
 from qpruning.pruners.headkv import HeadKV
@@ -16,13 +17,13 @@ PRUNERS = [SnapKV(), SnapKV(window=8), PyramidKV(), AdaKV(), StreamingLLM(), Str
 
 
 def scorers(pruner):
-    """(name, function, key heads) for every scorer the compressor can call: ``score`` on KV heads and, where the
-    pruner has one, compat=paper's ``paper_score`` on keys repeated to the query heads (methods mode calls
-    ``score`` on repeated keys too when compat=paper and the pruner has no paper_score)."""
-    found = [("score", pruner.score, KV_HEADS), ("score, repeated heads", pruner.score, Q_HEADS)]
-    if hasattr(pruner, "paper_score"):
-        found.append(("paper_score", pruner.paper_score, Q_HEADS))
-    return found
+    """(name, function, key heads) for every scorer the compressor can call: ``score`` on KV heads and on keys
+    repeated to the query heads, and compat=paper's pruner's ``score`` (:func:`qpruning.compat.paper_pruner`) on
+    keys repeated to the query heads."""
+    paper = paper_pruner(pruner)
+    assert paper.queries_read == pruner.queries_read
+    return [("score", pruner.score, KV_HEADS), ("score, repeated heads", pruner.score, Q_HEADS),
+            ("paper score", paper.score, Q_HEADS)]
 
 
 @pytest.mark.parametrize("pruner", PRUNERS, ids=lambda p: p.describe())
