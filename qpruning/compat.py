@@ -18,7 +18,8 @@ from qpruning.pruners.base import Pruner
 from qpruning.pruners.paper import PAPER_CLASSES
 
 COMPAT_MODES = ("methods", "paper")
-PAPER_PRUNERS = ("none", "streamingllm", "h2o", "snapkv", "pyramidkv")
+# What compat=paper runs: the pruners with a paper class (qpruning/pruners/paper.py), and none.
+PAPER_PRUNERS: tuple[str, ...] = ("none", *(cls.name for cls in PAPER_CLASSES))
 
 # The windows of the paper's scripts (run_needle_in_haystack.py; run_longbench.py and run_ruler.py alike).
 # StreamingLLM on LongBench / RULER: 4 first tokens + the (budget - 4) most recent, i.e. sinks=4 (window 0: the

@@ -10,11 +10,12 @@ from qpruning import KVCompressor
 from qpruning.cache.budget import LayerPlan
 from qpruning.cache.cache import QPrunedCache
 from qpruning.cache.quantizers import KIVI
-from qpruning.compat import paper_pruner
+from qpruning.compat import PAPER_PRUNERS, paper_pruner
 from qpruning.errors import ConfigError
 from qpruning.pruners import H2O, PyramidKV, SnapKV, StreamingLLM, get_pruner
 from qpruning.transformers_api import cache_kwargs
 from tests import paper_reference as ref
+from tests.default_pruners import NOT_IN_THE_PAPER, default_pruner
 
 Q_HEADS, KV_HEADS, HEAD_DIM = 8, 2, 16
 
@@ -170,11 +171,10 @@ def test_compat_is_validated_in_one_line():
         KVCompressor(compat="paperr")
 
 
-@pytest.mark.parametrize("name", ["adakv", "headkv"])
+@pytest.mark.parametrize("name", NOT_IN_THE_PAPER)
 def test_paper_mode_refuses_the_pruners_absent_from_the_paper_code(name):
     with pytest.raises(ConfigError, match=f"pruner={name} is not in the paper's code"):
-        KVCompressor(pruner=get_pruner(name, **({"model_name": "smollm2_135m"} if name == "headkv" else {})),
-                     tokens=64, compat="paper")
+        KVCompressor(pruner=default_pruner(name), tokens=64, compat="paper")
 
 
 def test_methods_runs_keep_their_hash_and_paper_runs_get_their_own():
@@ -212,7 +212,19 @@ def test_compat_paper_composes_the_paper_scripts_windows_and_a_typed_window_wins
     GlobalHydra.instance().clear()
 
 
-CAPTURE_PRUNERS = [SnapKV(window=8), PyramidKV(window=8), H2O(window=8)]
+# The paper code's selection of every pruner compat=paper runs (PAPER_PRUNERS), on a layer's captured queries
+# and keys: (query, key, tokens, layer, layers) -> kept positions, as tests/paper_reference.py computes them.
+REFERENCES = {
+    "streamingllm": lambda q, k, tokens, layer, layers: ref.streamingllm_keep(1, q.shape[1], k.shape[2], tokens, 8),
+    "h2o": lambda q, k, tokens, layer, layers: ref.h2o_keep(q, k, tokens, 8),
+    "snapkv": lambda q, k, tokens, layer, layers: ref.snapkv_keep(q, k, tokens, 8),
+    "pyramidkv": lambda q, k, tokens, layer, layers: ref.pyramidkv_keep(q, k, tokens, 8, layer, layers),
+}
+CAPTURE_PRUNERS = [get_pruner(name, window=8) for name in PAPER_PRUNERS if name != "none"]
+
+
+def test_every_pruner_that_paper_mode_runs_has_its_reference():
+    assert set(REFERENCES) == set(PAPER_PRUNERS) - {"none"}
 
 
 def _assert_captured_selections_are_the_paper_codes(model, ids, pruner, monkeypatch, tokens: int = 64):
@@ -235,15 +247,10 @@ def _assert_captured_selections_are_the_paper_codes(model, ids, pruner, monkeypa
     for layer, (q, k) in captured.items():
         kept = cache.kept_positions(layer)
         assert kept.shape[1] == model.config.num_attention_heads
-        if isinstance(pruner, H2O):
-            expected = ref.h2o_keep(q, k, tokens, 8)
-        else:
-            expected = (ref.pyramidkv_keep(q, k, tokens, 8, layer, layers) if isinstance(pruner, PyramidKV)
-                        else ref.snapkv_keep(q, k, tokens, 8))
-        assert torch.equal(kept, expected), f"layer {layer}"
+        assert torch.equal(kept, REFERENCES[pruner.name](q, k, tokens, layer, layers)), f"layer {layer}"
 
 
-@pytest.mark.parametrize("pruner", CAPTURE_PRUNERS)
+@pytest.mark.parametrize("pruner", CAPTURE_PRUNERS, ids=lambda p: p.name)
 def test_on_a_tiny_gqa_models_tensors_paper_mode_keeps_what_the_paper_code_keeps(tiny_models, pruner, monkeypatch):
     model, _ = tiny_models("llama")
     assert model.config.num_attention_heads > model.config.num_key_value_heads  # grouped-query attention
@@ -252,7 +259,7 @@ def test_on_a_tiny_gqa_models_tensors_paper_mode_keeps_what_the_paper_code_keeps
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("pruner", CAPTURE_PRUNERS)
+@pytest.mark.parametrize("pruner", CAPTURE_PRUNERS, ids=lambda p: p.name)
 def test_on_captured_smollm2_tensors_paper_mode_keeps_what_the_paper_code_keeps(smollm2, pruner, monkeypatch):
     """SmolLM2-135M (9 query / 3 KV heads): the real queries and keys of every layer, captured at prefill."""
     model, tokenizer = smollm2

@@ -2,6 +2,7 @@
 
 import copy
 import dataclasses
+import itertools
 import subprocess
 import sys
 
@@ -9,7 +10,6 @@ import pytest
 import torch
 
 from qpruning import (
-    H2O,
     HQQ,
     KIVI,
     FlexGen,
@@ -18,15 +18,14 @@ from qpruning import (
     KVCompressor,
     LayerOverride,
     NoPruner,
-    PyramidKV,
     SnapKV,
     StreamingLLM,
 )
 from qpruning.models import tiny_config
-from qpruning.pruners import AdaKV
 from qpruning.transformers_api import cache_kwargs, output_cache
+from tests.default_pruners import MODEL_FREE_PRUNERS
 
-PRUNERS = [NoPruner, StreamingLLM, H2O, SnapKV, PyramidKV]
+PRUNERS = MODEL_FREE_PRUNERS  # every registered pruner that runs on any model (qpruning.pruners.PRUNERS)
 QUANTIZERS = [KIVI, FlexGen, KIVIOutlier, FlexGenOutlier, HQQ]
 ARCHITECTURES = ["llama", "mistral", "qwen2"]
 DTYPES = ["float32", "bfloat16", "float16"]
@@ -288,7 +287,7 @@ def test_bits16_with_budget_above_length_reproduces_the_uncompressed_model_bit_f
     ids = prompt(90, seed=3)
     reference, _ = generate(model, ids, new_tokens=4)
     # At 16 bits the quantizer stores nothing of its own: one per pruner, alternating, is enough.
-    for pruner_cls, quantizer_cls in zip([*PRUNERS, AdaKV], [KIVI, FlexGenOutlier] * 3):
+    for pruner_cls, quantizer_cls in zip(PRUNERS, itertools.cycle([KIVI, FlexGenOutlier])):
         kwargs = {} if pruner_cls is NoPruner else {"tokens": 500}
         compressor = KVCompressor(pruner=pruner_cls(), quantizer=quantizer_cls(bits=16), **kwargs)
         out, cache = generate(model, ids, compressor, new_tokens=4)

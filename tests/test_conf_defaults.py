@@ -15,8 +15,9 @@ from omegaconf import OmegaConf
 
 from qpruning.app import build, register_resolvers
 from qpruning.benchmarks import BENCHMARKS, get_benchmark
-from qpruning.cache.quantizers import get_quantizer
-from qpruning.pruners import get_pruner
+from qpruning.cache.quantizers import QUANTIZERS, get_quantizer
+from qpruning.pruners import PRUNERS, get_pruner
+from qpruning.report import labels
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 BUILDERS = {"benchmark": get_benchmark, "pruner": get_pruner, "quant": get_quantizer}
@@ -56,3 +57,17 @@ def test_a_changed_conf_value_is_caught():
 
 def test_every_benchmark_preset_has_its_conf_file_and_back():
     assert set(options("benchmark")) == set(BENCHMARKS)
+
+
+@pytest.mark.parametrize(("group", "registry"), [("pruner", PRUNERS), ("quant", QUANTIZERS)])
+def test_every_registered_pruner_and_quantizer_has_its_conf_file_and_back(group, registry):
+    """The registries are the list of what exists; ``conf/<group>/`` holds one Hydra option per entry."""
+    assert set(options(group)) == set(registry), f"conf/{group}/*.yaml and the registry differ"
+
+
+def test_the_reports_names_are_registered_ones():
+    """The report shows a registered pruner or quantizer by its label, in its order; a name without a label shows
+    as it is (so a new pruner needs none), but a label of a name no longer registered is a leftover."""
+    assert set(labels.PRUNER_ORDER) == set(labels.PRUNER_LABELS) <= set(PRUNERS)
+    assert set(labels.QUANT_ORDER) <= set(QUANTIZERS) and set(labels.QUANT_LABELS) - {"none"} <= set(QUANTIZERS)
+    assert labels.label("pruner", "a_new_pruner") == "a_new_pruner"

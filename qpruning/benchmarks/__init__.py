@@ -81,19 +81,9 @@ def get_benchmark(name: str, **config: Any) -> Benchmark:
         raise BenchmarkConfigError(
             f"unknown field(s) {', '.join(unknown)} for benchmark {name!r}", f"valid: {', '.join(valid)}"
         )
-    # Hydra hands over ListConfig/DictConfig values: turn them into plain Python containers.
-    config = {k: to_plain_python(v) for k, v in config.items()}
+    # Plain Python values: the Hydra application turns its containers into lists and dicts where it builds the
+    # objects (qpruning.app.build: instantiate with _convert_="all").
     return cls(**{**preset, **config})
-
-
-def to_plain_python(value: Any) -> Any:
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-    except ImportError:  # pragma: no cover - omegaconf is a dependency, but the library works without it
-        return value
-    if isinstance(value, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
 
 
 __all__ = [

@@ -6,7 +6,7 @@ model's window, generates, and hands the generated text back for scoring. Everyt
 
 The runner's loop, in full::
 
-    bench = get_benchmark(cfg.benchmark.name, **cfg.benchmark)   # qpruning.benchmarks
+    bench = build(cfg, "benchmark")   # qpruning.app: get_benchmark(name, **fields), plain values
     bench.validate(context_window)                                # before loading the model
     for sample in bench.samples(tokenizer):
         try:

@@ -14,6 +14,7 @@ Steps, all resumable (a rerun skips what is on disk):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -60,10 +61,8 @@ def make_objective(model, base: KVCompressor, prompts: list[RecordedPrompt]):
     """The search's objective: mean answer cross-entropy over the prompts, and the largest measured cache."""
 
     def objective(allocation: Allocation):
-        compressor = KVCompressor(
-            pruner=base.pruner, quantizer=base.quantizer, budget=base.budget, budget_mode="exact",
-            full_cache_tokens=base.full_cache_tokens, layers=allocation.overrides(), storage_dtype=base.storage_dtype,
-        )
+        # the base compressor (kernel, compat, storage... kept) with the allocation's layers, exact accounting
+        compressor = dataclasses.replace(base, tokens=None, budget_mode="exact", layers=allocation.overrides())
         values, measured = [], 0
         for prompt in prompts:
             value, summary = answer_cross_entropy(model, compressor, prompt)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -32,10 +33,8 @@ def heldout_comparison(
     scores: dict[str, dict[str, float]] = {}
     kv: dict[str, float] = {}
     for label, allocation in allocations.items():
-        compressor = KVCompressor(
-            pruner=base.pruner, quantizer=base.quantizer, budget=base.budget, budget_mode="exact",
-            full_cache_tokens=base.full_cache_tokens, layers=allocation.overrides(), storage_dtype=base.storage_dtype,
-        )
+        # the base compressor (kernel, compat, storage... kept) with the allocation's layers, exact accounting
+        compressor = dataclasses.replace(base, tokens=None, budget_mode="exact", layers=allocation.overrides())
         for subset in subsets:
             bench = subset.build()
             runner = Runner(
@@ -45,7 +44,8 @@ def heldout_comparison(
                 labels=RunLabels(
                     benchmark=type(bench).name, model=spec.name, pruner=base.pruner.name, quant=base.quantizer.label,
                     bits=base.quantizer.bits, group_size=base.quantizer.group_size, budget=base.budget,
-                    budget_mode="exact", layer_config=label, experiment="optimize", benchmark_variant=subset.name,
+                    budget_mode="exact", layer_config=label, compat=base.compat, experiment="optimize",
+                    benchmark_variant=subset.name,
                 ),
                 output_dir=output_dir / "heldout" / label / subset.name,
                 preloaded=loaded,

@@ -51,16 +51,18 @@ def test_presets_apply_and_config_overrides_them():
     assert isinstance(get_benchmark("longbench_small"), LongBench)
 
 
-def test_hydra_containers_become_plain_lists():
+def test_hydra_containers_become_plain_lists_where_the_app_builds_the_benchmark():
+    from qpruning.app import build
+
     cfg = OmegaConf.create(
-        {
+        {"benchmark": {
             "_target_": "qpruning.benchmarks.get_benchmark",
             "name": "ruler",
             "length": 8192,
             "tasks": ["vt", "cwe"],
-        }
+        }}
     )
-    bench = get_benchmark(**cfg)
+    bench = build(cfg, "benchmark")
     assert bench.tasks == ["vt", "cwe"] and type(bench.tasks) is list and bench.benchmark_length == 8192
 
 

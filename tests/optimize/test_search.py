@@ -146,3 +146,27 @@ def test_the_recorded_prefill_gives_the_same_cache_as_a_live_prefill(tiny_models
     live_ce = torch.nn.functional.cross_entropy(logits.float(), answer[1:]).item()
     assert cache.prefill_summary["bytes"] == recorded_summary["bytes"]
     assert recorded_ce == pytest.approx(live_ce, abs=1e-5)
+
+
+def test_the_objective_evaluates_the_base_compressor_with_only_the_allocation_changed(monkeypatch):
+    """Every setting of the base (kernel, compat, storage dtype, sliding...) reaches the evaluated compressor;
+    only its layers (the allocation's) and the exact accounting change."""
+    import dataclasses
+
+    from qpruning.optimize import driver
+
+    seen = []
+
+    def evaluate(model, compressor, prompt):
+        seen.append(compressor)
+        return 1.0, {"kv_bytes": 10}
+
+    monkeypatch.setattr(driver, "answer_cross_entropy", evaluate)
+    base = KVCompressor(pruner=SnapKV(window=8), quantizer=KIVI(bits=4), budget=1 / 32, full_cache_tokens=8192,
+                        kernel="off", compat="paper", storage_dtype="bfloat16", sliding="quantize")
+    allocation = Allocation([GroupSetting(0, 3, 4, 900), GroupSetting(4, 7, 16, 200)])
+    assert make_objective(None, base, ["prompt"])(allocation) == (1.0, 10, [1.0])
+    (compressor,) = seen
+    assert compressor.layers == allocation.overrides() and compressor.budget_mode == "exact"
+    assert compressor == dataclasses.replace(base, budget_mode="exact", layers=allocation.overrides())
+    assert (compressor.kernel, compressor.compat, compressor.storage_dtype) == ("off", "paper", "bfloat16")

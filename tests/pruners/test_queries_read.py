@@ -8,12 +8,13 @@ from qpruning.compat import paper_pruner
 from qpruning.pruners import H2O, AdaKV, PyramidKV, SnapKV, StreamingLLM
 from qpruning.pruners.base import NoPruner
 from qpruning.pruners.headkv import HeadKV
+from tests.default_pruners import DEFAULT_PRUNERS
 
 BATCH, Q_HEADS, KV_HEADS, SEQ, DIM = 2, 6, 2, 90, 16
 SCALE = DIM**-0.5
 
-PRUNERS = [SnapKV(), SnapKV(window=8), PyramidKV(), AdaKV(), StreamingLLM(), StreamingLLM(sinks=4), NoPruner(),
-           H2O()]
+# every registered pruner with its defaults (qpruning.pruners.PRUNERS), and variants whose scores read otherwise
+PRUNERS = [*DEFAULT_PRUNERS, SnapKV(window=8), StreamingLLM(sinks=4)]
 
 
 def scorers(pruner):
