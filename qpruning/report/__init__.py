@@ -7,8 +7,9 @@ Public API:
 - ``selection.py``: which runs fit an artefact and one run per cell (``pick_runs``), shared by tables and figures.
 - ``tables.py``: ``table1`` ... ``table4`` -> :class:`ReportTable` (``render.py``: the table model and
   ``write_table``: CSV, Markdown, LaTeX); :func:`read_throughput` (``throughput.py``) reads Table 4's input.
-- ``figures.py``: ``figure1_crossentropy`` ... ``figure10_quant``, ``niah_heatmaps`` -> PNG (``plotting.py``: the
-  style, grids, legends and bars they share; :class:`FigureResult`).
+- ``figures/``: one module per figure, each a declaration (``FigureSpec``) drawn by ``figures.spec.render``;
+  ``figure1_crossentropy`` ... ``figure10_quant``, ``niah_heatmaps`` -> PNG (``plotting.py``: the style, grids,
+  legends and bars they share; :class:`FigureResult`).
 - :func:`build_report` (``build.py``): all of it into a folder with ``index.md``; :func:`push_to_wandb`.
 
 Nothing here imports Hydra, torch or the library's core (``tests/report/test_report_imports.py``);

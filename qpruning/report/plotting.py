@@ -1,7 +1,7 @@
 """The figures' toolkit: style, colours, panel grids, legends, bars, and writing a PNG with its data.
 
 Figures use :class:`matplotlib.figure.Figure` directly (no global backend switch, nothing left open), one colour
-per precision across all figures (Okabe-Ito, colour-blind safe). The figures themselves are in ``figures.py``.
+per precision across all figures (Okabe-Ito, colour-blind safe). The figures themselves are in ``figures/``.
 """
 
 from __future__ import annotations
@@ -89,12 +89,13 @@ class FigureResult:
 
 # ----------------------------------------------------------------------------------------------- helpers
 def panel_grid(
-    n: int, ncols: int = 3, panel: tuple[float, float] = (4.6, 3.4), top: float = 1.0
+    n: int, ncols: int = 3, panel: tuple[float, float] = (4.6, 3.4), top: float = 1.0, right: float = 0.0
 ) -> tuple[Figure, list]:
-    """A constrained-layout figure with ``n`` panels in at most ``ncols`` columns (unused axes removed)."""
+    """A constrained-layout figure with ``n`` panels in at most ``ncols`` columns (unused axes removed), ``top``
+    inches above them (the title) and ``right`` beside them (a legend or a colour bar)."""
     ncols = max(1, min(n, ncols))
     nrows = math.ceil(n / ncols)
-    fig = Figure(figsize=(panel[0] * ncols, panel[1] * nrows + top), layout="constrained")
+    fig = Figure(figsize=(panel[0] * ncols + right, panel[1] * nrows + top), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
     flat = list(axes.flat)
     for ax in flat[n:]:
@@ -108,11 +109,14 @@ def figure_title(fig: Figure, text: str) -> None:
     fig.suptitle(textwrap.fill(text, width=width), fontweight="bold")
 
 
-def figure_legend(fig: Figure, handles: Sequence[Any], loc: str = "outside lower center") -> None:
-    """A figure legend below the panels, in as many columns as fit the figure's width."""
-    longest = max((len(h.get_label()) for h in handles), default=10)
-    per_entry = 0.085 * longest + 0.75  # inches at 10 pt, with the handle and the gap
-    ncols = max(1, min(len(handles), int(fig.get_figwidth() // per_entry)))
+def figure_legend(
+    fig: Figure, handles: Sequence[Any], loc: str = "outside lower center", ncols: int | None = None
+) -> None:
+    """A figure legend below the panels, in ``ncols`` columns or as many as fit the figure's width."""
+    if ncols is None:
+        longest = max((len(h.get_label()) for h in handles), default=10)
+        per_entry = 0.085 * longest + 0.75  # inches at 10 pt, with the handle and the gap
+        ncols = max(1, min(len(handles), int(fig.get_figwidth() // per_entry)))
     fig.legend(handles=list(handles), loc=loc, ncols=ncols, frameon=False)
 
 

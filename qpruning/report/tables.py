@@ -76,6 +76,13 @@ def _run_cell(run: Any, value: Any, paper: Any = math.nan) -> dict[str, Any]:
     }
 
 
+def _published(paper: PaperNumbers | None, name: str, keys: Sequence[str]) -> dict[tuple, float]:
+    """The paper's cells of table ``name`` by their values of ``keys`` (cell-key form: numbers as float)."""
+    if not paper:
+        return {}
+    return {tuple(norm_value(p[k]) for k in keys): p["value"] for _, p in paper.get(name).iterrows()}
+
+
 # ----------------------------------------------------------------------------------------------- Table 1
 def table1(runs: pd.DataFrame, paper: PaperNumbers | None = None) -> ReportTable | None:
     """Table 1: pruner x kept tokens x bits, one block per (model, benchmark) on LongBench and NIAH.
@@ -106,12 +113,7 @@ def table1(runs: pd.DataFrame, paper: PaperNumbers | None = None) -> ReportTable
         return None
     row_keys, col_keys = ["model", "benchmark", "pruner"], ["tokens", "bits"]
     picked = pick_runs(cands, row_keys + col_keys)
-    published: dict[tuple, float] = {}
-    if paper:
-        for _, p in paper.get("table1").iterrows():
-            published[(p["model"], p["benchmark"], p["pruner"], float(p["tokens"]), float(p["bits"]))] = p[
-                "value"
-            ]
+    published = _published(paper, "table1", row_keys + col_keys)
     records = []
     for _, run in picked.iterrows():
         cell = {k: norm_value(run[k]) for k in row_keys + col_keys}
@@ -284,18 +286,7 @@ def table3(runs: pd.DataFrame, paper: PaperNumbers | None = None, quant: str = "
     if cands.empty:
         return None
     picked = pick_runs(cands, row_keys + col_keys)
-    published: dict[tuple, float] = {}
-    if paper:
-        for _, p in paper.get("table3").iterrows():
-            key = (
-                p["model"],
-                p["benchmark"],
-                p["pruner"],
-                float(p["tokens"]),
-                float(p["bits"]),
-                float(p["group_size"]),
-            )
-            published[key] = p["value"]
+    published = _published(paper, "table3", row_keys + col_keys)
     records = []
     for _, run in picked.iterrows():
         cell = {k: norm_value(run[k]) for k in row_keys + col_keys}
@@ -328,39 +319,40 @@ def table3(runs: pd.DataFrame, paper: PaperNumbers | None = None, quant: str = "
 
 
 # ----------------------------------------------------------------------------------------------- Table 4
-def table4(
-    throughput: pd.DataFrame, runs: pd.DataFrame | None = None, paper: PaperNumbers | None = None
-) -> ReportTable | None:
-    """Table 4: decoding throughput per batch size, KV memory per batch item, and accuracy, per setting.
+TABLE4_ROW_KEYS = ["model", "pruner", "device", "tokens", "bits"]
+TABLE4_METRICS = {
+    "tokens_per_s": "Throughput (tokens/s)",
+    "kv_mb_per_item": "KV cache (MB / batch item)",
+    "longbench_avg": "LongBench avg",
+    "niah_avg": "NIAH avg",
+}
+_MEASUREMENT_KEYS = ["model", "device", "tokens", "bits", "batch", "pruner", "quant"]
 
-    Throughput rows come from benchmark CSV files (:func:`read_throughput`); when the same (model, device,
-    tokens, bits, batch, pruner, quant) was measured more than once the latest ``date`` is kept. LongBench / NIAH
-    averages are joined from runs with the same model, pruner, quantizer, ``tokens`` and bits (group size 64).
-    """
-    if throughput is None or throughput.empty:
-        return None
+
+def _latest_measurements(throughput: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
+    """One throughput row per measurement key (the latest ``date``, then the last read), and how many there were."""
     t = throughput.copy()
     t["_date"] = pd.to_datetime(t["date"], errors="coerce", utc=True)
-    keys = ["model", "device", "tokens", "bits", "batch", "pruner", "quant"]
-    t["_cell"] = [cell_key(r, keys) for _, r in t.iterrows()]
+    t["_cell"] = [cell_key(r, _MEASUREMENT_KEYS) for _, r in t.iterrows()]
     t["_order"] = range(len(t))
     t = t.sort_values(["_date", "_order"], ascending=[False, False], na_position="last")
     repeats = t["_cell"].value_counts()
-    t = t.drop_duplicates(subset="_cell", keep="first")
-    notes = []
-    if int((repeats > 1).sum()):
-        notes.append(
-            f"{int((repeats > 1).sum())} throughput measurement(s) were repeated; the latest date is shown."
-        )
-    row_keys, col_keys = ["model", "pruner", "device", "tokens", "bits"], ["metric", "batch"]
+    return t.drop_duplicates(subset="_cell", keep="first"), repeats
+
+
+def _table4_published(paper: PaperNumbers | None) -> dict[tuple, float]:
+    """The paper's Table 4 by (model, pruner, tokens, bits, metric, batch); batch None for per-setting metrics."""
     published: dict[tuple, float] = {}
     if paper:
         for _, p in paper.get("table4").iterrows():
             metric = {"kv_memory_per_item": "kv_mb_per_item"}.get(p["metric"], p["metric"])
             batch = None if is_missing(p["batch"]) else float(p["batch"])
-            published[(p["model"], p["pruner"], float(p["tokens"]), float(p["bits"]), metric, batch)] = p[
-                "value"
-            ]
+            published[(p["model"], p["pruner"], float(p["tokens"]), float(p["bits"]), metric, batch)] = p["value"]
+    return published
+
+
+def _throughput_cells(t: pd.DataFrame, repeats: pd.Series, published: dict[tuple, float]) -> pd.DataFrame:
+    """Throughput per batch and KV memory per batch item, per measurement row."""
     records = []
     for _, m in t.iterrows():
         cell = {
@@ -394,58 +386,77 @@ def table4(
             }
         )
     # KV memory is per setting, not per batch: keep one value per row (the first, i.e. the latest measurement).
-    cells = _cells_frame(records, row_keys + col_keys).drop_duplicates(
-        subset=row_keys + col_keys, keep="first"
-    )
+    keys = TABLE4_ROW_KEYS + ["metric", "batch"]
+    return _cells_frame(records, keys).drop_duplicates(subset=keys, keep="first")
+
+
+def _accuracy_cells(cells: pd.DataFrame, runs: pd.DataFrame, published: dict[tuple, float]) -> list[dict[str, Any]]:
+    """LongBench / NIAH averages of the runs with a row's model, pruner, tokens, bits (and the paper's quantizer)."""
     accuracy = []
-    if runs is not None and len(runs):
-        for row in {tuple(r) for r in cells[row_keys].itertuples(index=False)}:
-            model, pruner, _device, tokens, bits = row
-            for family, metric in (("longbench", "longbench_avg"), ("niah", "niah_avg")):
-                quant = None if int(bits) == 16 else labels.paper_quant(pruner)
-                match = runs[
-                    (runs["model"] == model)
-                    & (runs["pruner"] == pruner)
-                    & (runs["benchmark"] == family)
-                    & (runs["tokens"] == tokens)
-                    & (runs["bits"] == bits)
-                    & without_layer_config(runs)
-                ]
-                if quant is not None:
-                    match = match[
-                        (match["quant"] == quant) & (match["group_size"] == labels.DEFAULT_GROUP_SIZE)
-                    ]
-                if match.empty:
-                    continue
-                run = pick_runs(match, ["model"]).iloc[0]
-                ref = published.get((model, pruner, tokens, bits, metric, None), math.nan)
-                accuracy.append(
-                    {
-                        **dict(zip(row_keys, row)),
-                        "metric": metric,
-                        "batch": None,
-                        **_run_cell(run, run["score"], ref),
-                    }
-                )
+    for row in {tuple(r) for r in cells[TABLE4_ROW_KEYS].itertuples(index=False)}:
+        model, pruner, _device, tokens, bits = row
+        for family, metric in (("longbench", "longbench_avg"), ("niah", "niah_avg")):
+            quant = None if int(bits) == 16 else labels.paper_quant(pruner)
+            match = runs[
+                (runs["model"] == model)
+                & (runs["pruner"] == pruner)
+                & (runs["benchmark"] == family)
+                & (runs["tokens"] == tokens)
+                & (runs["bits"] == bits)
+                & without_layer_config(runs)
+            ]
+            if quant is not None:
+                match = match[(match["quant"] == quant) & (match["group_size"] == labels.DEFAULT_GROUP_SIZE)]
+            if match.empty:
+                continue
+            run = pick_runs(match, ["model"]).iloc[0]
+            ref = published.get((model, pruner, tokens, bits, metric, None), math.nan)
+            accuracy.append(
+                {
+                    **dict(zip(TABLE4_ROW_KEYS, row)),
+                    "metric": metric,
+                    "batch": None,
+                    **_run_cell(run, run["score"], ref),
+                }
+            )
+    return accuracy
+
+
+def _table4_label(key: str, value: Any) -> str:
+    if key == "metric":
+        return TABLE4_METRICS.get(value, str(value))
+    if key == "batch":
+        return f"batch={int(value)}"
+    return labels.label(key, value)
+
+
+def table4(
+    throughput: pd.DataFrame, runs: pd.DataFrame | None = None, paper: PaperNumbers | None = None
+) -> ReportTable | None:
+    """Table 4: decoding throughput per batch size, KV memory per batch item, and accuracy, per setting.
+
+    Throughput rows come from benchmark CSV files (:func:`read_throughput`); when the same (model, device,
+    tokens, bits, batch, pruner, quant) was measured more than once the latest ``date`` is kept. LongBench / NIAH
+    averages are joined from runs with the same model, pruner, quantizer, ``tokens`` and bits (group size 64).
+    """
+    if throughput is None or throughput.empty:
+        return None
+    t, repeats = _latest_measurements(throughput)
+    notes = []
+    if int((repeats > 1).sum()):
+        notes.append(
+            f"{int((repeats > 1).sum())} throughput measurement(s) were repeated; the latest date is shown."
+        )
+    row_keys, col_keys = list(TABLE4_ROW_KEYS), ["metric", "batch"]
+    published = _table4_published(paper)
+    cells = _throughput_cells(t, repeats, published)
+    accuracy = _accuracy_cells(cells, runs, published) if runs is not None and len(runs) else []
     if accuracy:
         cells = pd.concat([cells, _cells_frame(accuracy, row_keys + col_keys)], ignore_index=True)
         cells["diff"] = cells["value"] - cells["paper"]
     batches = sorted({b for b in cells["batch"].dropna()})
     col_order = [("tokens_per_s", b) for b in batches] + [("kv_mb_per_item", None)]
     col_order += [(m, None) for m in ("longbench_avg", "niah_avg") if (cells["metric"] == m).any()]
-
-    def label_fn(key: str, value: Any) -> str:
-        if key == "metric":
-            return {
-                "tokens_per_s": "Throughput (tokens/s)",
-                "kv_mb_per_item": "KV cache (MB / batch item)",
-                "longbench_avg": "LongBench avg",
-                "niah_avg": "NIAH avg",
-            }.get(value, str(value))
-        if key == "batch":
-            return f"batch={int(value)}"
-        return labels.label(key, value)
-
     rows = sorted_unique((cell_key(r, row_keys) for _, r in cells.iterrows()), row_keys)
     table = ReportTable(
         name="table4",
@@ -460,7 +471,7 @@ def table4(
         col_keys=col_keys,
         row_order=rows,
         col_order=col_order,
-        label_fn=label_fn,
+        label_fn=_table4_label,
         key_titles={
             "model": "Model",
             "pruner": "Pruner",

@@ -180,3 +180,41 @@ def test_niah_heatmaps_skip_an_uncompressed_run_that_has_neither_budget_nor_toke
                                                    samples=4, extra=extra))
     results = niah_heatmaps(collect_runs([tmp_path / "runs"]).runs, tmp_path / "out")
     assert [set(r.data["pruner"]) for r in results] == [{"snapkv"}]
+
+
+def test_a_figure_declared_as_a_spec_draws_its_panels_with_its_texts(runs, tmp_path):
+    """A new figure is a declaration: what it selects, how a panel draws, its texts; render writes PNG and CSV."""
+    from qpruning.report.figures import FigureSpec, Layout, Selection, render
+
+    drawn_keys = []
+
+    def select(runs, paper):
+        picked = runs[runs["family"] == "niah"]
+        panels = sorted({(m,) for m in picked["model"]})
+        return Selection(picked, ["model"], panels) if panels else None
+
+    def draw_panel(panel):
+        drawn_keys.append(panel.key)
+        assert set(panel.rows["model"]) == {panel.key[0]}
+        panel.ax.bar(range(len(panel.rows)), panel.rows["score"])
+        panel.drawn.bits.update(int(b) for b in panel.rows["bits"])
+
+    spec = FigureSpec(
+        name="scores",
+        title="Scores",
+        heading="NIAH scores per model",
+        caption=lambda selection, drawn: f"{len(selection.panels)} models, bits {sorted(drawn.bits)}.",
+        select=select,
+        draw_panel=draw_panel,
+        layout=Layout(ncols=2),
+        columns=["model", "bits", "tokens"],
+    )
+    [result] = render(spec, runs, tmp_path)
+    models = sorted({m for m in runs[runs["family"] == "niah"]["model"]})
+    assert drawn_keys == [(m,) for m in models] and result.panels == len(models)
+    assert result.name == "scores" and result.title == "Scores" and result.caption.startswith(f"{len(models)} models")
+    assert _is_png(result.path) and result.path == tmp_path / "scores.png"
+    written = pd.read_csv(result.data_path)
+    assert list(written.columns) == ["model", "bits", "tokens", "value", "samples", "n_runs", "run_path"]
+    assert len(written) == int((runs["family"] == "niah").sum())
+    assert render(spec, runs[runs["family"] == "ruler"], tmp_path / "none") == []

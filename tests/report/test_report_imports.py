@@ -50,8 +50,8 @@ def _relative_imports(path: Path) -> list[tuple[str, str]]:
 
 def test_report_modules_import_no_private_name_from_each_other():
     private = [
-        f"{path.name}: from .{module} import {name}"
-        for path in sorted(REPORT_DIR.glob("*.py"))
+        f"{path.relative_to(REPORT_DIR)}: from .{module} import {name}"
+        for path in sorted(REPORT_DIR.rglob("*.py"))
         for module, name in _relative_imports(path)
         if name.startswith("_")
     ]
