@@ -393,7 +393,8 @@ def _throughput_cells(t: pd.DataFrame, repeats: pd.Series, published: dict[tuple
 def _accuracy_cells(cells: pd.DataFrame, runs: pd.DataFrame, published: dict[tuple, float]) -> list[dict[str, Any]]:
     """LongBench / NIAH averages of the runs with a row's model, pruner, tokens, bits (and the paper's quantizer)."""
     accuracy = []
-    for row in {tuple(r) for r in cells[TABLE4_ROW_KEYS].itertuples(index=False)}:
+    # first-appearance order (a set's order changes with the hash seed, and so would _cells.csv's rows)
+    for row in dict.fromkeys(tuple(r) for r in cells[TABLE4_ROW_KEYS].itertuples(index=False)):
         model, pruner, _device, tokens, bits = row
         for family, metric in (("longbench", "longbench_avg"), ("niah", "niah_avg")):
             quant = None if int(bits) == 16 else labels.paper_quant(pruner)
