@@ -6,7 +6,8 @@ equal, so the identity covers every input that can change a result:
 - every key of the resolved configuration except :data:`RUN_CONTROL_KEYS` (where to write, how many samples,
   where to log: they change what is done or shown, never a sample's result). ``limit`` is run control: a run
   with ``limit=2`` and one with ``limit=4`` share a folder, and the second continues the first.
-- ``compat`` when it is ``methods`` (the default) is left out: methods runs keep their folders.
+- ``compat`` when it is ``methods`` (the default) is left out: methods runs keep their folders. A ``compat=paper``
+  run adds :data:`PAPER_REVISION`, the revision of the port of the paper's code that computed it.
 - for the keys in :data:`PATH_KEYS` (an allocation file, head-score files, local data files and folders), the
   SHA-256 of the contents instead of the path: editing ``allocation.yaml`` gives a new folder, moving the data
   does not. HeadKV's shipped scores file counts too when no file is given.
@@ -183,6 +184,11 @@ def input_files(config: Mapping[str, Any]) -> dict[str, str]:
 # Keys added after runs existed, at the value those runs had: left out of the identity when at that value.
 DEFAULTS_LEFT_OUT = {"compat": DEFAULT_COMPAT, "sliding": "keep"}
 
+PAPER_REVISION = 2
+"""Revision of ``compat=paper``'s port of the paper's code, part of a paper run's identity. 2: the selection calls
+``topk`` as the paper's code does and scores in the model's dtype (issue 27), so a paper run made before keeps its
+folder and is never resumed by code that selects otherwise."""
+
 
 def run_identity(config: Mapping[str, Any]) -> dict[str, Any]:
     """The resolved configuration (a plain dict) minus run control, with file contents in place of paths."""
@@ -193,6 +199,8 @@ def run_identity(config: Mapping[str, Any]) -> dict[str, Any]:
         if identity.get(key) == default:
             # a default is left out, so runs keep the folders they had before the key existed
             identity.pop(key)
+    if identity.get("compat") == "paper":
+        identity["paper_revision"] = PAPER_REVISION
     files = input_files(config)
     for key in PATH_KEYS:
         _put(identity, key, files.get(key))

@@ -150,3 +150,21 @@ def test_an_optimize_search_with_other_settings_never_shares_its_evaluation_cach
         assert optimize_folder(*overrides) != base, overrides
     assert optimize_folder("max_evaluations=100") == base  # a longer search continues the same folder
     assert optimize_folder("output_root=/elsewhere").endswith(base.split("outputs/", 1)[1])
+
+
+def test_a_paper_run_names_the_revision_of_the_port_that_computed_it():
+    """compat=paper's selection changed with issue 27 (the paper's topk call, scores in the model's dtype): a paper
+    run folder made before is not resumed by the new code, while methods runs keep their folders."""
+    from qpruning.identity import PAPER_REVISION, run_hash, run_identity
+
+    base = {"model": {"name": "m"}, "pruner": {"name": "snapkv"}, "bits": 4}
+    paper = {**base, "compat": "paper"}
+    assert run_identity(paper)["paper_revision"] == PAPER_REVISION
+    assert "paper_revision" not in run_identity({**base, "compat": "methods"})
+    assert run_hash({**base, "compat": "methods"}) == run_hash(base)
+    identity = {k: v for k, v in run_identity(paper).items() if k != "paper_revision"}
+    import hashlib
+    import json
+
+    before = hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[: len(run_hash(paper))]
+    assert run_hash(paper) != before
