@@ -22,7 +22,12 @@ import logging
 import numbers
 import os
 import sys
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
+from typing import TYPE_CHECKING, cast
+
+if TYPE_CHECKING:  # names for the type checker only (annotations are strings here: nothing is imported at run time)
+    from _typeshed import DataclassInstance
+    from typing_extensions import TypeIs
 
 EXIT_USER_ERROR = 2
 PREFIX = "qpruning: error: "
@@ -89,12 +94,12 @@ def _shown(value: object) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
-def is_int(value: object) -> bool:
+def is_int(value: object) -> TypeIs[numbers.Integral]:
     """A whole number typed as one (``4``), not a bool, a float (``4.0``) or a string (``"4"``)."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def is_real(value: object) -> bool:
+def is_real(value: object) -> TypeIs[numbers.Real]:
     """A number (``0.5`` or ``1``), not a bool or a string."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
@@ -131,7 +136,7 @@ def check_int(
         raise ConfigError(f"{key}={value} is not supported", allowed)
     if minimum is not None and value < minimum:
         raise ConfigError(f"{key}={value} is below {minimum}", allowed)
-    if maximum is not None and value > maximum:
+    if maximum is not None and value > maximum:  # type: ignore[operator]  # typeshed's numbers.Integral has no __gt__
         raise ConfigError(f"{key}={value} is above {maximum}", allowed)
 
 
@@ -166,7 +171,7 @@ def check_real(
     if not is_real(value) or value != value:  # NaN is not a number a user means
         raise ConfigError(f"{key}={_shown(value)} is not a number", allowed)
     too_low = low is not None and (value <= low if low_open else value < low)
-    if too_low or (high is not None and value > high):
+    if too_low or (high is not None and value > high):  # type: ignore[operator]  # typeshed's numbers.Real has no __gt__
         raise ConfigError(f"{key}={value} is out of range", allowed)
 
 
@@ -226,7 +231,8 @@ def parameters(target: object) -> dict[str, object]:
     if dataclasses.is_dataclass(target):
         hints = _hints(target)
         return {f.name: hints.get(f.name, typing.Any) for f in dataclasses.fields(target) if f.init}
-    function = target.__init__ if isinstance(target, type) else target
+    # A class's own __init__ (read from the class: mypy sees an instance of `type` and calls it unsound).
+    function = cast("Callable[..., object]", target.__init__ if isinstance(target, type) else target)  # type: ignore[misc]
     hints = _hints(function)
     skipped = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
     return {name: hints.get(name, typing.Any) for name, p in inspect.signature(function).parameters.items()
@@ -257,7 +263,7 @@ def check_fields(prefix: str, target: object, values: Mapping[str, object], what
             check_type(f"{prefix}.{key}", value, accepted[key])
 
 
-def check_dataclass_fields(prefix: str, obj: object) -> None:
+def check_dataclass_fields(prefix: str, obj: DataclassInstance) -> None:
     """:func:`check_fields` on a dataclass instance's own init fields (its ``__post_init__`` calls it)."""
     import dataclasses
 
@@ -401,7 +407,7 @@ def describe_type(annotation: object) -> str:
         return "a mapping"
     if dataclasses.is_dataclass(annotation):
         return "a mapping of " + ", ".join(parameters(annotation))
-    names = {int: "a whole number", float: "a number", bool: "true or false", str: "a string", type(None): "null"}
+    names: dict[object, str] = {int: "a whole number", float: "a number", bool: "true or false", str: "a string", type(None): "null"}
     return names.get(annotation, getattr(annotation, "__name__", str(annotation)))
 
 
