@@ -94,13 +94,17 @@ def _shown(value: object) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
-def is_int(value: object) -> TypeIs[numbers.Integral]:
-    """A whole number typed as one (``4``), not a bool, a float (``4.0``) or a string (``"4"``)."""
+def is_int(value: object) -> TypeIs[int]:
+    """A whole number typed as one (``4``), not a bool, a float (``4.0``) or a string (``"4"``).
+
+    Any ``numbers.Integral`` (numpy's too); the type checker reads it as an ``int``, which it behaves as."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def is_real(value: object) -> TypeIs[numbers.Real]:
-    """A number (``0.5`` or ``1``), not a bool or a string."""
+def is_real(value: object) -> TypeIs[float]:
+    """A number (``0.5`` or ``1``), not a bool or a string.
+
+    Any ``numbers.Real``; the type checker reads it as a ``float`` (an ``int`` included), which it behaves as."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
@@ -136,7 +140,7 @@ def check_int(
         raise ConfigError(f"{key}={value} is not supported", allowed)
     if minimum is not None and value < minimum:
         raise ConfigError(f"{key}={value} is below {minimum}", allowed)
-    if maximum is not None and value > maximum:  # type: ignore[operator]  # typeshed's numbers.Integral has no __gt__
+    if maximum is not None and value > maximum:
         raise ConfigError(f"{key}={value} is above {maximum}", allowed)
 
 
@@ -171,7 +175,7 @@ def check_real(
     if not is_real(value) or value != value:  # NaN is not a number a user means
         raise ConfigError(f"{key}={_shown(value)} is not a number", allowed)
     too_low = low is not None and (value <= low if low_open else value < low)
-    if too_low or (high is not None and value > high):  # type: ignore[operator]  # typeshed's numbers.Real has no __gt__
+    if too_low or (high is not None and value > high):
         raise ConfigError(f"{key}={value} is out of range", allowed)
 
 
