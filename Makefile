@@ -75,16 +75,17 @@ compile-check: $(STAMP)  ## Compile every Triton kernel variant for sm_80/sm_90 
 optimize: $(STAMP)  ## Search a per-layer token-precision allocation (qpruning optimize; ARGS="budget=0.03125")
 	$(VENV)/bin/qpruning optimize $(ARGS)
 
-lint: $(STAMP)  ## ruff, then the layering contracts of pyproject.toml [tool.importlinter] (import-linter)
+lint: $(STAMP)  ## ruff, the layering contracts of pyproject.toml [tool.importlinter] (import-linter), then mypy over qpruning/
 	$(VENV)/bin/ruff check qpruning tests scripts experiments run.py
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 format: $(STAMP)  ## ruff format + import sorting
 	$(VENV)/bin/ruff check --fix --select I qpruning tests scripts run.py
 	$(VENV)/bin/ruff format qpruning tests scripts run.py
 
 clean:  ## Remove the environment and run outputs (not results/)
-	rm -rf $(VENV) $(LATEST) outputs multirun .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST) outputs multirun .pytest_cache .ruff_cache .mypy_cache
 
 # --- GPU check (issue 18): wheels for a lent GPU machine, and the one prepared check (docs/gpu.md) ---
 .PHONY: gpu-wheelhouse gpu-check gpu-check-cpu

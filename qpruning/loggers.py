@@ -17,10 +17,13 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from qpruning.errors import check_choice, check_fields, check_real
+
+if TYPE_CHECKING:  # wandb is imported when a run starts, not with this module
+    from wandb import Run
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +46,7 @@ def _server_reachable(base_url: str, timeout: float) -> bool:
 
 def wandb_init(
     *, probe_timeout: float = PROBE_TIMEOUT, init_timeout: float = INIT_TIMEOUT, **kwargs: Any
-):
+) -> Run:
     """``wandb.init(**kwargs)``, falling back to offline mode with one warning when the server cannot be reached.
 
     The mode is ``kwargs["mode"]`` or ``WANDB_MODE``; offline and disabled runs never touch the network. An online
@@ -131,10 +134,10 @@ class WandbLogger(RunLogger):
         self.project, self.entity, self.group = project, entity, group
         self.tags, self.mode, self.name = list(tags or []), mode, name
         self.probe_timeout, self.init_timeout = float(probe_timeout), float(init_timeout)
-        self.run = None
+        self.run: Run | None = None
 
     def start(self, config: dict[str, Any], output_dir: Path) -> None:
-        self.run = wandb_init(
+        self.run = run = wandb_init(
             probe_timeout=self.probe_timeout,
             init_timeout=self.init_timeout,
             project=self.project,
@@ -147,7 +150,7 @@ class WandbLogger(RunLogger):
             dir=str(output_dir),
             reinit="finish_previous",
         )
-        logger.info("W&B run %s (%s)", self.run.name, self.run.settings.mode)
+        logger.info("W&B run %s (%s)", run.name, run.settings.mode)
 
     def log_sample(
         self,

@@ -299,7 +299,7 @@ def convert_gguf(folder: Path, model: EmbeddedModel, target: Path) -> None:
     lm = AutoModelForCausalLM.from_pretrained(folder, gguf_file=model.gguf, dtype=torch.float32, **from_pretrained_kwargs())
     # The GGUF loader marks the model as quantized, which forbids saving; the weights it holds are
     # already dequantized float32 tensors, so dropping the marker saves exactly what was loaded.
-    lm.hf_quantizer = None
+    lm.hf_quantizer = None  # type: ignore[assignment]  # not declared by transformers: nn.Module's __setattr__ types it
     if hasattr(lm.config, "quantization_config"):
         del lm.config.quantization_config
     finish_tokenizer(tokenizer, lm.generation_config, model)
@@ -529,9 +529,9 @@ class ModelSpec:
         key = "model.local_path" if self.local_path else "model.name_or_path"
         expected = ("allowed: a folder with config.json, the weights (*.safetensors, pytorch_model*.bin or "
                     "model.gguf_file) and the tokenizer (tokenizer.json, tokenizer.model or tokenizer_config.json)")
-        gguf = self.gguf_file and not self.local_path
-        if gguf and not (source / self.gguf_file).is_file():
-            raise MissingFileError(f"model.gguf_file={self.gguf_file} is not in {source}", expected)
+        gguf = self.gguf_file if not self.local_path else None
+        if gguf and not (source / gguf).is_file():
+            raise MissingFileError(f"model.gguf_file={gguf} is not in {source}", expected)
         if not gguf and not (source / CONFIG_FILE).is_file():
             raise MissingFileError(f"{key}={source} holds no model: no {CONFIG_FILE}", expected)
         if not gguf and not any(any(source.glob(p)) for p in WEIGHT_PATTERNS):
@@ -630,7 +630,8 @@ class ModelSpec:
             with self._loading(source, "weights"):
                 model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
             if not self.device_map:
-                model = model.to(self.resolved_device())
+                # PreTrainedModel.to is wrapped by functools.wraps(nn.Module.to): its type expects the module first.
+                model = model.to(self.resolved_device())  # type: ignore[arg-type]
         return model.eval()
 
 

@@ -172,6 +172,7 @@ class SharedPrefill:
         with compressor.attach(model, context=lambda c: _Recording(c, layers, queries)), _first_forward(model, keep_output):
             model.generate(input_ids, attention_mask=mask, **cache_kwargs(model, cache), **kwargs)
         missing = [i for i, layer in enumerate(layers) if layer is None]
+        captured = [layer for layer in layers if layer is not None]
         if missing or "output" not in kept:
             raise RuntimeError(f"the recorded prefill did not reach layers {missing}: nothing to share")
         output = kept["output"]
@@ -180,7 +181,7 @@ class SharedPrefill:
         if name is None:
             raise RuntimeError("the prefill's output does not hold its cache: cannot hand another cache on")
         fields.pop(name)
-        return cls(input_ids, mask, layers, type(output)(**fields), name, time.time() - started)
+        return cls(input_ids, mask, captured, type(output)(**fields), name, time.time() - started)
 
     def fill(self, compressor: KVCompressor, cache: QPrunedCache) -> None:
         """Compress every layer of the empty ``cache`` with ``compressor`` from the recording: the cache ends as

@@ -208,7 +208,7 @@ class Benchmark(ABC):
     Subclasses are dataclasses whose fields are the Hydra config of ``conf/benchmark/<name>.yaml``.
     """
 
-    name: str = "benchmark"
+    name: ClassVar[str] = "benchmark"
     evaluation: ClassVar[Literal["generate", "cross_entropy"]] = "generate"
     """How the runner evaluates a sample: ``generate`` (greedy generation, then :meth:`postprocess` and
     :meth:`score`) or ``cross_entropy`` (the cross-entropy of a continuation after a compressed prefix: the

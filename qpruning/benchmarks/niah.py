@@ -168,8 +168,8 @@ class NeedleInAHaystack(Benchmark):
 
     def grid_lengths(self) -> list[int]:
         """The context lengths: ``lengths``, else ``range(min_length, max_length + 1, length_step)``."""
-        if self.lengths is not None:
-            return list(self.lengths)
+        if self.lengths is not None:  # a list since __post_init__
+            return [self.lengths] if isinstance(self.lengths, int) else list(self.lengths)
         top = self.max_length if self.max_length is not None else self._window
         if top is None:
             raise BenchmarkConfigError(

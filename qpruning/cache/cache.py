@@ -71,11 +71,15 @@ class QPrunedCache(Cache):
     it reports what it holds with :meth:`nbytes` (measured from the tensors) and :meth:`summary`.
     """
 
+    # What _layers makes. transformers' Cache declares a list of any cache layer; a list is invariant, so mypy calls
+    # the narrower one here an incompatible override (and its argument to Cache.__init__ below).
+    layers: list[CompressedLayer | SlidingLayer]  # type: ignore[assignment]
+
     def __init__(self, num_layers: int, plans: Sequence[LayerPlan] = ()) -> None:
         plans = tuple(plans)
         if plans and len(plans) != num_layers:
             raise ValueError(f"QPrunedCache: {len(plans)} plans for {num_layers} layers")
-        super().__init__(layers=_layers(num_layers, plans))
+        super().__init__(layers=_layers(num_layers, plans))  # type: ignore[arg-type]  # list invariance (above)
         # Bits and kept tokens of every layer (KVCompressor.plan), given when the cache is made; empty: the
         # attached compressor's plans.
         self.plans: tuple[LayerPlan, ...] = plans
@@ -137,8 +141,8 @@ class QPrunedCache(Cache):
     def prefill_result(self) -> PrefillResult | None:
         """What the cache held right after prefill (before any generated token), or None before every layer's
         prefill has ended."""
-        records = [layer.prefill for layer in self.layers]
-        if not records or any(r is None for r in records):
+        records = [layer.prefill for layer in self.layers if layer.prefill is not None]
+        if not records or len(records) != len(self.layers):
             return None
         held = _summed(r.bytes for r in records)
         full = sum(r.full_bytes for r in records)
@@ -162,12 +166,13 @@ class QPrunedCache(Cache):
         return None if result is None else result.summary()
 
 
-def _layers(num_layers: int, plans: Sequence[LayerPlan]) -> list:
+def _layers(num_layers: int, plans: Sequence[LayerPlan]) -> list[CompressedLayer | SlidingLayer]:
     """One layer object per decoder layer: a :class:`SlidingLayer` for a sliding-window layer kept as the model
     keeps it, a :class:`CompressedLayer` (with its window, for a quantized sliding-window layer) otherwise."""
     if not plans:
         return [CompressedLayer(layer_idx=i) for i in range(num_layers)]
     return [
-        SlidingLayer(i, plan.window) if plan.sliding == "keep" else CompressedLayer(i, window=plan.window)
+        SlidingLayer(i, plan.window) if plan.sliding == "keep" and plan.window is not None  # LayerPlan: both or neither
+        else CompressedLayer(i, window=plan.window)
         for i, plan in enumerate(plans)
     ]

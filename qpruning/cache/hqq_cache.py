@@ -28,7 +28,7 @@ import torch
 
 from qpruning.cache.packing import pack, unpack
 from qpruning.cache.quantized import GroupAxis, QuantizedTensor
-from qpruning.cache.quantizers import KVQuantizer
+from qpruning.cache.quantizers import HQQ, KVQuantizer
 from qpruning.errors import ConfigError, check_choice
 
 NEVER = 1 << 40  # residual_length: generated tokens are never quantized (the paper's residual = max_new_tokens)
@@ -53,6 +53,7 @@ class HQQCacheTensor(QuantizedTensor):
                 "compute_dtype": self.compute_dtype}
         out = Quantizer.dequantize(codes.reshape(view), meta).to(dtype)
         if self.outlier_index is not None and self.outlier_index.numel():
+            assert self.outlier_value is not None  # the index and the values are set together
             out.view(-1)[self.outlier_index.long()] = self.outlier_value.to(dtype)
         return out
 
@@ -164,6 +165,7 @@ def paper_quantizer(quantizer: KVQuantizer) -> KVQuantizer:
     name = quantizer.name
     optimize = False
     if name == "hqq":
+        assert isinstance(quantizer, HQQ)
         name, optimize = quantizer.layout, quantizer.optimize
     if name not in ("kivi", "flexgen", "kivi_outlier", "flexgen_outlier"):
         raise ConfigError(f"quant={name} has no compat=paper counterpart",

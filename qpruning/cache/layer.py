@@ -113,6 +113,7 @@ class CompressedLayer(CacheLayerMixin):
             self.lazy_initialization(key_states, value_states)
         self.seen_tokens += key_states.shape[-2]
         if not self.compressed:
+            assert self.keys is not None and self.values is not None  # made by lazy_initialization
             self.keys = torch.cat([self.keys, key_states], dim=-2)
             self.values = torch.cat([self.values, value_states], dim=-2)
             return self.keys, self.values
@@ -126,6 +127,7 @@ class CompressedLayer(CacheLayerMixin):
         if self.head_repeat > 1:
             k = k.repeat_interleave(self.head_repeat, dim=1)
             v = v.repeat_interleave(self.head_repeat, dim=1)
+        assert self.residual_keys is not None and self.residual_values is not None  # made by compress
         self.residual_keys = torch.cat([self.residual_keys, k], dim=-2)
         self.residual_values = torch.cat([self.residual_values, v], dim=-2)
         # The returned tensors are not read: qpruning's attention reads the segments and the residual.
@@ -143,7 +145,7 @@ class CompressedLayer(CacheLayerMixin):
         return -1
 
     def reset(self) -> None:
-        self.__init__(self.layer_idx, self.window)
+        self.__init__(self.layer_idx, self.window)  # type: ignore[misc]  # the layer's own first state, on purpose
 
     def _unsupported(self, what: str):
         raise NotImplementedError(f"{what} is not supported on a compressed KV cache (use greedy or sampling)")
@@ -160,6 +162,7 @@ class CompressedLayer(CacheLayerMixin):
         if self.compressed:
             self._unsupported("Expanding the batch")
         if self.keys is not None and self.keys.numel():
+            assert self.values is not None  # made with the keys
             self.keys = self.keys.repeat_interleave(repeats, dim=0)
             self.values = self.values.repeat_interleave(repeats, dim=0)
 
@@ -167,6 +170,7 @@ class CompressedLayer(CacheLayerMixin):
         if self.compressed:
             self._unsupported("Selecting batch rows")
         if self.keys is not None and self.keys.numel():
+            assert self.values is not None  # made with the keys
             self.keys = self.keys[indices, ...]
             self.values = self.values[indices, ...]
 
@@ -174,6 +178,7 @@ class CompressedLayer(CacheLayerMixin):
 
     @property
     def rows(self) -> int:
+        assert self.shape is not None  # set by lazy_initialization
         batch, heads, _ = self.shape
         return batch * heads
 
@@ -184,6 +189,7 @@ class CompressedLayer(CacheLayerMixin):
         :meth:`full_nbytes` stays the model's KV heads."""
         if self.compressed or self.head_repeat != 1:
             raise RuntimeError("repeat_heads: the layer is already compressed or repeated")
+        assert self.keys is not None and self.values is not None and self.shape is not None  # a plain layer's
         self.keys = self.keys.repeat_interleave(repeat, dim=1)
         self.values = self.values.repeat_interleave(repeat, dim=1)
         batch, heads, head_dim = self.shape
@@ -233,6 +239,7 @@ class CompressedLayer(CacheLayerMixin):
         window), used when every row keeps the same count and every kept token is quantized: the HQQ cache's groups
         along axis 0 depend on the order. Attention does not.
         """
+        assert self.keys is not None and self.values is not None  # a plain layer's, compressed now
         batch, heads, seq, head_dim = self.keys.shape
         if keep.shape != (batch, heads, seq):
             raise ValueError(f"keep mask of shape {tuple(keep.shape)} does not match the cache {(batch, heads, seq)}")
@@ -246,6 +253,7 @@ class CompressedLayer(CacheLayerMixin):
         segments: list[Segment] = []
         if quantizer.enabled:
             quantized = quantizer.quantizable(lengths)
+            assert isinstance(quantized, torch.Tensor)  # enabled: a count per row
             rank = keep.cumsum(-1) - 1
             in_quantized = keep & (rank < quantized.unsqueeze(-1))
             in_full = keep & ~in_quantized
@@ -284,6 +292,7 @@ class CompressedLayer(CacheLayerMixin):
         self.residual_values = self.residual_keys.clone()
         if self.window is not None and not quantizer.enabled and len(segments) == 1 and segments[0].uniform_length:
             # a 16-bit sliding window of equally long rows is one residual that slides (flush), as the model's own
+            assert isinstance(segments[0].keys, torch.Tensor) and isinstance(segments[0].values, torch.Tensor)
             self.residual_keys = segments[0].keys.view(batch, heads, -1, head_dim)
             self.residual_values = segments[0].values.view(batch, heads, -1, head_dim)
             self.prefix = []
@@ -297,7 +306,9 @@ class CompressedLayer(CacheLayerMixin):
         whose rows are equally long, as blocks of ``residual_length`` tokens per row, oldest first (so that the
         blocks that slide out of the window can be freed: :meth:`_evict`)."""
         first = int(lengths[0]) if lengths.numel() else 0
+        assert self.quantizer is not None  # set by compress
         block = self.quantizer.residual_length
+        assert block is not None  # KVQuantizer.__post_init__: group_size by default
         if self.window is None or not bool((lengths == first).all()) or first <= block:
             return [(keys, values, lengths)]
         rows, head_dim = lengths.numel(), keys.shape[-1]
@@ -335,6 +346,7 @@ class CompressedLayer(CacheLayerMixin):
         if order is None or not bool((quantized == lengths).all()) or int(lengths.min()) != int(lengths.max()):
             return None, None
         count = int(lengths.max())
+        assert self.keys is not None and self.values is not None  # a plain layer's, being compressed
         index = order[..., :count]
         if not bool(keep.gather(-1, index).all()):
             raise ValueError("compress: order names positions that keep does not keep")
@@ -347,6 +359,8 @@ class CompressedLayer(CacheLayerMixin):
         sliding-window layer instead keeps the last ``window - 1`` tokens of its residual)."""
         if not self.compressed:
             return
+        assert self.quantizer is not None  # set by compress, with the residual and the storage dtype
+        assert self.residual_keys is not None and self.residual_values is not None
         if not self.quantizer.enabled:
             if self.window is not None:
                 self._evict()
@@ -356,6 +370,7 @@ class CompressedLayer(CacheLayerMixin):
                     self.residual_values = self.residual_values[:, :, start:].contiguous()
             return
         block = self.quantizer.residual_length
+        assert block is not None and self.storage_dtype is not None  # KVQuantizer.__post_init__; compress
         pending = self.residual_keys.shape[2]
         if pending < block:
             return
@@ -383,6 +398,7 @@ class CompressedLayer(CacheLayerMixin):
         out = list(self.prefix)
         if self.decoded is not None:
             out.append(self.decoded)
+        assert self.residual_keys is not None and self.residual_values is not None  # made by compress
         pending = self.residual_keys.shape[2]
         if pending:
             head_dim = self.residual_keys.shape[-1]
@@ -453,8 +469,10 @@ class CompressedLayer(CacheLayerMixin):
     def tokens_per_row(self) -> torch.Tensor:
         """Tokens held by each (batch item, KV head) row, ``[rows]``."""
         if not self.compressed:
+            assert self.shape is not None and self.keys is not None  # a plain layer's, after its first update
             batch, heads, _ = self.shape
             return torch.full((batch * heads,), self.keys.shape[-2], dtype=torch.int64)
+        assert self.residual_keys is not None  # made by compress
         total = torch.zeros(self.rows, dtype=torch.int64, device=self.residual_keys.device)
         for segment in self.segments():
             total += segment.lengths.long()
@@ -487,7 +505,7 @@ class SlidingLayer(DynamicSlidingWindowLayer):
         return self.cumulative_length
 
     def reset(self) -> None:
-        self.__init__(self.layer_idx, self.window)
+        self.__init__(self.layer_idx, self.window)  # type: ignore[misc]  # the layer's own first state, on purpose
 
     def finish_prefill(self, tokens: int | None = None) -> LayerPrefill:
         """End this layer's prefill (it keeps what the model's own layer keeps); records and returns what it holds."""
@@ -503,6 +521,7 @@ class SlidingLayer(DynamicSlidingWindowLayer):
         if self.shape is None:
             raise RuntimeError("kept_positions: the layer holds nothing yet")
         batch, heads, _ = self.shape
+        assert self.keys is not None  # made with the shape, by lazy_initialization
         held = self.keys.shape[-2]
         start = self.seen_tokens - held
         return torch.arange(start, start + held, device=self.device).expand(batch, heads, held).clone()
@@ -521,6 +540,7 @@ class SlidingLayer(DynamicSlidingWindowLayer):
         return 2 * batch * heads * tokens * head_dim * FULL_CACHE_BYTES_PER_NUMBER
 
     def tokens_per_row(self) -> torch.Tensor:
+        assert self.shape is not None and self.keys is not None  # after the first update
         batch, heads, _ = self.shape
         return torch.full((batch * heads,), self.keys.shape[-2], dtype=torch.int64)
 

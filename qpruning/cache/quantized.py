@@ -64,6 +64,7 @@ class OutlierFilter:
         magnitude = x.abs()
         if self.threshold is not None:
             return magnitude > self.threshold
+        assert self.fraction is not None  # __post_init__: exactly one of fraction and threshold is set
         k = math.ceil(self.fraction * x.numel())
         if k == 0:
             return torch.zeros_like(x, dtype=torch.bool)
@@ -131,6 +132,7 @@ class QuantizedTensor:
         out = grouped * self.scale.float().unsqueeze(-1) + self.zero.float().unsqueeze(-1)
         out = _ungrouped(out, n, d, self.axis).to(dtype)
         if self.outlier_index is not None and self.outlier_index.numel():
+            assert self.outlier_value is not None  # the index and the values are set together
             out.view(-1)[self.outlier_index.long()] = self.outlier_value.to(dtype)
         return out
 
@@ -268,6 +270,7 @@ def cat_rows(parts: list[QuantizedTensor], rows: int) -> QuantizedTensor:
         indices, values = [], []
         offset = 0
         for part, length in zip(parts, lengths):
+            assert part.outlier_index is not None and part.outlier_value is not None  # same quantizer as the first
             idx = part.outlier_index.long()
             row, within = idx // (length * d), idx % (length * d)
             indices.append(row * (total * d) + offset * d + within)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, overload
 
 import torch
 
@@ -91,8 +91,14 @@ class KVQuantizer:
         if head_dim % 8:
             raise ValueError(f"head_dim={head_dim} must be a multiple of 8 to pack {self.bits}-bit codes")
 
-    def quantizable(self, num_tokens: int) -> int:
+    @overload
+    def quantizable(self, num_tokens: int) -> int: ...
+    @overload
+    def quantizable(self, num_tokens: torch.Tensor) -> torch.Tensor | int: ...
+
+    def quantizable(self, num_tokens: int | torch.Tensor) -> int | torch.Tensor:
         """How many of ``num_tokens`` tokens of one row can be quantized now; the rest wait in 16 bits.
+        ``num_tokens`` may be a tensor of row lengths (a tensor back, or 0 when the quantizer is off).
 
         Per-channel groups (KIVI keys) need whole groups of ``group_size`` tokens; per-token groups take any count.
         Keys and values are split at the same token so that a token is either quantized or not.

@@ -11,7 +11,7 @@ A compressed layer is a list of segments; attention runs over the concatenation,
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -57,19 +57,25 @@ class Segment:
 
     def dequantized(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values as ``[n, head_dim]`` tensors of ``dtype``."""
-        if self.quantized:
-            return self.keys.dequantize(dtype), self.values.dequantize(dtype)
-        return self.keys.to(dtype), self.values.to(dtype)
+        keys, values = self.keys, self.values
+        if isinstance(keys, QuantizedTensor):
+            assert isinstance(values, QuantizedTensor)  # keys and values are of one kind
+            return keys.dequantize(dtype), values.dequantize(dtype)
+        assert isinstance(values, torch.Tensor)
+        return keys.to(dtype), values.to(dtype)
 
     def dequantize_into(self, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Write this uniform segment's keys and values into float32 ``[rows, uniform_length, head_dim]`` views
         (e.g. slices of a work buffer), with the arithmetic of :meth:`dequantized`."""
-        if self.quantized:
-            self.keys.dequantize_into(keys)
-            self.values.dequantize_into(values)
+        own_keys, own_values = self.keys, self.values
+        if isinstance(own_keys, QuantizedTensor):
+            assert isinstance(own_values, QuantizedTensor)  # keys and values are of one kind
+            own_keys.dequantize_into(keys)
+            own_values.dequantize_into(values)
         else:
-            keys.copy_(self.keys.view(keys.shape))
-            values.copy_(self.values.view(values.shape))
+            assert isinstance(own_values, torch.Tensor)
+            keys.copy_(own_keys.view(keys.shape))
+            values.copy_(own_values.view(values.shape))
 
     def nbytes(self) -> dict[str, int]:
         """Bytes held, by kind: packed codes, scales, zeros, outliers, full-precision tokens, row lengths."""
@@ -87,10 +93,17 @@ class Segment:
         if self.uniform_length is None or other.uniform_length is None:
             raise ValueError("Only uniform segments can be appended row by row")
         rows = self.rows
-        if self.quantized:
+        keys: QuantizedTensor | torch.Tensor
+        values: QuantizedTensor | torch.Tensor
+        if isinstance(self.keys, QuantizedTensor):
+            # Both segments are of one kind, and so are each one's keys and values.
+            assert isinstance(self.values, QuantizedTensor)
+            assert isinstance(other.keys, QuantizedTensor) and isinstance(other.values, QuantizedTensor)
             keys = cat_rows([self.keys, other.keys], rows)
             values = cat_rows([self.values, other.values], rows)
         else:
+            assert isinstance(self.values, torch.Tensor)
+            assert isinstance(other.keys, torch.Tensor) and isinstance(other.values, torch.Tensor)
             d = self.keys.shape[-1]
             keys = torch.cat([self.keys.view(rows, -1, d), other.keys.view(rows, -1, d)], 1).view(-1, d)
             values = torch.cat([self.values.view(rows, -1, d), other.values.view(rows, -1, d)], 1).view(-1, d)
@@ -99,7 +112,7 @@ class Segment:
 
 
 def gather_rows(
-    segments: list[Segment],
+    segments: Sequence[Segment],
     dtype: torch.dtype,
     rows: int,
     head_dim: int,
@@ -117,8 +130,9 @@ def gather_rows(
     to hold the result (a scratch buffer reused from call to call: the result is only valid until its next use).
     """
     segments = [s for s in segments if s.num_tokens or s.rows]
-    if all(s.uniform_length is not None for s in segments):
-        total = sum(s.uniform_length for s in segments)
+    uniform = [s.uniform_length for s in segments if s.uniform_length is not None]
+    if len(uniform) == len(segments):
+        total = sum(uniform)
         lengths = torch.full((rows,), total, dtype=torch.int64, device=device)
         if dtype == torch.float32:
             size = rows * total * head_dim
@@ -126,16 +140,16 @@ def gather_rows(
             keys = flat[:size].view(rows, total, head_dim)
             values = flat[size : 2 * size].view(rows, total, head_dim)
             start = 0
-            for s in segments:
-                end = start + s.uniform_length
+            for s, length in zip(segments, uniform):
+                end = start + length
                 s.dequantize_into(keys[:, start:end], values[:, start:end])
                 start = end
             return keys, values, None, lengths
         ks, vs = [], []
-        for s in segments:
+        for s, length in zip(segments, uniform):
             k, v = s.dequantized(dtype)
-            ks.append(k.view(rows, s.uniform_length, head_dim))
-            vs.append(v.view(rows, s.uniform_length, head_dim))
+            ks.append(k.view(rows, length, head_dim))
+            vs.append(v.view(rows, length, head_dim))
         keys = torch.cat(ks, dim=1) if ks else torch.empty(rows, 0, head_dim, dtype=dtype, device=device)
         values = torch.cat(vs, dim=1) if vs else torch.empty_like(keys)
         return keys, values, None, lengths

@@ -13,10 +13,12 @@ cache alone).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from qpruning.cache.cache import QPrunedCache
-from qpruning.cache.layer import CompressedLayer
+from qpruning.cache.layer import CompressedLayer, SlidingLayer
 from qpruning.cache.quantized import QuantizedTensor
 from qpruning.cache.segments import Segment
 
@@ -53,18 +55,30 @@ def _stack_segments(segments: list[Segment]) -> Segment:
                          torch.cat([s.lengths for s in segments]))
 
 
-def _layers_match(layers: list[CompressedLayer]) -> bool:
+def _held(tensor: torch.Tensor | None) -> torch.Tensor:
+    """A tensor that a compressed layer holds (set by its compression)."""
+    assert tensor is not None
+    return tensor
+
+
+def _compressed(layers: Sequence[CompressedLayer | SlidingLayer]) -> list[CompressedLayer]:
+    """The layers that are compressed :class:`CompressedLayer` s, in order."""
+    return [layer for layer in layers if isinstance(layer, CompressedLayer) and layer.compressed]
+
+
+def _layers_match(all_layers: Sequence[CompressedLayer | SlidingLayer]) -> bool:
     """The layers hold segments of one layout, layer for layer (checked without concatenating anything)."""
-    if not all(isinstance(layer, CompressedLayer) and layer.compressed for layer in layers):
+    layers = _compressed(all_layers)
+    if len(layers) != len(all_layers):
         return False  # a layer left as the model made it (16-bit in full, a kept sliding window) does not stack
     first = layers[0]
     same = (first.quantizer, first.storage_dtype, first.backend, first.head_repeat, first.seen_tokens, first.layer_idx,
             first.window)
     return all(
-        layer.compressed and layer.decoded is None and layer.residual_keys.shape[2] == 0
+        layer.compressed and layer.decoded is None and _held(layer.residual_keys).shape[2] == 0
         and (layer.quantizer, layer.storage_dtype, layer.backend, layer.head_repeat, layer.seen_tokens,
              layer.layer_idx, layer.window) == same
-        and len(layer.prefix) == len(first.prefix) and layer.shape[0] == 1
+        and len(layer.prefix) == len(first.prefix) and layer.shape is not None and layer.shape[0] == 1
         for layer in layers
     ) and all(
         _stackable([layer.prefix[i].keys for layer in layers]) and _stackable([layer.prefix[i].values for layer in layers])
@@ -72,13 +86,16 @@ def _layers_match(layers: list[CompressedLayer]) -> bool:
     )
 
 
-def _stack_layer(layers: list[CompressedLayer]) -> CompressedLayer:
+def _stack_layer(all_layers: Sequence[CompressedLayer | SlidingLayer]) -> CompressedLayer:
+    layers = _compressed(all_layers)
+    assert len(layers) == len(all_layers)  # stackable() checked it
     first = layers[0]
     prefix = [_stack_segments([layer.prefix[i] for layer in layers]) for i in range(len(first.prefix))]
     stacked = CompressedLayer(first.layer_idx, window=first.window)
     # the same quantizer and layer: the same rotation (seeded by the layer), or none
     stacked.rotation = first.rotation
     stacked.dtype, stacked.device, stacked.is_initialized = first.dtype, first.device, True
+    assert first.shape is not None  # set by the layer's first update
     _, heads, head_dim = first.shape
     stacked.shape = (len(layers), heads, head_dim)
     stacked.seen_tokens = first.seen_tokens
@@ -86,9 +103,9 @@ def _stack_layer(layers: list[CompressedLayer]) -> CompressedLayer:
     stacked.quantizer, stacked.storage_dtype, stacked.backend = first.quantizer, first.storage_dtype, first.backend
     stacked.head_repeat = first.head_repeat
     stacked.prefix = prefix
-    stacked.kept_per_row = torch.cat([layer.kept_per_row for layer in layers])
-    stacked.residual_keys = torch.cat([layer.residual_keys for layer in layers])
-    stacked.residual_values = torch.cat([layer.residual_values for layer in layers])
+    stacked.kept_per_row = torch.cat([_held(layer.kept_per_row) for layer in layers])
+    stacked.residual_keys = torch.cat([_held(layer.residual_keys) for layer in layers])
+    stacked.residual_values = torch.cat([_held(layer.residual_values) for layer in layers])
     return stacked
 
 

@@ -83,6 +83,7 @@ def answer_cross_entropy(model, compressor: KVCompressor, prompt: RecordedPrompt
     """Mean cross-entropy (nats) of the reference answer through ``compressor``'s cache, and that cache's summary."""
     cache = build_cache(model, compressor, prompt)
     summary = cache.prefill_summary
+    assert summary is not None  # build_cache compressed every layer: its prefill has ended
     answer = prompt.answer_ids
     if answer.numel() < 2:
         return 0.0, summary

@@ -161,11 +161,16 @@ def resource_usage(kernel) -> dict[str, int]:
              "-o", os.path.join(tmp, "k.cubin")],
             capture_output=True, text=True, check=True,
         ).stderr
+    def number(pattern: str) -> int:
+        match = re.search(pattern, text)
+        assert match is not None, f"ptxas -v printed no {pattern!r}"
+        return int(match.group(1))
+
     usage = {
-        "reg": int(re.search(r"Used (\d+) registers", text).group(1)),
-        "stack": int(re.search(r"(\d+) bytes stack frame", text).group(1)),
-        "spill_stores": int(re.search(r"(\d+) bytes spill stores", text).group(1)),
-        "spill_loads": int(re.search(r"(\d+) bytes spill loads", text).group(1)),
+        "reg": number(r"Used (\d+) registers"),
+        "stack": number(r"(\d+) bytes stack frame"),
+        "spill_stores": number(r"(\d+) bytes spill stores"),
+        "spill_loads": number(r"(\d+) bytes spill loads"),
     }
     usage["spill"] = usage["spill_stores"] + usage["spill_loads"]
     usage["shared"] = int(kernel.metadata.shared)

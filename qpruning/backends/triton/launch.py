@@ -105,6 +105,8 @@ def _outlier_csr(qt: QuantizedTensor) -> _OutlierCSR | None:
     if qt.outlier_index is None or qt.outlier_index.numel() == 0:
         return None
     n, d = qt.num_tokens, qt.head_dim
+    outlier_value = qt.outlier_value
+    assert outlier_value is not None  # the index and the values are set together
 
     def make(index: torch.Tensor) -> _OutlierCSR:
         flat, order = torch.sort(index.long())
@@ -113,7 +115,7 @@ def _outlier_csr(qt: QuantizedTensor) -> _OutlierCSR | None:
         ptr = torch.zeros(n + 1, dtype=torch.int32, device=index.device)
         ptr[1:] = torch.cumsum(counts, 0).to(torch.int32)
         return _OutlierCSR(
-            ptr, token.to(torch.int32), (flat % d).to(torch.int32), qt.outlier_value[order].contiguous()
+            ptr, token.to(torch.int32), (flat % d).to(torch.int32), outlier_value[order].contiguous()
         )
 
     return _outlier_csr_cache.get(qt.outlier_index, make)
@@ -205,7 +207,7 @@ def attend_segments(
             dot=dot_mode, precision=precision, fold_k=fold_k, block_n=block_n, num_warps=num_warps,
             maxnreg=maxnreg,
         )
-        max_length = seg.uniform_length if uniform else _ragged_rows(seg.lengths)[1]
+        max_length = seg.uniform_length if seg.uniform_length is not None else _ragged_rows(seg.lengths)[1]
         split, splits = split_rows(max_length, rows, constexprs["BLOCK_N"], device, split_tokens)
         launches.append((seg, constexprs, launch, k_csr, v_csr, split, splits))
     s_total = sum(launch[-1] for launch in launches)

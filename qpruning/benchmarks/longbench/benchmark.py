@@ -100,11 +100,17 @@ class LongBench(Benchmark):
                 f"benchmark.limit={self.limit} is not positive", "allowed: samples per dataset >= 1, or null"
             )
 
+    @property
+    def dataset_names(self) -> list[str]:
+        """``datasets`` as :meth:`__post_init__` leaves it: a list of names."""
+        assert isinstance(self.datasets, list)
+        return self.datasets
+
     # -- configuration checks ------------------------------------------------------------------------------------
 
     def validate(self, context_window: int) -> None:
         super().validate(context_window)
-        longest = max(DATASET2MAXLEN[d] for d in self.datasets)
+        longest = max(DATASET2MAXLEN[d] for d in self.dataset_names)
         if context_window - longest < MIN_PROMPT_TOKENS:
             raise BenchmarkConfigError(
                 f"A context window of {context_window} tokens cannot hold {self.name}: the datasets generate up to "
@@ -113,7 +119,7 @@ class LongBench(Benchmark):
             )
 
     def longest_prompt(self, context_window: int) -> int:
-        return context_window - min(DATASET2MAXLEN[d] for d in self.datasets)  # prompts are cut to fit
+        return context_window - min(DATASET2MAXLEN[d] for d in self.dataset_names)  # prompts are cut to fit
 
     # -- samples ---------------------------------------------------------------------------------------------------
 
@@ -121,9 +127,9 @@ class LongBench(Benchmark):
         """The samples of every dataset, in file order (the tokenizer is not needed: prompts are built in
         :meth:`encode`). Missing data raises :class:`DataNotFoundError` before the first sample."""
         files = lb_data.resolve_files(
-            self.datasets, e=self.e, data_dir=self.data_dir, hub_timeout=self.hub_timeout
+            self.dataset_names, e=self.e, data_dir=self.data_dir, hub_timeout=self.hub_timeout
         )
-        for dataset in self.datasets:
+        for dataset in self.dataset_names:
             records = lb_data.read_jsonl(files[dataset])
             if self.limit is not None:
                 records = records[: self.limit]

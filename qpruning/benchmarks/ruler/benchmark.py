@@ -6,7 +6,7 @@ import functools
 import hashlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -149,6 +149,12 @@ class Ruler(Benchmark):
     def longest_prompt(self, context_window: int) -> int:
         return min(self.length, context_window)  # every sample is generated to fit ``length`` tokens
 
+    @property
+    def task_names(self) -> list[str]:
+        """``tasks`` as :meth:`__post_init__` leaves it: a list of names."""
+        assert isinstance(self.tasks, list)
+        return self.tasks
+
     def tokens_to_generate(self, task: str) -> int:
         """The generation length of ``task``: RULER's per base task unless ``max_new_tokens`` overrides it."""
         if self.max_new_tokens is not None:
@@ -157,7 +163,7 @@ class Ruler(Benchmark):
 
     def validate(self, context_window: int) -> None:
         super().validate(context_window)
-        worst = max(self.tokens_to_generate(t) for t in self.tasks)
+        worst = max(self.tokens_to_generate(t) for t in self.task_names)
         need = self.length if self.include_generation else self.length + worst
         if need > context_window:
             raise BenchmarkConfigError(
@@ -180,7 +186,7 @@ class Ruler(Benchmark):
 
     def available_tasks(self) -> list[str]:
         """The configured tasks minus qa tasks whose data cannot be found (logged once each)."""
-        return [t for t in self.tasks if t not in QA_TASKS or self._qa(t) is not None]
+        return [t for t in self.task_names if t not in QA_TASKS or self._qa(t) is not None]
 
     # -- generation ----------------------------------------------------------------------------------------------
 
@@ -188,7 +194,7 @@ class Ruler(Benchmark):
         text = render_prompt(tokenizer, built.user_text, self.chat_template, built.answer_prefix)
         return len(tokenize_prompt(tokenizer, text, self.chat_template))
 
-    def _builder(self, task: str, tokenizer):
+    def _builder(self, task: str, tokenizer) -> tuple[Callable[[int, int, int], gen.Built], int]:
         """``(build(size, seed, index) -> Built, lowest size)`` for ``task``."""
         base, args = TASKS[task]["task"], dict(TASKS[task]["args"])
         if base == "niah":
@@ -254,9 +260,13 @@ class Ruler(Benchmark):
             range(start, self.num_samples), desc=f"RULER {task} @{self.length}", disable=None, leave=False
         ):
             seed = stable_seed("ruler", self.seed, task, index)
+
+            def count(n: int, seed: int = seed, index: int = index) -> int:
+                return self._count(tokenizer, build(n, seed, index))
+
             try:
                 fit = gen.fit_size(
-                    lambda n, seed=seed, index=index: self._count(tokenizer, build(n, seed, index)),
+                    count,
                     target,
                     lowest,
                     start=previous.size if previous else None,

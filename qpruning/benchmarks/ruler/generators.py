@@ -157,8 +157,8 @@ def build_niah(
             sentences = []
             for _ in range(size):
                 key = _fresh(rng, type_needle_k, set(taken_keys))
-                value = _fresh(rng, type_needle_v, set(taken_values))
-                sentences.append(NEEDLE.format(type_needle_v=type_needle_v, key=key, value=value))
+                distractor = _fresh(rng, type_needle_v, set(taken_values))
+                sentences.append(NEEDLE.format(type_needle_v=type_needle_v, key=key, value=distractor))
         else:
             raise ValueError(f"unknown haystack {type_haystack!r}; allowed: essay, noise, needle")
         indexes = sorted(rng.sample(range(size), len(needles)), reverse=True)
