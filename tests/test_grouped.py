@@ -66,7 +66,7 @@ def test_a_group_writes_the_same_predictions_and_metrics_as_runs_one_by_one(one_
 
 def test_batched_decoding_keeps_each_runs_compression_and_here_its_tokens(one_by_one, tmp_path, caplog):
     group = runners(tmp_path)
-    with caplog.at_level("DEBUG", logger="qpruning.grouped"):
+    with caplog.at_level("DEBUG", logger="qpruning.evaluator"):
         GroupRunner(group, batch_decode=True).run()
     batched = [r.getMessage() for r in caplog.records if "decoded as one batch" in r.getMessage()]
     assert batched and all(" runs decoded" in m for m in batched)
@@ -86,7 +86,7 @@ def batched_and_alone(tmp_path, grid, caplog) -> tuple[list, list, list[str]]:
         runner.preloaded = loaded
         runner.run()
     group = runners(tmp_path / "batched", grid)
-    with caplog.at_level("DEBUG", logger="qpruning.grouped"):
+    with caplog.at_level("DEBUG", logger="qpruning.evaluator"):
         GroupRunner(group, batch_decode=True).run()
     return group, alone, [r.getMessage() for r in caplog.records]
 
