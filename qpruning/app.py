@@ -176,7 +176,7 @@ def runner_from_config(cfg, output_dir: str | Path) -> Runner:
     container["tokens"], container["budget"] = tokens, budget
     compressor = compressor_from_config(cfg, model, pruner=pruner, quantizer=quantizer, tokens=tokens, budget=budget,
                                         budget_mode=cfg.budget_mode, layers=layers, every_layer=bool(allocation))
-    labels = RunLabels.of(benchmark, model, compressor, quantizer=quantizer, layer_config=layer_config,
+    labels = RunLabels.of(benchmark, model, compressor, pruner=pruner, quantizer=quantizer, layer_config=layer_config,
                           experiment=cfg.get("experiment_name"), benchmark_variant=cfg.benchmark.name)
     run_logger = build(cfg, "logger") if cfg.get("logger") else NullLogger()
     return Runner(
