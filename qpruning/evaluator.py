@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -137,7 +137,7 @@ def until_eos(tokens: list[int], eos: set[int]) -> list[int]:
 
 # -- the loop --------------------------------------------------------------------------------------------------------
 
-Pending = list[tuple[EvaluatedRun, RunProgress]]
+Pending = Sequence[tuple[EvaluatedRun, RunProgress]]
 
 
 @dataclass
@@ -182,7 +182,7 @@ class Evaluator:
                 prefill = self._prefill(sample, needing) if shares and len(needing) > 1 else None
                 batches = self._decode_batches(needing) if self.decode == "batched" and prefill else [needing]
                 for batch in batches:
-                    together = self._decode_together(sample, prefill, batch) if len(batch) > 1 else {}
+                    together = self._decode_together(sample, prefill, batch) if prefill and len(batch) > 1 else {}
                     for i, (run, state) in enumerate(batch):
                         with current_run(run.output_dir), run.compressor.attach(self.model):
                             record = together[i] if i in together else self.evaluate(run, sample, prefill)
@@ -257,7 +257,7 @@ class Evaluator:
 
     def _decode_batches(self, needing: Pending) -> list[Pending]:
         """``needing`` in batches of runs with the same quantizer, storage and per-layer bits."""
-        batches: dict[tuple, Pending] = {}
+        batches: dict[tuple, list[tuple[EvaluatedRun, RunProgress]]] = {}
         for run, state in needing:
             compressor = run.compressor
             key = (repr(compressor.quantizer), compressor.storage_dtype, compressor.kernel, compressor.compat,
