@@ -182,7 +182,8 @@ class Evaluator:
                 prefill = self._prefill(sample, needing) if shares and len(needing) > 1 else None
                 batches = self._decode_batches(needing) if self.decode == "batched" and prefill else [needing]
                 for batch in batches:
-                    together = self._decode_together(sample, prefill, batch) if prefill and len(batch) > 1 else {}
+                    batched = self.decode == "batched" and prefill is not None and len(batch) > 1
+                    together = self._decode_together(sample, prefill, batch) if batched else {}
                     for i, (run, state) in enumerate(batch):
                         with current_run(run.output_dir), run.compressor.attach(self.model):
                             record = together[i] if i in together else self.evaluate(run, sample, prefill)

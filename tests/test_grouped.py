@@ -51,10 +51,14 @@ def one_by_one(tmp_path_factory):
     return root
 
 
-def test_a_group_writes_the_same_predictions_and_metrics_as_runs_one_by_one(one_by_one, tmp_path):
+def test_a_group_writes_the_same_predictions_and_metrics_as_runs_one_by_one(one_by_one, tmp_path, caplog):
     group = runners(tmp_path)
     assert len(group_runners(group)) == 1
-    GroupRunner(group).run()
+    with caplog.at_level("DEBUG", logger="qpruning.evaluator"):
+        GroupRunner(group).run()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("one prefill of" in m for m in messages)
+    assert not any("decoded as one batch" in m or "decoded alone" in m for m in messages)  # batch_decode is off
     for runner in group:
         reference = one_by_one / runner.output_dir.name
         assert records(runner.output_dir) == records(reference), runner.output_dir.name
