@@ -3,8 +3,8 @@ objects from it. The library below (:class:`~qpruning.runner.Runner`, the compre
 ``qpruning.optimize``'s search) takes plain Python values and does not import Hydra or OmegaConf.
 
 - :func:`runner_from_config` / :func:`run_job`: ``python run.py`` / ``qpruning run`` (one job);
-- :func:`launch_grouped`: ``python run.py -m`` (``hydra/launcher=grouped``, the default): a sweep's jobs in groups
-  that share each sample's prefill (:mod:`qpruning.grouped`);
+- :func:`summary_line`: the line each job prints (the grouped launcher of ``python run.py -m``,
+  :mod:`qpruning.launcher`, prints it too);
 - :func:`optimize_setup` / :func:`run_optimize_job`: ``qpruning optimize``;
 - :func:`register_resolvers`: the ``qp.*`` resolvers that name run folders;
 - :func:`build` and the checks of a composed configuration that no single dataclass owns (``tokens`` typed over
@@ -19,18 +19,16 @@ An allocation file (``allocation=...``) is read here and turned into a plain per
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
 from qpruning.compat import paper_sinks, paper_window
 from qpruning.compressor import KVCompressor
@@ -140,6 +138,23 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("qp.suffix", lambda value: "" if value in (None, "") else f"-{value}")
 
 
+def compressor_from_config(cfg, spec, **fields) -> KVCompressor:
+    """The :class:`KVCompressor` of a composed configuration (``conf/config.yaml`` or ``conf/optimize.yaml``) for the
+    model ``spec``: its ``pruner`` and ``quant`` (unless given), the keys every compressor reads, and ``fields``."""
+    if "pruner" not in fields:
+        fields["pruner"] = build(cfg, "pruner")
+    if "quantizer" not in fields:
+        fields["quantizer"] = build(cfg, "quant")
+    return KVCompressor(
+        full_cache_tokens=spec.context_window if cfg.full_cache_tokens is None else cfg.full_cache_tokens,
+        storage_dtype=cfg.get("storage_dtype"),
+        kernel=cfg.get("kernel", "auto"),
+        compat=cfg.get("compat", "methods"),
+        sliding=cfg.get("sliding", "keep"),
+        **fields,
+    )
+
+
 def runner_from_config(cfg, output_dir: str | Path) -> Runner:
     """Build a :class:`Runner` from a composed Hydra config (``conf/config.yaml``)."""
     container = OmegaConf.to_container(cfg, resolve=True)
@@ -159,37 +174,10 @@ def runner_from_config(cfg, output_dir: str | Path) -> Runner:
         if found.budget is not None:
             budget = found.budget
     container["tokens"], container["budget"] = tokens, budget
-    compressor = KVCompressor(
-        pruner=pruner,
-        quantizer=quantizer,
-        tokens=tokens,
-        budget=budget,
-        budget_mode=cfg.budget_mode,
-        full_cache_tokens=model.context_window if cfg.full_cache_tokens is None else cfg.full_cache_tokens,
-        layers=layers,
-        storage_dtype=cfg.get("storage_dtype"),
-        kernel=cfg.get("kernel", "auto"),
-        every_layer=bool(allocation),
-        compat=cfg.get("compat", "methods"),
-        sliding=cfg.get("sliding", "keep"),
-    )
-    labels = RunLabels(
-        # The benchmark itself (niah, ruler...), not the config variant (niah_small, ruler_8k), which only
-        # chooses samples: reports group runs by benchmark and benchmark_length.
-        benchmark=type(benchmark).name,
-        model=model.name,
-        pruner=pruner.name,
-        quant=quantizer.label,
-        bits=quantizer.bits,
-        group_size=quantizer.group_size,
-        tokens=compressor.tokens,
-        budget=compressor.budget,
-        budget_mode=compressor.budget_mode,
-        layer_config=layer_config,
-        compat=compressor.compat,
-        experiment=cfg.get("experiment_name"),
-        benchmark_variant=cfg.benchmark.name,
-    )
+    compressor = compressor_from_config(cfg, model, pruner=pruner, quantizer=quantizer, tokens=tokens, budget=budget,
+                                        budget_mode=cfg.budget_mode, layers=layers, every_layer=bool(allocation))
+    labels = RunLabels.of(benchmark, model, compressor, pruner=pruner, quantizer=quantizer, layer_config=layer_config,
+                          experiment=cfg.get("experiment_name"), benchmark_variant=cfg.benchmark.name)
     run_logger = build(cfg, "logger") if cfg.get("logger") else NullLogger()
     return Runner(
         model=model,
@@ -215,119 +203,6 @@ def run_job(cfg) -> float | None:
     metrics = runner.run()  # a locked folder or a failed write is a UserError: one line (qpruning.entry)
     print(summary_line(metrics, runner.output_dir), flush=True)
     return metrics.get("score")
-
-
-# -- python run.py -m: the grouped launcher -----------------------------------------------------------------
-
-def launch_grouped(hydra_context, task_function, config, job_overrides, initial_job_idx: int,
-                   batch_decode: bool = False, indices: list[int] | None = None) -> list:
-    """What ``hydra/launcher=grouped`` (the default of ``python run.py -m``) does with a sweep's jobs.
-
-    Each job is set up as Hydra's basic launcher sets it up (its composed configuration, its folder, its
-    ``.hydra/`` files, its log file), and its :class:`Runner` built, not run (``task_function.runner``; a task
-    without one runs job by job, as the basic launcher runs it). The runners are then run in groups that share
-    model, benchmark, limit and seed (:func:`qpruning.grouped.group_runners`): one prefill per sample for the whole
-    group (:class:`~qpruning.grouped.GroupRunner`). Each job's log file gets its own run's lines and the group's
-    shared ones; each job prints its summary line and returns its score, as one by one. ``batch_decode``: see
-    :class:`~qpruning.grouped.GroupRunner` (``hydra.launcher.batch_decode=true``). ``indices``: the jobs' numbers
-    in the sweep (default: from ``initial_job_idx`` on; a Slurm group's jobs need not be consecutive).
-    """
-    from hydra.core.utils import JobStatus, configure_log, filter_overrides, setup_globals
-    from hydra.core.utils import run_job as hydra_run_job
-
-    from qpruning.errors import reported
-    from qpruning.grouped import GroupRunner, group_runners
-
-    setup_globals()
-    configure_log(config.hydra.hydra_logging, config.hydra.verbose)
-    Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-    build = getattr(task_function, "runner", None)
-    logger.info("Launching %d jobs locally%s", len(job_overrides),
-                ", grouped: one prefill per sample for the jobs that share model, benchmark and samples"
-                if build else " (a task without runners: one by one)")
-    jobs = []
-    indices = list(indices) if indices is not None else [initial_job_idx + i for i in range(len(job_overrides))]
-    for idx, overrides in zip(indices, job_overrides):
-        logger.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))
-        sweep_config = hydra_context.config_loader.load_sweep_config(config, list(overrides))
-        with open_dict(sweep_config):
-            sweep_config.hydra.job.id = idx
-            sweep_config.hydra.job.num = idx
-        ret = hydra_run_job(hydra_context=hydra_context, task_function=build or task_function, config=sweep_config,
-                            job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
-        jobs.append((sweep_config, ret))
-        configure_log(config.hydra.hydra_logging, config.hydra.verbose)
-    if build is None:
-        return [ret for _, ret in jobs]
-    built = {id(ret.return_value): (job_config, ret) for job_config, ret in jobs if ret.status == JobStatus.COMPLETED}
-    groups = group_runners([ret.return_value for _, ret in jobs if ret.status == JobStatus.COMPLETED])
-    logger.info("%d jobs in %d groups: %s", len(built), len(groups), ", ".join(str(len(g)) for g in groups))
-    for group in groups:
-        members = [built[id(runner)] for runner in group]
-        with _run_logs(members, config.hydra.verbose):
-            try:
-                with reported():  # a UserError ends the sweep with its one line, as in a one-by-one job
-                    results = GroupRunner(group, batch_decode=batch_decode).run()
-            except Exception as exc:
-                logger.exception("group of %d jobs failed", len(group))
-                for _, ret in members:
-                    ret.return_value, ret.status = exc, JobStatus.FAILED
-            else:
-                for runner, metrics, (_, ret) in zip(group, results, members):
-                    print(summary_line(metrics, runner.output_dir), flush=True)
-                    ret.return_value = metrics.get("score")
-        configure_log(config.hydra.hydra_logging, config.hydra.verbose)
-    return [ret for _, ret in jobs]
-
-
-GROUP_KEYS = ("model", "benchmark", "limit", "seed")
-
-
-def job_group_key(cfg) -> str:
-    """What the jobs of one group share (:func:`qpruning.grouped.shareable` checks it again on the runners)."""
-    return repr([OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
-                 for k in GROUP_KEYS])
-
-
-def group_jobs(hydra_context, config, job_overrides, initial_job_idx: int) -> list[list[tuple[int, list[str]]]]:
-    """A sweep's ``(job number, overrides)`` in groups of :func:`job_group_key`, in order of first appearance."""
-    groups: dict[str, list[tuple[int, list[str]]]] = {}
-    for offset, overrides in enumerate(job_overrides):
-        cfg = hydra_context.config_loader.load_sweep_config(config, list(overrides))
-        groups.setdefault(job_group_key(cfg), []).append((initial_job_idx + offset, list(overrides)))
-    return list(groups.values())
-
-
-@contextlib.contextmanager
-def _run_logs(members: list, verbose) -> Iterator[None]:
-    """Within the block, logging as the first job's ``hydra.job_logging`` sets it, its file handlers copied into
-    every member job's folder, each one filtered to its run (:class:`~qpruning.grouped.RunLogFilter`)."""
-    from hydra.core.utils import configure_log
-
-    from qpruning.grouped import RunLogFilter
-
-    configure_log(members[0][0].hydra.job_logging, verbose)
-    root = logging.getLogger()
-    templates = [h for h in root.handlers if isinstance(h, logging.FileHandler)]
-    for handler in templates:
-        root.removeHandler(handler)
-        handler.close()
-    handlers = []
-    for job_config, _ in members:
-        folder = Path(job_config.hydra.runtime.output_dir)
-        for template in templates:
-            handler = logging.FileHandler(folder / Path(template.baseFilename).name, encoding=template.encoding)
-            handler.setFormatter(template.formatter)
-            handler.setLevel(template.level)
-            handler.addFilter(RunLogFilter(folder))
-            root.addHandler(handler)
-            handlers.append(handler)
-    try:
-        yield
-    finally:
-        for handler in handlers:
-            root.removeHandler(handler)
-            handler.close()
 
 
 def summary_line(metrics: dict[str, Any], output_dir: Path) -> str:
@@ -374,14 +249,7 @@ def optimize_setup(cfg) -> OptimizeSetup:
     spec = build(cfg, "model")
     if cfg.get("budget") is None:
         raise ConfigError("budget=null: the search needs a budget", "allowed: a fraction in (0, 1], e.g. 0.03125")
-    base = KVCompressor(
-        pruner=build(cfg, "pruner"),
-        quantizer=build(cfg, "quant"),
-        budget=cfg.budget,
-        budget_mode="exact",
-        full_cache_tokens=spec.context_window if cfg.full_cache_tokens is None else cfg.full_cache_tokens,
-        storage_dtype=cfg.get("storage_dtype"),
-    )
+    base = compressor_from_config(cfg, spec, budget=cfg.budget, budget_mode="exact")
     choices = cfg.get("bits_choices")
     choices = list(choices) if OmegaConf.is_list(choices) else choices
     if not isinstance(choices, list):

@@ -53,14 +53,11 @@ def run_task(cfg) -> float | None:
 
 def run_task_runner(cfg):
     """:func:`run_task`'s job as a :class:`~qpruning.runner.Runner`, built and not run: the grouped launcher
-    (``hydra/launcher=grouped``, :func:`qpruning.app.launch_grouped`) runs a sweep's runners in groups."""
+    (``hydra/launcher=grouped``, :data:`qpruning.launcher.GROUPED_TASKS`) runs a sweep's runners in groups."""
     from qpruning.app import job_runner
 
     with reported():
         return job_runner(cfg)
-
-
-run_task.runner = run_task_runner  # type: ignore[attr-defined]
 
 
 def optimize_task(cfg) -> float:

@@ -53,6 +53,24 @@ class RunLabels:
     experiment: str | None = field(default=None, metadata={"key": False})
     benchmark_variant: str | None = field(default=None, metadata={"key": False})
 
+    @classmethod
+    def of(cls, benchmark, model, compressor, *, pruner=None, quantizer=None, layer_config: str | None = None,
+           experiment: str | None = None, benchmark_variant: str | None = None) -> RunLabels:
+        """The labels of a run of ``benchmark`` on ``model`` (a :class:`~qpruning.models.ModelSpec`) with
+        ``compressor`` (a :class:`~qpruning.compressor.KVCompressor`): every configuration label read from them.
+        The benchmark label is the benchmark itself (niah, ruler...), not the config variant (niah_small,
+        ruler_8k), which only chooses samples (``benchmark_variant``): reports group runs by benchmark and
+        benchmark_length. ``pruner``, ``quantizer``: the ones configured (default: the compressor's; ``compat=paper``
+        swaps the quantizer for its HQQ counterpart, and the labels name the configured one)."""
+        pruner = compressor.pruner if pruner is None else pruner
+        quantizer = compressor.quantizer if quantizer is None else quantizer
+        return cls(
+            benchmark=type(benchmark).name, model=model.name, pruner=pruner.name, quant=quantizer.label,
+            bits=quantizer.bits, group_size=quantizer.group_size, tokens=compressor.tokens, budget=compressor.budget,
+            budget_mode=compressor.budget_mode, layer_config=layer_config, compat=compressor.compat,
+            experiment=experiment, benchmark_variant=benchmark_variant,
+        )
+
 
 BENCHMARK_LENGTH = "benchmark_length"
 """The one key field the run's benchmark gives (its context length), written next to the labels."""

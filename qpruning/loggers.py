@@ -12,10 +12,13 @@ run can be uploaded later with ``wandb sync``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import time
+from collections.abc import Iterator
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -31,6 +34,36 @@ DEFAULT_BASE_URL = "https://api.wandb.ai"
 PROBE_TIMEOUT = 3.0  # seconds to reach the W&B server before going offline
 INIT_TIMEOUT = 3.0  # wandb's init_timeout online before going offline (wandb.init itself takes a few s more)
 LOGGER_MODES = ("online", "offline", "disabled")  # logger.mode; null: WANDB_MODE decides
+
+# -- the log file of each run of a group ----------------------------------------------------------------------
+
+# The folder of the run that one process running several runs is working on (None: work for all of them, such as
+# loading the model or a shared prefill), for the log files of each run (:class:`RunLogFilter`).
+_CURRENT_RUN: ContextVar[Path | None] = ContextVar("qpruning_current_run", default=None)
+
+
+@contextlib.contextmanager
+def current_run(folder: Path) -> Iterator[None]:
+    """Within the block, log records belong to the run of ``folder`` (:class:`RunLogFilter`)."""
+    token = _CURRENT_RUN.set(Path(folder).resolve())
+    try:
+        yield
+    finally:
+        _CURRENT_RUN.reset(token)
+
+
+class RunLogFilter(logging.Filter):
+    """Lets through, for run ``folder``'s own log file, the records of that run and those of no run in particular
+    (what its group does for all its runs): each run's log reads as if it had run alone, shared work included."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__()
+        self.folder = Path(folder).resolve()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        current = _CURRENT_RUN.get()
+        return current is None or current == self.folder
+
 
 
 def _server_reachable(base_url: str, timeout: float) -> bool:

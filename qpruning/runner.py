@@ -1,5 +1,10 @@
 """One run: a model, a compressor and a benchmark -> ``predictions.jsonl`` + ``metrics.json`` in a folder.
 
+:class:`Runner` is one run's definition and its record store: its folder, its lock, what is left to do
+(:meth:`Runner.begin`), each record appended (:meth:`Runner.append`), the metrics written (:meth:`Runner.finish`).
+The records themselves are made by :class:`~qpruning.evaluator.Evaluator`, for one run or for several that share a
+model and a benchmark's samples (:func:`run_all`; :mod:`qpruning.grouped` forms such groups).
+
 The run is resumable at sample granularity. Each finished sample is appended to ``predictions.jsonl`` and
 flushed to disk before the next one starts; a rerun of the same folder reads the ids already there and does only
 the rest, so a run killed at any moment loses no finished sample and repeats none (a line cut in half by the kill,
@@ -30,16 +35,16 @@ from typing import Any
 
 import torch
 
-from qpruning.benchmarks import Benchmark, SampleError
+from qpruning.benchmarks import Benchmark
 from qpruning.benchmarks.base import EVALUATIONS
 from qpruning.compressor import KVCompressor
 from qpruning.errors import ConfigError, DataError, check_choice, check_int, check_seed, is_int
+from qpruning.evaluator import Evaluator
 from qpruning.identity import RunLabels, input_files, run_hash
-from qpruning.loggers import NullLogger, RunLogger
+from qpruning.loggers import NullLogger, RunLogger, current_run
 from qpruning.models import ModelSpec
 from qpruning.records import append_jsonl, read_jsonl, write_json_atomic
 from qpruning.runlock import RunLock
-from qpruning.transformers_api import cache_kwargs
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +79,7 @@ class RunState:
         live_logger: whether the run's logger gets each sample as it finishes (else all at the end).
         metrics: set when the run was complete already: its metrics, nothing to do.
         new: the records this attempt added.
-        shared: whether the run shares its time with others (:mod:`qpruning.grouped`): its ``seconds`` are then the
+        shared: whether the run shares its time with others (:func:`run_all`): its ``seconds`` are then the
             sum of its new records' (each with its share of the shared prefill), not the attempt's wall time.
     """
 
@@ -90,7 +95,7 @@ class RunState:
 
 @dataclass
 class Runner:
-    """Run one benchmark on one model with one compressor, into ``output_dir``.
+    """One benchmark on one model with one compressor, into ``output_dir``: the run and its record store.
 
     Args:
         model: what to load (unless ``preloaded`` holds it already).
@@ -186,8 +191,12 @@ class Runner:
                             "sample ids", "allowed: data whose samples have distinct ids")
         return tokenizer, samples
 
+    def lock(self) -> RunLock:
+        """The folder's lock (:class:`~qpruning.runlock.RunLock`): one process at a time runs the folder."""
+        return RunLock(self.output_dir)
+
     def run(self) -> dict[str, Any]:
-        """Run (or finish) the benchmark; returns the metrics.
+        """Run (or finish) the benchmark; returns the metrics (:func:`run_all` of this run alone).
 
         The folder is locked for this process (:class:`~qpruning.runlock.RunLock`: a second process stops with
         :class:`~qpruning.runlock.RunLockedError`). ``metrics.json`` covers the first ``limit`` samples (its
@@ -195,8 +204,7 @@ class Runner:
         its samples, computed from ``predictions.jsonl``, the file untouched); a larger one runs the samples
         still missing and rewrites ``metrics.json``.
         """
-        with RunLock(self.output_dir):
-            return self._run_locked()
+        return run_all([self], loaded=self.preloaded)[0]
 
     def _completed_limit(self) -> tuple[dict[str, Any] | None, bool]:
         """``(metrics.json, whether it covers this run's samples)``; ``(None, False)`` when there is none."""
@@ -207,34 +215,26 @@ class Runner:
         metrics.setdefault("limit", done_limit)
         return metrics, done_limit is None or (self.limit is not None and self.limit <= done_limit)
 
-    def _run_locked(self) -> dict[str, Any]:
-        state = self.begin()
-        if state.metrics is not None:
-            return state.metrics
-        if state.todo:
-            torch.manual_seed(self.seed)
-            model, tokenizer = self.preloaded or self.model.load()
-            self._run_samples(model, tokenizer, state)
-        return self.finish(state)
-
-    def begin(self, live_logger: bool = True, prepare: Callable[[], tuple] | None = None) -> RunState:
-        """What the run has left to do (call it holding the folder's lock: :meth:`run` does).
+    def begin(self, live_logger: bool = True, prepare: Callable[[], tuple] | None = None,
+              shared: bool = False) -> RunState:
+        """What the run has left to do (call it holding the folder's lock: :func:`run_all` does).
 
         A run complete already for its limit gets ``metrics`` set and nothing to do. ``live_logger``: start the
         run's logger now and send it each sample as it finishes (False: :meth:`finish` sends them all at the end,
         for runs that interleave in one process). ``prepare``: what gives ``(tokenizer, samples)`` (default:
-        :meth:`prepare`; runs of one benchmark share them)."""
+        :meth:`prepare`; runs of one benchmark share them). ``shared``: the run shares its time with others
+        (:attr:`RunState.shared`)."""
         complete, covered = self._completed_limit()
         if covered and complete["limit"] == self.limit:
             logger.info("%s is complete already: nothing to do", self.output_dir)
-            return RunState([], [], [], time.time(), live_logger, metrics=complete)
+            return RunState([], [], [], time.time(), live_logger, metrics=complete, shared=shared)
         _, samples = (prepare or self.prepare)()
         records = {r["id"]: r for r in read_predictions(self.predictions_path)}
         if covered and all(s.id in records for s in samples):  # a smaller limit than the one completed
             logger.info("%s is complete already (limit %s): the metrics of its first %d samples, metrics.json "
                         "unchanged", self.output_dir, complete["limit"], len(samples))
             return RunState(samples, [], [], time.time(), live_logger,
-                            metrics=self._metrics([records[s.id] for s in samples], 0.0))
+                            metrics=self._metrics([records[s.id] for s in samples], 0.0), shared=shared)
         logger.info("Run %s: %s on %s, %s", self.output_dir, self.labels.benchmark, self.model.name,
                     self.compressor.describe())
         todo = [s for s in samples if s.id not in records]
@@ -243,7 +243,19 @@ class Runner:
         if live_logger:
             self.run_logger.start(self.config, self.output_dir)
         done = [records[s.id] for s in samples if s.id in records]
-        return RunState(samples, todo, done, time.time(), live_logger)
+        return RunState(samples, todo, done, time.time(), live_logger, shared=shared)
+
+    def append(self, state: RunState, record: dict[str, Any]) -> float | None:
+        """Append ``record`` to ``predictions.jsonl`` (durable before the next sample) and to ``state``; returns the
+        running score."""
+        append_record(self.predictions_path, record)
+        state.done.append(record)
+        state.new.append(record)
+        running = _finite(self.benchmark.aggregate(state.done).get("score"))
+        if state.live_logger:
+            self.run_logger.log_sample(record, done=len(state.done), total=len(state.samples),
+                                       running_score=running)
+        return running
 
     def finish(self, state: RunState) -> dict[str, Any]:
         """Write ``metrics.json`` from ``predictions.jsonl`` once every sample of ``state`` is in."""
@@ -261,128 +273,6 @@ class Runner:
         logger.info("%s: score %.2f over %d samples (%d failed)", self.labels.benchmark, score,
                     metrics["samples"], metrics["failed"])
         return metrics
-
-    def _run_samples(self, model, tokenizer, state: RunState) -> None:
-        """Run the samples of ``state.todo``, appending each record."""
-        from tqdm.auto import tqdm
-
-        with self.compressor.attach(model), torch.inference_mode():
-            progress = tqdm(state.todo, desc=f"{self.labels.benchmark} {self.labels.pruner} {self.labels.bits}-bit",
-                            unit="sample", dynamic_ncols=True)
-            for sample in progress:
-                running = self.add_record(state, self.evaluate(model, tokenizer, sample))
-                if running is not None:
-                    progress.set_postfix(score=f"{running:.1f}")
-
-    def evaluate(self, model, tokenizer, sample, prefill=None) -> dict[str, Any]:
-        """One sample's record (a :class:`SampleError` gives a failed record), inside ``compressor.attach``.
-
-        ``prefill``: a :class:`~qpruning.prefill.SharedPrefill` of this sample's prompt, recorded once for several
-        runs; generation then starts from it (the same tokens), and the record's ``seconds`` include an even share
-        of the recorded prefill (its ``share_seconds``)."""
-        started = time.time()
-        try:
-            if self.benchmark.evaluation == "generate":
-                record = self._generate_sample(model, tokenizer, sample, prefill)
-            else:
-                record = self._cross_entropy_sample(model, tokenizer, sample)
-        except SampleError as exc:
-            record = self.failed_record(sample, exc)
-        share = prefill.share_seconds if prefill is not None else 0.0
-        record["seconds"] = round(time.time() - started + share, 3)
-        return record
-
-    def failed_record(self, sample, exc: SampleError) -> dict[str, Any]:
-        """The record of a sample that failed with ``exc`` (logged as a warning)."""
-        logger.warning("sample %s failed: %s", sample.id, exc)
-        record = self._base_record(sample)
-        record.update(status="failed", error=str(exc), score=None)
-        return record
-
-    def add_record(self, state: RunState, record: dict[str, Any]) -> float | None:
-        """Append ``record`` to ``predictions.jsonl`` (durable before the next sample) and to ``state``; returns the
-        running score."""
-        append_record(self.predictions_path, record)
-        state.done.append(record)
-        state.new.append(record)
-        running = _finite(self.benchmark.aggregate(state.done).get("score"))
-        if state.live_logger:
-            self.run_logger.log_sample(record, done=len(state.done), total=len(state.samples),
-                                       running_score=running)
-        return running
-
-    def _base_record(self, sample) -> dict[str, Any]:
-        return {
-            "id": sample.id,
-            "task": sample.task,
-            "status": "ok",
-            "error": None,
-            "prediction": None,
-            "answers": sample.answers,
-            "score": None,
-            "length": sample.length,
-            "input_tokens": None,
-            "kept_tokens": None,
-            "kv_bytes": None,
-            "kv_bytes_full": None,
-            "kv_bytes_global": None,
-            "kv_bytes_full_global": None,
-            "extra": dict(sample.extra),
-        }
-
-    def _cache_fields(self, record: dict[str, Any], cache) -> None:
-        summary = cache.prefill_summary or cache.summary()
-        record["kept_tokens"] = summary["kept_tokens"]
-        record["kv_bytes"] = summary["kv_bytes"]
-        record["kv_bytes_full"] = summary["kv_bytes_full"]
-        # the global layers alone: what a budget is a fraction of (the totals, without sliding-window layers)
-        record["kv_bytes_global"] = summary["kv_bytes_global"]
-        record["kv_bytes_full_global"] = summary["kv_bytes_full_global"]
-
-    def prompt(self, model, tokenizer, sample) -> tuple[torch.Tensor, dict[str, Any]]:
-        """``(input_ids [1, seq] on the model's device, generate's keyword arguments)`` of a sample."""
-        max_input = self.benchmark.max_input_tokens(sample, self.model.context_window)
-        ids = self.benchmark.encode(sample, tokenizer, max_input, chat_template=self.model.chat_template)
-        device = next(model.parameters()).device
-        input_ids = torch.tensor([ids], dtype=torch.long, device=device)
-        kwargs = dict(self.benchmark.generation_kwargs(sample, tokenizer))
-        kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
-        return input_ids, kwargs
-
-    def _generate_sample(self, model, tokenizer, sample, prefill=None) -> dict[str, Any]:
-        input_ids, kwargs = self.prompt(model, tokenizer, sample)
-        cache = self.compressor.new_cache(model)
-        shared = prefill.replayed(model, self.compressor, cache) if prefill is not None else contextlib.nullcontext()
-        with shared:
-            output = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), **cache_kwargs(model, cache),
-                                    **kwargs)
-        return self.generated_record(sample, tokenizer, output[0, input_ids.shape[1]:], input_ids.shape[1], cache)
-
-    def generated_record(self, sample, tokenizer, new_tokens, input_tokens: int, cache) -> dict[str, Any]:
-        """A generated sample's record: its prediction and score from ``new_tokens``, the cache's sizes after
-        prefill."""
-        record = self._base_record(sample)
-        text = tokenizer.decode(new_tokens, skip_special_tokens=True)
-        prediction = self.benchmark.postprocess(sample, text)
-        record["prediction"] = prediction
-        record["score"] = float(self.benchmark.score(sample, prediction))
-        record["input_tokens"] = input_tokens
-        record["extra"].update(self.benchmark.details(sample, prediction))
-        self._cache_fields(record, cache)
-        return record
-
-    def _cross_entropy_sample(self, model, tokenizer, sample) -> dict[str, Any]:
-        from qpruning.benchmarks import continuation_cross_entropy
-
-        record = self._base_record(sample)
-        prefix, continuation = self.benchmark.split(sample, tokenizer)
-        cache = self.compressor.new_cache(model)
-        value = continuation_cross_entropy(model, prefix, continuation, cache=cache)
-        record["prediction"] = None
-        record["score"] = float(self.benchmark.score(sample, value))
-        record["input_tokens"] = len(prefix)
-        self._cache_fields(record, cache)
-        return record
 
     def _metrics(self, records: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
         ok = [r for r in records if r.get("status") == "ok"]
@@ -419,6 +309,47 @@ class Runner:
         }
         for key, value in summary.items():
             metrics.setdefault(key, value)
+        return metrics
+
+
+def run_all(runners: list[Runner], decode: str = "shared", loaded: tuple | None = None) -> list[dict[str, Any]]:
+    """Run (or finish) ``runners``, which share a model and a benchmark's samples, on one loaded model with one
+    :class:`~qpruning.evaluator.Evaluator` (``decode``: its strategy); returns each one's metrics, in order.
+
+    Every folder is locked meanwhile; each run starts from what its folder holds (:meth:`Runner.begin`), gets each
+    record as it is made (:meth:`Runner.append`) and writes its metrics (:meth:`Runner.finish`). The tokenizer and
+    the samples are made once (each run still validates its configuration); the model is loaded once, only if
+    some run has samples left (``loaded``: ``(model, tokenizer)`` already in memory). Of several runs, each one's
+    ``seconds`` are the sum of its records' (:attr:`RunState.shared`), and the W&B runs get their samples at the end
+    when more than one run logs (one process holds one live W&B run at a time)."""
+    first, group = runners[0], len(runners) > 1
+    logging_runs = sum(not isinstance(r.run_logger, NullLogger) for r in runners)
+    with contextlib.ExitStack() as stack:
+        for runner in runners:
+            stack.enter_context(runner.lock())
+        prepared: list[tuple] = []
+
+        def prepare(runner: Runner) -> tuple:
+            if prepared:
+                runner.validate()
+            else:
+                prepared.append(runner.prepare())
+            return prepared[0]
+
+        states = []
+        for runner in runners:
+            with current_run(runner.output_dir):
+                states.append(runner.begin(live_logger=logging_runs <= 1, prepare=lambda runner=runner: prepare(runner),
+                                           shared=group))
+        pending = [(r, s) for r, s in zip(runners, states) if s.metrics is None and s.todo]
+        if pending:
+            torch.manual_seed(first.seed)
+            model, tokenizer = loaded or first.model.load()
+            Evaluator(model, tokenizer, decode=decode, group=group).run(pending)
+        metrics = []
+        for runner, state in zip(runners, states):
+            with current_run(runner.output_dir):
+                metrics.append(state.metrics if state.metrics is not None else runner.finish(state))
         return metrics
 
 

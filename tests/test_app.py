@@ -74,6 +74,19 @@ def test_the_report_key_is_the_labels_less_where_runs_come_from_plus_the_benchma
     assert set(KEY_FIELDS) == {*vars(labels), "benchmark_length"} - {"experiment", "benchmark_variant"}
 
 
+def test_run_labels_of_a_compressor_read_every_label_from_it():
+    from qpruning import KIVI, KVCompressor, SnapKV
+    from qpruning.benchmarks.niah import NeedleInAHaystack
+    from qpruning.models import ModelSpec
+
+    compressor = KVCompressor(pruner=SnapKV(), quantizer=KIVI(bits=4), budget=0.25, budget_mode="exact")
+    labels = RunLabels.of(NeedleInAHaystack(), ModelSpec(name="m", name_or_path="tiny:llama"), compressor,
+                          layer_config="found", experiment="optimize", benchmark_variant="niah")
+    assert labels == RunLabels(benchmark="niah", model="m", pruner="snapkv", quant="kivi", bits=4, group_size=64,
+                               budget=0.25, budget_mode="exact", layer_config="found", experiment="optimize",
+                               benchmark_variant="niah")
+
+
 def test_a_benchmark_with_an_unknown_evaluation_mode_is_refused(tmp_path):
     runner = runner_from_config(compose_config(), tmp_path)
     runner.benchmark.evaluation = "beam_search"  # a benchmark that declares a mode the runner does not have
@@ -94,7 +107,7 @@ def imported_modules(path: Path) -> set[str]:
 
 
 def test_only_the_application_and_its_front_door_import_hydra():
-    allowed = {"app.py", "entry.py"}
+    allowed = {"app.py", "entry.py", "launcher.py"}  # the application, its front door, its launcher
     offenders = [
         str(path.relative_to(PACKAGE)) for path in PACKAGE.rglob("*.py")
         if path.name not in allowed and any(m.split(".")[0] == "hydra" for m in imported_modules(path))

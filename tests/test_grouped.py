@@ -51,10 +51,14 @@ def one_by_one(tmp_path_factory):
     return root
 
 
-def test_a_group_writes_the_same_predictions_and_metrics_as_runs_one_by_one(one_by_one, tmp_path):
+def test_a_group_writes_the_same_predictions_and_metrics_as_runs_one_by_one(one_by_one, tmp_path, caplog):
     group = runners(tmp_path)
     assert len(group_runners(group)) == 1
-    GroupRunner(group).run()
+    with caplog.at_level("DEBUG", logger="qpruning.evaluator"):
+        GroupRunner(group).run()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("one prefill of" in m for m in messages)
+    assert not any("decoded as one batch" in m or "decoded alone" in m for m in messages)  # batch_decode is off
     for runner in group:
         reference = one_by_one / runner.output_dir.name
         assert records(runner.output_dir) == records(reference), runner.output_dir.name
@@ -66,7 +70,7 @@ def test_a_group_writes_the_same_predictions_and_metrics_as_runs_one_by_one(one_
 
 def test_batched_decoding_keeps_each_runs_compression_and_here_its_tokens(one_by_one, tmp_path, caplog):
     group = runners(tmp_path)
-    with caplog.at_level("DEBUG", logger="qpruning.grouped"):
+    with caplog.at_level("DEBUG", logger="qpruning.evaluator"):
         GroupRunner(group, batch_decode=True).run()
     batched = [r.getMessage() for r in caplog.records if "decoded as one batch" in r.getMessage()]
     assert batched and all(" runs decoded" in m for m in batched)
@@ -86,7 +90,7 @@ def batched_and_alone(tmp_path, grid, caplog) -> tuple[list, list, list[str]]:
         runner.preloaded = loaded
         runner.run()
     group = runners(tmp_path / "batched", grid)
-    with caplog.at_level("DEBUG", logger="qpruning.grouped"):
+    with caplog.at_level("DEBUG", logger="qpruning.evaluator"):
         GroupRunner(group, batch_decode=True).run()
     return group, alone, [r.getMessage() for r in caplog.records]
 

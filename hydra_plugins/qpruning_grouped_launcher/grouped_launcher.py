@@ -1,6 +1,6 @@
 """The grouped launcher: a sweep's jobs that share model, benchmark and samples run with one prefill per sample.
 
-The work is :func:`qpruning.app.launch_grouped`; this class is what Hydra instantiates.
+The work is :func:`qpruning.launcher.launch_grouped`; this class is what Hydra instantiates.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class GroupedLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from qpruning.app import launch_grouped
+        from qpruning.launcher import launch_grouped
 
         if self.config is None or self.hydra_context is None or self.task_function is None:
             raise RuntimeError("GroupedLauncher.launch before setup")

@@ -1,8 +1,8 @@
 """The grouped launcher on Slurm (``hydra/launcher=slurm_gpu_grouped``): one Slurm job per group of a sweep's jobs.
 
-The jobs that share model, benchmark, ``limit`` and ``seed`` (:func:`qpruning.app.job_group_key`, from their
+The jobs that share model, benchmark, ``limit`` and ``seed`` (:func:`qpruning.launcher.job_group_key`, from their
 composed configurations, on the submitting machine) go to one Slurm job, which runs them as the local grouped
-launcher does (:func:`qpruning.app.launch_grouped`: one prefill per sample for the group). Everything else is the
+launcher does (:func:`qpruning.launcher.launch_grouped`: one prefill per sample for the group). Everything else is the
 submitit launcher's (hydra-submitit-launcher, ``pip install -e .[slurm]``): its parameters, its executor, its
 requeueing; a group's Slurm job resubmitted after a timeout resumes each run where its files stop.
 """
@@ -27,7 +27,7 @@ if SlurmLauncher is not None:
     class GroupedSlurmLauncher(SlurmLauncher):
         def group_call(self, jobs: list[list[str]], indices: list[int], singleton_state: dict) -> list[JobReturn]:
             """What one Slurm job runs: a group of the sweep's jobs, with one prefill per sample."""
-            from qpruning.app import launch_grouped
+            from qpruning.launcher import launch_grouped
 
             Singleton.set_state(singleton_state)
             return launch_grouped(self.hydra_context, self.task_function, self.config, jobs, indices[0],
@@ -39,7 +39,7 @@ if SlurmLauncher is not None:
             return submitit.helpers.DelayedSubmission(self.group_call, *args, **kwargs)
 
         def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-            from qpruning.app import group_jobs
+            from qpruning.launcher import group_jobs
 
             groups = group_jobs(self.hydra_context, self.config, job_overrides, initial_job_idx)
             log.info("Submitting %d jobs as %d Slurm jobs, one per group sharing model, benchmark and "
