@@ -23,7 +23,7 @@ import inspect
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
@@ -155,9 +155,14 @@ def compressor_from_config(cfg, spec, **fields) -> KVCompressor:
     )
 
 
+def plain(cfg, resolve: bool = True) -> dict[str, Any]:
+    """A mapping config (a ``DictConfig``) as a plain dict (``OmegaConf.to_container`` types any container)."""
+    return cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=resolve))
+
+
 def runner_from_config(cfg, output_dir: str | Path) -> Runner:
     """Build a :class:`Runner` from a composed Hydra config (``conf/config.yaml``)."""
-    container = OmegaConf.to_container(cfg, resolve=True)
+    container = plain(cfg)
     model = build(cfg, "model")
     pruner = build(cfg, "pruner")
     quantizer = build(cfg, "quant")

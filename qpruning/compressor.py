@@ -31,6 +31,7 @@ import functools
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 
@@ -51,7 +52,7 @@ from qpruning.cache.budget import (
 from qpruning.cache.cache import QPrunedCache
 from qpruning.cache.context import reset_active_forward, set_active_forward
 from qpruning.cache.hqq_cache import paper_quantizer
-from qpruning.cache.layer import LayerPrefill
+from qpruning.cache.layer import CompressedLayer, LayerPrefill
 from qpruning.cache.quantizers import KIVI, KVQuantizer
 from qpruning.compat import COMPAT_MODES, PAPER_PRUNERS, paper_pruner
 from qpruning.errors import ConfigError, check_choice, check_int, check_real
@@ -277,7 +278,7 @@ class KVCompressor:
                                        window=geometry.sliding_window, sliding=self.sliding))
                 continue
             tokens = tokens_per_layer[layer]
-            if self.budget is not None and not any(
+            if budget is not None and not any(  # (budget is None exactly when self.budget is)
                 o.tokens is not None and o.range()[0] <= layer <= o.range()[1] for o in self.layers
             ):
                 if not full_tokens:
@@ -286,7 +287,7 @@ class KVCompressor:
                 tokens = tokens_for_budget(budget, full_tokens, bits, self.quantizer, geometry.head_dim, self.budget_mode)
             if not self.pruner.prunes:
                 tokens = None
-            elif tokens < self.pruner.min_tokens():
+            elif tokens is not None and tokens < self.pruner.min_tokens():
                 raise ConfigError(
                     f"layer {layer} keeps {tokens} tokens, fewer than {self.pruner.name}'s window of "
                     f"{self.pruner.window} tokens that are always kept",
@@ -316,6 +317,8 @@ class KVCompressor:
         whole cache then fits ``budget`` times the global layers' full 16-bit cache)."""
         if self.budget is None or self.budget_mode != "exact" or not geometry.sliding_layers or not full_tokens:
             return self.budget
+        if geometry.sliding_window is None:  # from_config gives sliding layers a window
+            raise ValueError(f"{geometry.model_type}: sliding-window layers without a window")
         window = geometry.sliding_window - 1
         sliding_bytes = 0.0
         for layer in geometry.sliding_layers:
@@ -421,7 +424,9 @@ class KVCompressor:
             # the pruner spreads the global layers' tokens among them (PyramidKV's pyramid); sliding layers hold
             # their window
             global_layers = [i for i, p in enumerate(plans) if p.window is None]
-            spread_tokens = self.pruner.layer_tokens([plans[i].tokens for i in global_layers], seq_len)
+            # a pruning plan holds the tokens of every global layer (plan() refuses one without)
+            planned = cast("list[int]", [plans[i].tokens for i in global_layers])
+            spread_tokens = self.pruner.layer_tokens(planned, seq_len)
             out: list[int | None] = [None] * len(plans)
             for i, tokens in zip(global_layers, spread_tokens):
                 out[i] = tokens
@@ -442,16 +447,19 @@ class KVCompressor:
         result = self._compress_layer(cache, layer_idx, query, key, scaling, layer_tokens[layer_idx])
         if layer_idx == len(cache.layers) - 1 and logger.isEnabledFor(logging.DEBUG):
             summary = cache.prefill_summary
-            logger.debug(
-                "compressed %d tokens: %.1f kept per layer and head, %d bytes (%.3f of 16-bit)",
-                key.shape[2], summary["kept_tokens"], summary["kv_bytes"], summary["kv_ratio"],
-            )
+            if summary is not None:
+                logger.debug(
+                    "compressed %d tokens: %.1f kept per layer and head, %d bytes (%.3f of 16-bit)",
+                    key.shape[2], summary["kept_tokens"], summary["kv_bytes"], summary["kv_ratio"],
+                )
         return result
 
     def _compress_layer(
         self, cache: QPrunedCache, layer_idx: int, query, key, scaling: float, tokens: int | None
     ) -> LayerPrefill:
         layer = cache.layers[layer_idx]
+        if not isinstance(layer, CompressedLayer):  # sliding=keep: the model's own sliding-window layer
+            return layer.finish_prefill()  # it already holds its window
         key_valid = cache.key_valid
         if key_valid is not None and key_valid.shape[-1] != key.shape[2]:
             key_valid = key_valid[:, -key.shape[2]:]
@@ -467,8 +475,6 @@ class KVCompressor:
         bits = plan.bits
         order = None
         longest = seq if key_valid is None else int(key_valid.sum(-1).max())
-        if plan.sliding == "keep":
-            return layer.finish_prefill()  # the model's own sliding-window layer: it already holds its window
         if plan.window is not None:
             # a quantized sliding-window layer keeps what the model's own keeps: the last window - 1 positions
             keep = torch.zeros(batch, heads, seq, dtype=torch.bool, device=key.device)

@@ -28,7 +28,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from qpruning.errors import ConfigError, MissingFileError, nearest, reported
 
@@ -92,13 +92,11 @@ CHECKS: dict[str, Callable[[Any, str, bool], None]] = {"config": check_run, "opt
 
 def check_schema(config_name: str, cfg) -> None:
     """``cfg`` against :mod:`qpruning.schema`: its keys before anything is resolved, then its resolved values."""
-    from omegaconf import OmegaConf
-
     from qpruning import schema
+    from qpruning.app import plain
 
     schema.check_keys(config_name, list(cfg.keys()))
-    schema.check_values(config_name, OmegaConf.to_container(cfg, resolve=True),
-                        OmegaConf.to_container(cfg, resolve=False))
+    schema.check_values(config_name, plain(cfg), plain(cfg, resolve=False))
 
 
 def _validated(runner, machine: bool) -> None:
@@ -154,14 +152,17 @@ def job_overrides(config_name: str, overrides: list[str], launcher: dict | None 
     from omegaconf import OmegaConf
 
     hydra = GlobalHydra.instance().hydra
+    if hydra is None:
+        raise RuntimeError("job_overrides: Hydra is not initialized (call it inside initialize_config_dir)")
     sweep_cfg = hydra.compose_config(config_name, overrides, run_mode=RunMode.MULTIRUN,
                                      with_log_configuration=False)
     check_launcher(sweep_cfg.hydra.launcher)
     if launcher is not None:
-        launcher.update(OmegaConf.to_container(sweep_cfg.hydra.launcher, resolve=False))
+        launcher.update(cast("dict[str, Any]", OmegaConf.to_container(sweep_cfg.hydra.launcher, resolve=False)))
     parser = OverridesParser.create()
     if sweep_cfg.hydra.sweeper.get("_target_") != BASIC_SWEEPER:  # another sweeper: check the fixed values only
-        return [[o.input_line for o in parser.parse_overrides(overrides) if not o.is_sweep_override()]]
+        return [[o.input_line for o in parser.parse_overrides(overrides)
+                 if o.input_line is not None and not o.is_sweep_override()]]
     params = [f"{key}={value}" for key, value in (sweep_cfg.hydra.sweeper.get("params") or {}).items()]
     return BasicSweeper.split_arguments(parser.parse_overrides(params + overrides), None)[0]
 
@@ -213,18 +214,20 @@ def job_configs(config_name: str, jobs: list[list[str]]) -> Iterator[Any]:
     from hydra import compose
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from omegaconf import OmegaConf
+    from omegaconf import DictConfig, OmegaConf
 
     parser = OverridesParser.create()
     composed: dict[tuple[str, ...], Any] = {}
     for job in jobs:
         try:
             parsed = parser.parse_overrides(list(job))
-            groups = tuple(o.input_line for o in parsed if _is_group(o.key_or_group))
+            groups = tuple(o.input_line for o in parsed if o.input_line is not None and _is_group(o.key_or_group))
             values = [o for o in parsed if not _is_group(o.key_or_group) and not o.is_hydra_override()]
             if groups not in composed:
                 composed[groups] = compose(config_name, overrides=list(groups))
             cfg = OmegaConf.create(composed[groups])  # a copy, flags included
+            if not isinstance(cfg, DictConfig):
+                raise TypeError("a composed configuration is a mapping")
             OmegaConf.set_struct(cfg, True)
             ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
         except Exception:
@@ -260,7 +263,7 @@ def as_user_error(exc: Exception) -> Exception:
     if isinstance(exc, ConfigCompositionException) and isinstance(cause, (ConfigAttributeError, ConfigKeyError)):
         key = cause.full_key or cause.key
         parent = getattr(cause, "parent_node", None)
-        siblings = [str(k) for k in parent.keys()] if hasattr(parent, "keys") else []
+        siblings = [str(k) for k in parent.keys()] if parent is not None and hasattr(parent, "keys") else []
         prefix = str(key)[: len(str(key)) - len(str(cause.key))]
         return ConfigError(f"{key} is not a key of the configuration{nearest(str(cause.key), siblings, prefix)}",
                            "allowed: the keys that `--cfg job` prints (a new key needs a leading +)")

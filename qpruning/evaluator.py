@@ -183,7 +183,7 @@ class Evaluator:
                 batches = self._decode_batches(needing) if self.decode == "batched" and prefill else [needing]
                 for batch in batches:
                     batched = self.decode == "batched" and prefill is not None and len(batch) > 1
-                    together = self._decode_together(sample, prefill, batch) if batched else {}
+                    together = self._decode_together(sample, prefill, batch) if batched and prefill is not None else {}
                     for i, (run, state) in enumerate(batch):
                         with current_run(run.output_dir), run.compressor.attach(self.model):
                             record = together[i] if i in together else self.evaluate(run, sample, prefill)
@@ -228,14 +228,17 @@ class Evaluator:
         return generated_record(run.benchmark, sample, self.tokenizer, tokens, input_ids.shape[1], cache)
 
     def _cross_entropy(self, run: EvaluatedRun, sample) -> dict[str, Any]:
-        from qpruning.benchmarks import continuation_cross_entropy
+        from qpruning.benchmarks import CrossEntropy, continuation_cross_entropy
 
+        benchmark = run.benchmark
+        if not isinstance(benchmark, CrossEntropy):  # evaluation="cross_entropy" is CrossEntropy's
+            raise TypeError(f"{benchmark.name}: evaluation='cross_entropy' needs a CrossEntropy benchmark")
         record = base_record(sample)
-        prefix, continuation = run.benchmark.split(sample, self.tokenizer)
+        prefix, continuation = benchmark.split(sample, self.tokenizer)
         cache = run.compressor.new_cache(self.model)
         value = continuation_cross_entropy(self.model, prefix, continuation, cache=cache)
         record["prediction"] = None
-        record["score"] = float(run.benchmark.score(sample, value))
+        record["score"] = float(benchmark.score(sample, value))
         record["input_tokens"] = len(prefix)
         _cache_fields(record, cache)
         return record

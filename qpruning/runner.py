@@ -22,6 +22,7 @@ context window and its data. The Hydra application (:mod:`qpruning.app`, behind 
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import logging
@@ -63,7 +64,7 @@ def append_record(path: Path, record: dict[str, Any]) -> None:
     append_jsonl(path, record)
 
 
-def _finite(value: float) -> float | None:
+def _finite(value: float | None) -> float | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
 
@@ -225,12 +226,12 @@ class Runner:
         :meth:`prepare`; runs of one benchmark share them). ``shared``: the run shares its time with others
         (:attr:`RunState.shared`)."""
         complete, covered = self._completed_limit()
-        if covered and complete["limit"] == self.limit:
+        if covered and complete is not None and complete["limit"] == self.limit:
             logger.info("%s is complete already: nothing to do", self.output_dir)
             return RunState([], [], [], time.time(), live_logger, metrics=complete, shared=shared)
         _, samples = (prepare or self.prepare)()
         records = {r["id"]: r for r in read_predictions(self.predictions_path)}
-        if covered and all(s.id in records for s in samples):  # a smaller limit than the one completed
+        if covered and complete is not None and all(s.id in records for s in samples):  # a smaller limit
             logger.info("%s is complete already (limit %s): the metrics of its first %d samples, metrics.json "
                         "unchanged", self.output_dir, complete["limit"], len(samples))
             return RunState(samples, [], [], time.time(), live_logger,
@@ -339,7 +340,7 @@ def run_all(runners: list[Runner], decode: str = "shared", loaded: tuple | None 
         states = []
         for runner in runners:
             with current_run(runner.output_dir):
-                states.append(runner.begin(live_logger=logging_runs <= 1, prepare=lambda runner=runner: prepare(runner),
+                states.append(runner.begin(live_logger=logging_runs <= 1, prepare=functools.partial(prepare, runner),
                                            shared=group))
         pending = [(r, s) for r, s in zip(runners, states) if s.metrics is None and s.todo]
         if pending:

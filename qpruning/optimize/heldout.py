@@ -41,12 +41,8 @@ def heldout_comparison(
                 model=spec,
                 compressor=compressor,
                 benchmark=bench,
-                labels=RunLabels(
-                    benchmark=type(bench).name, model=spec.name, pruner=base.pruner.name, quant=base.quantizer.label,
-                    bits=base.quantizer.bits, group_size=base.quantizer.group_size, budget=base.budget,
-                    budget_mode="exact", layer_config=label, compat=base.compat, experiment="optimize",
-                    benchmark_variant=subset.name,
-                ),
+                labels=RunLabels.of(bench, spec, compressor, layer_config=label, experiment="optimize",
+                                    benchmark_variant=subset.name),
                 output_dir=output_dir / "heldout" / label / subset.name,
                 preloaded=loaded,
             )
