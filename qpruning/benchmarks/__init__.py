@@ -47,15 +47,20 @@ def benchmark_fields(name: str) -> dict[str, Any]:
     ``conf/benchmark/<name>.yaml`` holds."""
     cls, preset = _lookup(name)
     values = {}
-    for f in dataclasses.fields(cls):
-        if not f.init:
-            continue
+    for f in _init_fields(cls):
         if f.default is not dataclasses.MISSING:
             values[f.name] = f.default
         elif f.default_factory is not dataclasses.MISSING:
             values[f.name] = f.default_factory()
     values.update(preset)
     return values
+
+
+def _init_fields(cls: type[Benchmark]) -> list[dataclasses.Field[Any]]:
+    """The fields of a registered benchmark class (each one is a dataclass) that its constructor takes."""
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls.__name__} is not a dataclass")
+    return [f for f in dataclasses.fields(cls) if f.init]
 
 
 def _lookup(name: str) -> tuple[type[Benchmark], dict[str, Any]]:
@@ -75,7 +80,7 @@ def get_benchmark(name: str, **config: Any) -> Benchmark:
     """
     cls, preset = _lookup(name)
     config = {k: v for k, v in config.items() if k not in IGNORED_KEYS}
-    valid = [f.name for f in dataclasses.fields(cls) if f.init]
+    valid = [f.name for f in _init_fields(cls)]
     unknown = sorted(set(config) - set(valid))
     if unknown:
         raise BenchmarkConfigError(

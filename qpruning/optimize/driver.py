@@ -73,6 +73,14 @@ def make_objective(model, base: KVCompressor, prompts: list[RecordedPrompt]):
     return objective
 
 
+def _search_terms(base: KVCompressor) -> tuple[float, int]:
+    """The budget and the full cache the search works in: both set once :func:`qpruning.app.optimize_setup` has
+    built ``base`` (it rejects budget=null and defaults the full cache to the model's context window)."""
+    if base.budget is None or base.full_cache_tokens is None:
+        raise ValueError("the search needs a compressor with a budget and a full cache size")
+    return base.budget, base.full_cache_tokens
+
+
 def optimize(
     model,
     tokenizer,
@@ -96,12 +104,13 @@ def optimize(
     geometry = Geometry.from_config(model_config)
     started = time.time()
     prompts = calibration_prompts(model, tokenizer, calibration, context_window, chat_template)
+    budget, full_tokens = _search_terms(base)
     space = SearchSpace(
         geometry=geometry,
         quantizer=base.quantizer,
         groups=layer_groups(geometry.num_layers, groups),
-        budget=base.budget,
-        full_tokens=base.full_cache_tokens,
+        budget=budget,
+        full_tokens=full_tokens,
         max_tokens=max(p.length for p in prompts),
         bits_choices=tuple(bits_choices),
         transfer_fraction=transfer_fraction,
@@ -143,7 +152,7 @@ def optimize(
     }
     (output_dir / "search.json").write_text(json.dumps(summary, indent=2))
     plots.allocation_plot(result, space, output_dir / "allocation.png", model_name)
-    plots.search_plot(result, output_dir / "search.png", model_name, base.budget)
+    plots.search_plot(result, output_dir / "search.png", model_name, budget)
     logger.info("best allocation (objective %.4f, %d bytes of %d): %s", result.best_evaluation.objective,
                 result.best.meta["bytes"], int(budget_bytes), result.best.describe())
     return result
@@ -185,8 +194,8 @@ def run_optimize(
     )
     if heldout:
         geometry = Geometry.from_config(model_config)
-        space = SearchSpace(geometry, base.quantizer, layer_groups(geometry.num_layers, groups), base.budget,
-                            base.full_cache_tokens, max_tokens=spec.context_window,
+        space = SearchSpace(geometry, base.quantizer, layer_groups(geometry.num_layers, groups),
+                            *_search_terms(base), max_tokens=spec.context_window,
                             bits_choices=bits_choices)
         allocations = {f"uniform-{label}": space.allocation(state, f"uniform-{label}")
                        for label, state in space.uniform_states().items()}

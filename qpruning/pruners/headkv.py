@@ -334,11 +334,12 @@ class HeadKV(SnapKV):
         else:
             budgets = [tokens] * self.importance.num_layers
         key = (tuple(budgets), seq, heads)
-        if self._counts_key != key:
-            self._counts = self.head_counts(budgets, seq, heads)
+        all_counts = self._counts
+        if self._counts_key != key or all_counts is None:
+            all_counts = self._counts = self.head_counts(budgets, seq, heads)
             self._counts_key = key
-            self.last_allocation = {"seq_len": seq, "budgets": list(budgets), "counts": self._counts.clone()}
-        counts = self._counts[layer_idx].to(scores.device).unsqueeze(0).expand(batch, heads)
+            self.last_allocation = {"seq_len": seq, "budgets": list(budgets), "counts": all_counts.clone()}
+        counts = all_counts[layer_idx].to(scores.device).unsqueeze(0).expand(batch, heads)
         real = _real_lengths(key_valid, batch, seq, scores.device)
         return torch.minimum(counts, real.unsqueeze(1))
 

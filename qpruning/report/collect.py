@@ -241,7 +241,7 @@ def _normalize(record: dict[str, Any]) -> dict[str, Any]:
     """Types of the contract: ints, floats, strings (or None) so that keys compare equal across machines."""
     out = dict(record)
     for name in _INT_FIELDS:
-        value = out.get(name)
+        value: Any = out.get(name)
         try:
             out[name] = None if labels.is_missing(value) or value == "" else int(float(value))
         except (TypeError, ValueError):
@@ -392,7 +392,7 @@ def _full_cache_tokens(config: Any) -> float | None:
     """The full cache that budget fractions refer to: ``full_cache_tokens``, else the model's context window."""
     if not isinstance(config, Mapping):
         return None
-    value = config.get("full_cache_tokens")
+    value: Any = config.get("full_cache_tokens")
     if labels.is_missing(value) and isinstance(config.get("model"), Mapping):
         value = config["model"].get("context_window")
     try:
@@ -445,9 +445,9 @@ def collect_runs(paths: Iterable[str | os.PathLike[str]]) -> Collection:
     Returns:
         A :class:`Collection`; ``collection.runs`` is what tables and figures use.
     """
-    paths = [str(p) for p in paths]
+    sources = [str(p) for p in paths]
     problems: list[str] = []
-    records = [_read_run(run_dir, problems) for run_dir in find_run_dirs(paths)]
+    records = [_read_run(run_dir, problems) for run_dir in find_run_dirs(sources)]
     df = pd.DataFrame.from_records(records) if records else _empty_frame()
     for name in RESULT_FIELDS:
         if name not in df.columns:
@@ -482,4 +482,4 @@ def collect_runs(paths: Iterable[str | os.PathLike[str]]) -> Collection:
         int(((df["status"] == "complete") & ~df["kept"]).sum()),
         int(partial.sum()),
     )
-    return Collection(all_runs=df, sources=paths, problems=problems)
+    return Collection(all_runs=df, sources=sources, problems=problems)

@@ -12,7 +12,7 @@ import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -23,6 +23,9 @@ from matplotlib.patches import Patch
 
 from . import labels
 from .labels import is_missing
+
+if TYPE_CHECKING:
+    from matplotlib.typing import LegendLocType
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +113,7 @@ def figure_title(fig: Figure, text: str) -> None:
 
 
 def figure_legend(
-    fig: Figure, handles: Sequence[Any], loc: str = "outside lower center", ncols: int | None = None
+    fig: Figure, handles: Sequence[Any], loc: LegendLocType = "outside lower center", ncols: int | None = None
 ) -> None:
     """A figure legend below the panels, in ``ncols`` columns or as many as fit the figure's width."""
     if ncols is None:

@@ -440,7 +440,7 @@ def to_csv_frame(table: ReportTable) -> pd.DataFrame:
         for key, text in zip(table.row_keys, table.row_labels(row)):
             record[table.key_titles.get(key, key) or key] = text
         for col in table.col_order:
-            value = values.get((row, col))
+            value: Any = values.get((row, col))
             record[table.column_label(col)] = math.nan if is_missing(value) else float(value)
         records.append(record)
     return pd.DataFrame.from_records(records)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, SupportsFloat, cast
 
 import pandas as pd
 
@@ -28,7 +28,7 @@ def norm_value(value: Any) -> Any:
     if is_missing(value):
         return None
     if isinstance(value, numbers.Number) and not isinstance(value, bool):
-        return float(value)
+        return float(cast(SupportsFloat, value))  # numbers.Number declares no __float__; the values here are real
     return value
 
 

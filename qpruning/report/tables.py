@@ -206,8 +206,8 @@ def table2(
         for _, p in paper.get("table2").iterrows():
             column = "ruler_8k" if p["benchmark"] == "ruler" else p["category"]
             key = (p["model"], round(float(p["budget"]), 12), float(p["bits"]))
-            published[(*key, column)] = p["value"]
-            published[(*key, "tokens")] = float(p["tokens"])
+            published[key + (column,)] = p["value"]
+            published[key + ("tokens",)] = float(p["tokens"])
     records = []
     picked_all = []
     for frame, columns in ((lb, labels.CATEGORY_ORDER), (ruler, ("ruler_8k",))):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -21,7 +22,7 @@ THROUGHPUT_COLUMNS: tuple[str, ...] = (
 """Required columns of a throughput CSV (see docs/report.md); optional: pruner, quant, group_size, repeats."""
 
 
-def read_throughput(paths: Iterable[str | Path]) -> tuple[pd.DataFrame, list[str]]:
+def read_throughput(paths: Iterable[str | os.PathLike[str]]) -> tuple[pd.DataFrame, list[str]]:
     """Concatenate throughput benchmark CSV files; files lacking required columns are skipped and reported.
 
     Returns the rows (with ``source_file``) and a list of problems. Missing ``pruner`` / ``quant`` default to

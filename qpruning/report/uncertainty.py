@@ -14,6 +14,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -58,7 +59,7 @@ def sample_scores(run_dir: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarr
     by_id: dict[str, tuple[float, str]] = {}
     for index, record in enumerate(read_predictions(run_dir)):
         key = str(record.get("id", f"#{index}"))
-        score = record.get("score")
+        score: Any = record.get("score")
         numeric = isinstance(score, int | float) and not isinstance(score, bool) and not is_missing(score)
         if record.get("status", "ok") != "ok" or not numeric:
             by_id.pop(key, None)

@@ -41,8 +41,8 @@ def _niah_grid(run_dir: str) -> pd.DataFrame:
         if record.get("status", "ok") != "ok" or is_missing(record.get("score")):
             continue
         extra = record.get("extra") or {}
-        length = extra.get("context_length", record.get("length"))
-        depth = extra.get("depth")
+        length: Any = extra.get("context_length", record.get("length"))
+        depth: Any = extra.get("depth")
         if is_missing(length) or is_missing(depth):
             continue
         rows.append((float(length), float(depth), float(record["score"])))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import matplotlib
 import pandas as pd
@@ -28,6 +28,9 @@ from ..plotting import (
     save_figure,
 )
 from ..selection import match_key, rows_in
+
+if TYPE_CHECKING:
+    from matplotlib.typing import LegendLocType
 
 
 @dataclass
@@ -129,7 +132,7 @@ class FigureSpec:
     draw_panel: Callable[[Panel], None]
     layout: Layout = Layout()
     legend: Callable[[Selection, Drawn], Sequence[Any]] | None = None
-    legend_loc: str = "outside lower center"
+    legend_loc: LegendLocType = "outside lower center"
     legend_ncols: int | None = None
     finish: Callable[[Figure, list[Any], Selection, Drawn], None] | None = None
     columns: Sequence[str] = ()
@@ -163,7 +166,9 @@ def _render_one(spec: FigureSpec, selection: Selection, out_dir: Path) -> Figure
     name = _text(spec.name, selection, drawn)
     ncols = layout.ncols if isinstance(layout.ncols, int) else layout.ncols(selection)
     panels, keys = selection.panels, selection.panel_keys
-    with matplotlib.rc_context({**STYLE, **layout.rc}):
+    rc: dict[str, Any] = {**STYLE, **layout.rc}
+    # the stubs key rc by a Literal of rcParams names; matplotlib checks these names when the context opens
+    with matplotlib.rc_context(rc):  # type: ignore[arg-type]
         fig, axes = panel_grid(
             len(panels), ncols=ncols, panel=layout.panel, top=layout.top, right=layout.right
         )
