@@ -13,7 +13,12 @@ Ada-KV and HeadKV are not in that code: ``compat=paper`` refuses them.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
+from qpruning.cache.budget import LayerOverride
+from qpruning.cache.hqq_cache import paper_quantizer
+from qpruning.cache.quantizers import KVQuantizer
+from qpruning.errors import ConfigError, check_choice
 from qpruning.pruners.base import Pruner
 from qpruning.pruners.paper import PAPER_CLASSES
 
@@ -30,6 +35,33 @@ PAPER_WINDOWS: dict[str, dict[str, int]] = {
     "ruler": {"snapkv": 8, "h2o": 8, "pyramidkv": 8, "streamingllm": 0},
 }
 PAPER_SINKS: dict[str, int] = {"longbench": 4, "ruler": 4}
+
+
+def mode_classes(
+    compat: str, pruner: Pruner, quantizer: KVQuantizer, layers: Sequence[LayerOverride] = ()
+) -> tuple[Pruner, KVQuantizer]:
+    """The pruner and quantizer a run of mode ``compat`` computes with, chosen once: the configured ones for
+    ``methods``; for ``paper``, their counterparts in the paper's code (:func:`paper_pruner`, and the HQQ cache of
+    its scripts: :func:`~qpruning.cache.hqq_cache.paper_quantizer`), after refusing what that code never ran."""
+    check_choice("compat", compat, COMPAT_MODES)
+    if compat == "methods":
+        return pruner, quantizer
+    if pruner.name not in PAPER_PRUNERS:
+        raise ConfigError(f"pruner={pruner.name} is not in the paper's code, so compat=paper cannot run it",
+                          f"allowed with compat=paper: {', '.join(PAPER_PRUNERS)}; or compat=methods")
+    if any(o.rotate for o in layers):
+        raise ConfigError("layers: rotate=true has no compat=paper counterpart (the paper's code never rotated)",
+                          "allowed with compat=paper: rotate=false or left out; or compat=methods")
+    return paper_pruner(pruner), paper_quantizer(quantizer)
+
+
+def check_sliding_model(compat: str, layers: str) -> None:
+    """Refuse a model with sliding-window ``layers`` (their ranges) in a mode that cannot run one."""
+    if compat == "paper":
+        raise ConfigError(
+            f"compat=paper reproduces the paper's code, which ran full-attention models only; this model has "
+            f"sliding-window layers ({layers})", "allowed: compat=methods for this model",
+        )
 
 
 def paper_pruner(pruner: Pruner) -> Pruner:

@@ -51,10 +51,9 @@ from qpruning.cache.budget import (
 )
 from qpruning.cache.cache import QPrunedCache
 from qpruning.cache.context import reset_active_forward, set_active_forward
-from qpruning.cache.hqq_cache import paper_quantizer
 from qpruning.cache.layer import CompressedLayer, LayerPrefill
 from qpruning.cache.quantizers import KIVI, KVQuantizer
-from qpruning.compat import COMPAT_MODES, PAPER_PRUNERS, paper_pruner
+from qpruning.compat import check_sliding_model, mode_classes
 from qpruning.errors import ConfigError, check_choice, check_int, check_real
 from qpruning.pruners.base import NoPruner, Pruner
 from qpruning.transformers_api import cache_argument, forward_cache, set_forward_cache
@@ -171,21 +170,13 @@ class KVCompressor:
     sliding: str = "keep"
 
     def __post_init__(self) -> None:
-        check_choice("compat", self.compat, COMPAT_MODES)
         check_choice("sliding", self.sliding, SLIDING_MODES)
-        if self.compat == "paper" and self.pruner.name not in PAPER_PRUNERS:
-            raise ConfigError(f"pruner={self.pruner.name} is not in the paper's code, so compat=paper cannot run it",
-                              f"allowed with compat=paper: {', '.join(PAPER_PRUNERS)}; or compat=methods")
-        if self.compat == "paper":  # the classes of the paper's code, chosen once (qpruning.compat)
-            self.pruner = paper_pruner(self.pruner)
-            self.quantizer = paper_quantizer(self.quantizer)  # the HQQ cache of the paper's scripts
         if not isinstance(self.layers, (list, tuple)):
             raise ConfigError(f"layers={self.layers!r} is not a list", 'allowed: e.g. [{layers: "8-15", bits: 16}]')
         self.layers = [LayerOverride.from_mapping(o) for o in self.layers]
         check_disjoint(self.layers)
-        if self.compat == "paper" and any(o.rotate for o in self.layers):
-            raise ConfigError("layers: rotate=true has no compat=paper counterpart (the paper's code never rotated)",
-                              "allowed with compat=paper: rotate=false or left out; or compat=methods")
+        # the classes of the compat mode, chosen once (compat=paper: the paper's pruners and its HQQ cache)
+        self.pruner, self.quantizer = mode_classes(self.compat, self.pruner, self.quantizer, self.layers)
         check_choice("budget_mode", self.budget_mode, BUDGET_MODES)
         check_choice("storage_dtype", self.storage_dtype, (*STORAGE_DTYPES, "model"), optional=True)
         check_choice("kernel", self.kernel, ("auto", "on", "off"))
@@ -298,12 +289,7 @@ class KVCompressor:
 
     def _check_sliding(self, geometry: ModelGeometry) -> None:
         """Refuse what a model with sliding-window layers cannot run."""
-        layers = _ranges(list(geometry.sliding_layers))
-        if self.compat == "paper":
-            raise ConfigError(
-                f"compat=paper reproduces the paper's code, which ran full-attention models only; this model has "
-                f"sliding-window layers ({layers})", "allowed: compat=methods for this model",
-            )
+        check_sliding_model(self.compat, _ranges(list(geometry.sliding_layers)))
         if self.sliding == "keep" and not geometry.global_layers and (self.pruner.prunes or self.quantizer.enabled):
             raise ConfigError(
                 f"every layer of this model is a sliding-window layer (window {geometry.sliding_window}): "
