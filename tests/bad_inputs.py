@@ -145,7 +145,7 @@ GROUPS: dict[str, list[Case]] = {
                  mentions="budget"),
     ],
     "Names and keys": [
-        run_case("pruner-name", "pruner=tova", mentions="pruner", sub=True),
+        run_case("pruner-name", "pruner=oracle", mentions="pruner", sub=True),
         run_case("quant-name", "quant=gptq", mentions="quant"),
         Case("model-name", "run", ("model=gpt5",), "model"),
         run_case("benchmark-name", "benchmark=mmlu", mentions="benchmark"),

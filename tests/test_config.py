@@ -87,7 +87,7 @@ def test_a_valid_configuration_validates_without_loading_weights(tmp_path):
 
 def test_unknown_names_list_the_available_options():
     with pytest.raises(MissingConfigException, match="snapkv"):
-        compose_config(["pruner=tova"])
+        compose_config(["pruner=oracle"])
 
 
 @pytest.mark.parametrize(

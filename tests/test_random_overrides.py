@@ -140,7 +140,7 @@ def override(draw) -> str:
     form = draw(st.sampled_from(["set", "set", "set", "add", "add_typo", "force", "delete", "group"]))
     if form == "group":
         group = draw(st.sampled_from(sorted(CHOICES)))
-        return f"{group}={draw(st.one_of(st.sampled_from(CHOICES[group]), st.sampled_from(['tova', '../x'])))}"
+        return f"{group}={draw(st.one_of(st.sampled_from(CHOICES[group]), st.sampled_from(['oracle', '../x'])))}"
     if form == "delete":
         return f"~{key}"
     value = render(draw(value_for(KEYS[key])))

@@ -269,7 +269,7 @@ def test_headkv_scores_of_another_model_fail_before_any_weights_load(tmp_path, t
 
 def test_unknown_and_known_names_include_the_headwise_pruners():
     with pytest.raises(ValueError, match="adakv, headkv"):
-        get_pruner("tova")
+        get_pruner("oracle")
     assert get_pruner("adakv", floor_alpha=0.3).floor_alpha == 0.3
 
 

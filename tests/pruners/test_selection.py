@@ -183,7 +183,7 @@ def test_short_prompt_falls_back_to_uniform_budgets_and_says_so(caplog):
 
 def test_unknown_pruner_lists_the_known_ones():
     with pytest.raises(ValueError, match="allowed: none, streamingllm, h2o, snapkv, pyramidkv"):
-        get_pruner("tova")
+        get_pruner("oracle")
 
 
 def test_bad_pruner_parameters_are_rejected():
