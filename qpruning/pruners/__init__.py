@@ -7,12 +7,13 @@ from qpruning.pruners.adakv import AdaKV
 from qpruning.pruners.base import NoPruner, Pruner, select_tokens
 from qpruning.pruners.h2o import H2O
 from qpruning.pruners.headkv import HeadKV, HeadScores, load_head_scores
+from qpruning.pruners.knorm import KNorm
 from qpruning.pruners.pyramidkv import PyramidKV
 from qpruning.pruners.snapkv import SnapKV
 from qpruning.pruners.streamingllm import StreamingLLM
 
 PRUNERS: dict[str, type[Pruner]] = {
-    cls.name: cls for cls in (NoPruner, StreamingLLM, H2O, SnapKV, PyramidKV, AdaKV, HeadKV)
+    cls.name: cls for cls in (NoPruner, StreamingLLM, H2O, SnapKV, PyramidKV, AdaKV, HeadKV, KNorm)
 }
 
 
@@ -30,6 +31,7 @@ __all__ = [
     "AdaKV",
     "HeadKV",
     "HeadScores",
+    "KNorm",
     "NoPruner",
     "Pruner",
     "PyramidKV",

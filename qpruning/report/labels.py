@@ -12,7 +12,9 @@ import re
 from fractions import Fraction
 from typing import Any
 
-PRUNER_ORDER: tuple[str, ...] = ("none", "streamingllm", "h2o", "snapkv", "pyramidkv", "adakv", "headkv")
+PRUNER_ORDER: tuple[str, ...] = (
+    "none", "streamingllm", "h2o", "snapkv", "pyramidkv", "adakv", "headkv", "knorm",
+)
 PRUNER_LABELS: dict[str, str] = {
     "none": "No pruning",
     "streamingllm": "StreamingLLM",
@@ -21,6 +23,7 @@ PRUNER_LABELS: dict[str, str] = {
     "pyramidkv": "PyramidKV",
     "adakv": "Ada-KV",
     "headkv": "HeadKV",
+    "knorm": "KNorm",
 }
 QUANT_ORDER: tuple[str, ...] = (
     "flexgen",
