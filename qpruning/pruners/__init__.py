@@ -11,9 +11,10 @@ from qpruning.pruners.knorm import KNorm
 from qpruning.pruners.pyramidkv import PyramidKV
 from qpruning.pruners.snapkv import SnapKV
 from qpruning.pruners.streamingllm import StreamingLLM
+from qpruning.pruners.tova import TOVA
 
 PRUNERS: dict[str, type[Pruner]] = {
-    cls.name: cls for cls in (NoPruner, StreamingLLM, H2O, SnapKV, PyramidKV, AdaKV, HeadKV, KNorm)
+    cls.name: cls for cls in (NoPruner, StreamingLLM, H2O, SnapKV, PyramidKV, AdaKV, HeadKV, TOVA, KNorm)
 }
 
 
@@ -28,6 +29,7 @@ def get_pruner(name: str, **params) -> Pruner:
 __all__ = [
     "PRUNERS",
     "H2O",
+    "TOVA",
     "AdaKV",
     "HeadKV",
     "HeadScores",

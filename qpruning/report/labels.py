@@ -13,7 +13,7 @@ from fractions import Fraction
 from typing import Any
 
 PRUNER_ORDER: tuple[str, ...] = (
-    "none", "streamingllm", "h2o", "snapkv", "pyramidkv", "adakv", "headkv", "knorm",
+    "none", "streamingllm", "h2o", "snapkv", "pyramidkv", "adakv", "headkv", "tova", "knorm",
 )
 PRUNER_LABELS: dict[str, str] = {
     "none": "No pruning",
@@ -23,6 +23,7 @@ PRUNER_LABELS: dict[str, str] = {
     "pyramidkv": "PyramidKV",
     "adakv": "Ada-KV",
     "headkv": "HeadKV",
+    "tova": "TOVA",
     "knorm": "KNorm",
 }
 QUANT_ORDER: tuple[str, ...] = (
