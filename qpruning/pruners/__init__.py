@@ -5,6 +5,7 @@ from __future__ import annotations
 from qpruning.errors import ConfigError, check_params
 from qpruning.pruners.adakv import AdaKV
 from qpruning.pruners.base import NoPruner, Pruner, select_tokens
+from qpruning.pruners.chunkkv import ChunkKV
 from qpruning.pruners.h2o import H2O
 from qpruning.pruners.headkv import HeadKV, HeadScores, load_head_scores
 from qpruning.pruners.knorm import KNorm
@@ -14,7 +15,7 @@ from qpruning.pruners.streamingllm import StreamingLLM
 from qpruning.pruners.tova import TOVA
 
 PRUNERS: dict[str, type[Pruner]] = {
-    cls.name: cls for cls in (NoPruner, StreamingLLM, H2O, SnapKV, PyramidKV, AdaKV, HeadKV, TOVA, KNorm)
+    cls.name: cls for cls in (NoPruner, StreamingLLM, H2O, SnapKV, PyramidKV, AdaKV, HeadKV, TOVA, KNorm, ChunkKV)
 }
 
 
@@ -31,6 +32,7 @@ __all__ = [
     "H2O",
     "TOVA",
     "AdaKV",
+    "ChunkKV",
     "HeadKV",
     "HeadScores",
     "KNorm",

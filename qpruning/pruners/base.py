@@ -168,12 +168,14 @@ def _real_lengths(key_valid: torch.Tensor | None, batch: int, seq: int, device) 
 
 
 def select_tokens(
-    scores: torch.Tensor, counts: torch.Tensor, key_valid: torch.Tensor | None, window: int
+    scores: torch.Tensor, counts: torch.Tensor, key_valid: torch.Tensor | None, window: int, stable: bool = False
 ) -> torch.Tensor:
     """The keep mask ``[batch, kv_heads, seq]``: per row, the last ``window`` tokens and then the best-scored
     ones until the row holds ``counts[b, h]`` tokens. Padding is never kept.
 
-    Prompts are left-padded, so the last ``window`` positions are real tokens.
+    Prompts are left-padded, so the last ``window`` positions are real tokens. ``stable``: equal scores are taken
+    in position order (a stable sort; ChunkKV's chunks, whose tokens share one score, stay whole), instead of
+    ``topk``'s unspecified order.
     """
     batch, heads, seq = scores.shape
     scores = scores.float().clone()
@@ -186,7 +188,10 @@ def select_tokens(
     keep = torch.zeros(batch, heads, seq, dtype=torch.bool, device=scores.device)
     if kmax == 0:
         return keep
-    top = scores.topk(kmax, dim=-1).indices
+    if stable:
+        top = scores.sort(dim=-1, descending=True, stable=True).indices[..., :kmax]
+    else:
+        top = scores.topk(kmax, dim=-1).indices
     take = torch.arange(kmax, device=scores.device) < counts.unsqueeze(-1)
     keep.scatter_(-1, top, take)
     return keep

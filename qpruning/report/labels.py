@@ -13,7 +13,7 @@ from fractions import Fraction
 from typing import Any
 
 PRUNER_ORDER: tuple[str, ...] = (
-    "none", "streamingllm", "h2o", "snapkv", "pyramidkv", "adakv", "headkv", "tova", "knorm",
+    "none", "streamingllm", "h2o", "snapkv", "pyramidkv", "adakv", "headkv", "tova", "knorm", "chunkkv",
 )
 PRUNER_LABELS: dict[str, str] = {
     "none": "No pruning",
@@ -25,6 +25,7 @@ PRUNER_LABELS: dict[str, str] = {
     "headkv": "HeadKV",
     "tova": "TOVA",
     "knorm": "KNorm",
+    "chunkkv": "ChunkKV",
 }
 QUANT_ORDER: tuple[str, ...] = (
     "flexgen",
