@@ -53,3 +53,25 @@ def kept_by_rank(order, budget, window, seq, start):
 def kept_positions(keep):
     """``keep`` ``[batch, heads, seq]`` as nested lists of kept positions."""
     return [[row.nonzero().flatten().tolist() for row in head_rows] for head_rows in keep]
+
+
+def assert_keeps_the_reference(pruner, query, key, valid, budget, expected):
+    """``pruner.choose`` keeps exactly ``expected``'s positions, row by row, and the KV heads choose differently."""
+    found = kept_positions(pruner.choose(query, key, valid, SCALE, budget).keep)
+    assert found == expected
+    assert found[0][0] != found[0][1]
+
+
+def generate_compressed(model, pruner, tokens, batch, length, seed):
+    """Three greedy tokens of ``model`` after a random prompt ``[batch, length]``, through a 4-bit KIVI compressor
+    keeping ``tokens``: ``(ids, cache)``, checked to have generated and kept ``tokens`` per layer."""
+    from qpruning import KIVI, KVCompressor
+    from qpruning.transformers_api import cache_kwargs
+
+    compressor = KVCompressor(pruner=pruner, quantizer=KIVI(bits=4), tokens=tokens)
+    ids = torch.randint(100, 40000, (batch, length), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad(), compressor.attach(model):
+        cache = compressor.new_cache(model)
+        out = model.generate(ids, max_new_tokens=3, do_sample=False, **cache_kwargs(model, cache))
+    assert out.shape[1] == length + 3 and cache.prefill_result().kept_tokens == tokens
+    return ids, cache

@@ -3,19 +3,16 @@ their summed window votes (chunks counted from the first real token, the last ch
 budget), as a plain loop does; through a model it keeps exactly its budget, in whole chunks but one."""
 
 import pytest
-import torch
 
-from qpruning import KIVI, KVCompressor
 from qpruning.errors import ConfigError
 from qpruning.pruners import ChunkKV, get_pruner
-from qpruning.transformers_api import cache_kwargs
 from tests.pruners.references import (
-    SCALE,
     SEQ,
+    assert_keeps_the_reference,
     attention_row,
     first_real,
+    generate_compressed,
     kept_by_rank,
-    kept_positions,
     query_heads,
     random_inputs,
 )
@@ -51,10 +48,8 @@ def test_chunkkv_keeps_what_a_loop_over_chunks_of_window_votes_keeps_head_by_hea
 ):
     query, key, valid = random_inputs(rng)
     valid = valid if padded else None
-    selection = ChunkKV(window=window, chunk_size=chunk_size).choose(query, key, valid, SCALE, budget)
-    found = kept_positions(selection.keep)
-    assert found == reference(query, key, valid, budget, window, chunk_size)
-    assert found[0][0] != found[0][1]  # the heads choose their own chunks
+    expected = reference(query, key, valid, budget, window, chunk_size)
+    assert_keeps_the_reference(ChunkKV(window=window, chunk_size=chunk_size), query, key, valid, budget, expected)
 
 
 def test_chunkkv_defaults_and_refusals():
@@ -67,12 +62,7 @@ def test_chunkkv_defaults_and_refusals():
 
 def test_chunkkv_through_a_model_keeps_its_budget_in_whole_chunks_but_the_last(tiny_models):
     model, _ = tiny_models("llama")
-    compressor = KVCompressor(pruner=ChunkKV(window=8, chunk_size=5), quantizer=KIVI(bits=4), tokens=31)
-    ids = torch.randint(100, 40000, (1, 120), generator=torch.Generator().manual_seed(5))
-    with torch.no_grad(), compressor.attach(model):
-        cache = compressor.new_cache(model)
-        out = model.generate(ids, max_new_tokens=3, do_sample=False, **cache_kwargs(model, cache))
-    assert out.shape[1] == 123 and cache.prefill_result().kept_tokens == 31
+    _, cache = generate_compressed(model, ChunkKV(window=8, chunk_size=5), tokens=31, batch=1, length=120, seed=5)
     for layer in range(model.config.num_hidden_layers):
         for positions in cache.kept_positions(layer)[0].tolist():
             assert positions[-8:] == list(range(112, 120))

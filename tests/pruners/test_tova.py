@@ -5,16 +5,15 @@ it keeps exactly its budget."""
 import pytest
 import torch
 
-from qpruning import KIVI, KVCompressor
 from qpruning.pruners import TOVA, get_pruner
-from qpruning.transformers_api import cache_kwargs
 from tests.pruners.references import (
     SCALE,
     SEQ,
+    assert_keeps_the_reference,
     attention_row,
     first_real,
+    generate_compressed,
     kept_by_rank,
-    kept_positions,
     query_heads,
     random_inputs,
 )
@@ -41,10 +40,8 @@ def reference(query, key, valid, budget, window):
 def test_tova_keeps_what_a_loop_over_the_last_querys_attention_keeps_head_by_head(budget, window, padded, rng):
     query, key, valid = random_inputs(rng)
     valid = valid if padded else None
-    selection = TOVA(window=window).choose(query, key, valid, SCALE, budget)
-    found = kept_positions(selection.keep)
-    assert found == reference(query, key, valid, budget, window)
-    assert found[0][0] != found[0][1]  # the heads choose their own tokens
+    expected = reference(query, key, valid, budget, window)
+    assert_keeps_the_reference(TOVA(window=window), query, key, valid, budget, expected)
 
 
 def test_tova_scores_are_the_last_querys_attention_and_read_nothing_before_it(rng):
@@ -60,12 +57,7 @@ def test_tova_scores_are_the_last_querys_attention_and_read_nothing_before_it(rn
 
 def test_tova_through_a_model_keeps_its_budget_and_the_last_token(tiny_models):
     model, _ = tiny_models("llama")
-    compressor = KVCompressor(pruner=TOVA(), quantizer=KIVI(bits=4), tokens=40)
-    ids = torch.randint(100, 40000, (2, 100), generator=torch.Generator().manual_seed(4))
-    with torch.no_grad(), compressor.attach(model):
-        cache = compressor.new_cache(model)
-        out = model.generate(ids, max_new_tokens=3, do_sample=False, **cache_kwargs(model, cache))
-    assert out.shape[1] == 103 and cache.prefill_result().kept_tokens == 40
+    _, cache = generate_compressed(model, TOVA(), tokens=40, batch=2, length=100, seed=4)
     for layer in range(model.config.num_hidden_layers):
         kept = cache.kept_positions(layer)
         assert kept.shape[-1] == 40 and (kept[..., -1] == 99).all()
