@@ -34,6 +34,7 @@ _EXPORTS = {
     "reference_attention": "qpruning.backends",
     "fused_attention": "qpruning.backends.triton",
     "AdaKV": "qpruning.pruners",
+    "CAKE": "qpruning.pruners",
     "ChunkKV": "qpruning.pruners",
     "H2O": "qpruning.pruners",
     "HeadKV": "qpruning.pruners",

@@ -23,15 +23,18 @@ runs on it with the model's own sliding mask, as in the unmodified model.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+import torch
 
 from qpruning.cache.budget import LayerPlan
 from qpruning.cache.cache import QPrunedCache
 from qpruning.cache.context import active_forward
 from qpruning.cache.layer import LayerPrefill
 from qpruning.cache.terms import AttentionTerms
+from qpruning.pruners.base import Pruner
 
 PREFIX = "qpruning_"
 _registered: set[str] = set()
@@ -40,12 +43,59 @@ _registered: set[str] = set()
 class LayerCompressor(Protocol):
     """What the forward needs of a compressor (:class:`qpruning.compressor.KVCompressor`)."""
 
-    def layer_tokens(self, plans: Sequence[LayerPlan], seq_len: int) -> Sequence[int | None]: ...
+    @property
+    def pruner(self) -> Pruner: ...
+
+    @property
+    def needs_every_layer(self) -> bool: ...
+
+    def layer_tokens(
+        self, plans: Sequence[LayerPlan], seq_len: int, statistics: Sequence[float | None] | None = None
+    ) -> Sequence[int | None]: ...
+
+    def compress_layers(self, cache: QPrunedCache, captures: Mapping[int, LayerCapture]) -> dict[int, LayerPrefill]: ...
 
     def compress_layer(
         self, cache: QPrunedCache, layer_idx: int, query, key, value, scaling: float,
         layer_tokens: Sequence[int | None] | None = None,
     ) -> LayerPrefill | None: ...
+
+
+@dataclass(frozen=True)
+class LayerCapture:
+    """What :meth:`KVCompressor.compress_layer` is given for one layer at the end of prefill, with the query cut to
+    its last ``query_tail.shape[2]`` positions (``queries``: what the pruners read, :attr:`Pruner.queries_read`).
+    A shared prefill (:mod:`qpruning.prefill`) records one per layer; :class:`ForwardContext` keeps them until the
+    last layer for a pruner that needs every layer (:attr:`Pruner.needs_every_layer`).
+
+    Args:
+        query_tail: the last queries ``[batch, q_heads, kept, head_dim]`` (all of them when nothing was cut).
+        key: the layer's keys ``[batch, kv_heads, seq, head_dim]`` (post-RoPE).
+        value: the layer's values.
+        scaling: the attention's scaling.
+    """
+
+    query_tail: torch.Tensor
+    key: torch.Tensor
+    value: torch.Tensor
+    scaling: float
+
+    @classmethod
+    def keep(cls, query, key, value, scaling: float, queries: int | None) -> LayerCapture:
+        seq = query.shape[2]
+        if queries is not None and queries < seq:
+            # a copy: the full query (the prefill's) is then freed
+            query = query[:, :, seq - queries:].clone() if queries else query[:, :, :0].clone()
+        return cls(query, key, value, float(scaling))
+
+    def query(self) -> torch.Tensor:
+        """The query at full length ``[batch, q_heads, seq, head_dim]``: zeros before the kept tail."""
+        seq, tail = self.key.shape[2], self.query_tail
+        if tail.shape[2] == seq:
+            return tail
+        full = tail.new_zeros(*tail.shape[:2], seq, tail.shape[3])
+        full[:, :, seq - tail.shape[2]:] = tail
+        return full
 
 
 @dataclass
@@ -57,6 +107,7 @@ class ForwardContext:
     compressor: LayerCompressor
     cache: QPrunedCache
     _layer_tokens: dict[int, Sequence[int | None]] = field(default_factory=dict, repr=False)
+    _waiting: dict[int, LayerCapture] = field(default_factory=dict, repr=False)
 
     def layer_tokens(self, seq_len: int) -> Sequence[int | None]:
         """Kept tokens of every layer for a prompt of ``seq_len`` tokens (computed once per length)."""
@@ -65,10 +116,22 @@ class ForwardContext:
         return self._layer_tokens[seq_len]
 
     def compress_layer(self, layer_idx: int, query, key, value, scaling: float) -> LayerPrefill | None:
-        """Prune and quantize layer ``layer_idx`` of the forward's cache; returns what it holds afterwards."""
-        return self.compressor.compress_layer(
-            self.cache, layer_idx, query, key, value, scaling, layer_tokens=self.layer_tokens(key.shape[2])
-        )
+        """Prune and quantize layer ``layer_idx`` of the forward's cache; returns what it holds afterwards.
+
+        With a compressor that :attr:`~LayerCompressor.needs_every_layer`, a global layer's tensors are kept (the
+        last queries its pruner reads, and references to the keys and values the layer holds anyway) and ``None``
+        is returned, until no layer's compression is pending: then every kept layer is compressed at once
+        (:meth:`LayerCompressor.compress_layers`), in layer order."""
+        if not self.compressor.needs_every_layer or self.cache.plans[layer_idx].window is not None:
+            return self.compressor.compress_layer(
+                self.cache, layer_idx, query, key, value, scaling, layer_tokens=self.layer_tokens(key.shape[2])
+            )
+        self._waiting[layer_idx] = LayerCapture.keep(query, key, value, scaling, self.compressor.pruner.queries_read)
+        if any(layer.compression_pending and index not in self._waiting
+               for index, layer in enumerate(self.cache.layers)):
+            return None
+        waiting, self._waiting = self._waiting, {}
+        return self.compressor.compress_layers(self.cache, waiting)[layer_idx]
 
 
 def active_context() -> ForwardContext | None:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -37,6 +37,7 @@ import torch
 
 from qpruning import attention
 from qpruning.architectures import check_model, check_supported, sliding_windows, text_config
+from qpruning.attention import LayerCapture
 from qpruning.backends import Backend, reference_attention
 from qpruning.cache.budget import (
     BUDGET_MODES,
@@ -403,21 +404,58 @@ class KVCompressor:
             return STORAGE_DTYPES[self.storage_dtype]
         return dtype if dtype in SIXTEEN_BIT else torch.float16
 
-    def layer_tokens(self, plans: Sequence[LayerPlan], seq_len: int) -> Sequence[int | None]:
+    def layer_tokens(
+        self, plans: Sequence[LayerPlan], seq_len: int, statistics: Sequence[float | None] | None = None
+    ) -> Sequence[int | None]:
         """Kept tokens of every layer for a prompt of ``seq_len`` tokens (``None``: every token): the plans'
-        tokens as this pruner spreads them (:meth:`Pruner.layer_tokens`). Compute once per prompt."""
+        tokens as this pruner spreads them (:meth:`Pruner.layer_tokens`). Compute once per prompt.
+
+        ``statistics``: one per layer (:meth:`layer_statistics`), for a pruner that :attr:`needs_every_layer`."""
         if self.pruner.prunes:
             # the pruner spreads the global layers' tokens among them (PyramidKV's pyramid); sliding layers hold
             # their window
             global_layers = [i for i, p in enumerate(plans) if p.window is None]
             # a pruning plan holds the tokens of every global layer (plan() refuses one without)
             planned = cast("list[int]", [plans[i].tokens for i in global_layers])
-            spread_tokens = self.pruner.layer_tokens(planned, seq_len)
+            if statistics is None:
+                spread_tokens = self.pruner.layer_tokens(planned, seq_len)
+            else:
+                spread_by = [float(cast("float", statistics[i])) for i in global_layers]
+                spread_tokens = self.pruner.layer_tokens(planned, seq_len, spread_by)
             out: list[int | None] = [None] * len(plans)
             for i, tokens in zip(global_layers, spread_tokens):
                 out[i] = tokens
             return out
         return [None] * len(plans)
+
+    @property
+    def needs_every_layer(self) -> bool:
+        """Whether the layers are compressed together once the last one's prefill is done
+        (:attr:`Pruner.needs_every_layer`: layer budgets from every layer's statistic) rather than one by one."""
+        return self.pruner.prunes and self.pruner.needs_every_layer
+
+    def layer_statistics(self, cache: QPrunedCache, captures: Mapping[int, LayerCapture]) -> list[float | None]:
+        """Each layer's :meth:`Pruner.layer_statistic` from what its prefill was given (``None``: a layer not
+        captured, or a sliding-window layer, which the pruner does not spread tokens over)."""
+        out: list[float | None] = [None] * len(cache.layers)
+        for index, capture in captures.items():
+            if cache.plans[index].window is None:
+                key_valid = self._key_valid(cache, capture.key.shape[2])
+                out[index] = self.pruner.layer_statistic(capture.query(), capture.key, key_valid, capture.scaling)
+        return out
+
+    def compress_layers(self, cache: QPrunedCache, captures: Mapping[int, LayerCapture]) -> dict[int, LayerPrefill]:
+        """Compress the captured layers together (a pruner that :attr:`needs_every_layer`): their statistics, the
+        kept tokens spread by them (:meth:`layer_tokens`), then each layer as :meth:`compress_layer` does. Returns
+        what each layer holds afterwards."""
+        if not captures:
+            return {}
+        seq_len = next(iter(captures.values())).key.shape[2]
+        tokens = self.layer_tokens(cache.plans, seq_len, self.layer_statistics(cache, captures))
+        return {
+            index: self.compress_layer(cache, index, c.query(), c.key, c.value, c.scaling, layer_tokens=tokens)
+            for index, c in sorted(captures.items())
+        }
 
     def compress_layer(
         self, cache: QPrunedCache, layer_idx: int, query, key, value, scaling: float,
@@ -446,9 +484,7 @@ class KVCompressor:
         layer = cache.layers[layer_idx]
         if not isinstance(layer, CompressedLayer):  # sliding=keep: the model's own sliding-window layer
             return layer.finish_prefill()  # it already holds its window
-        key_valid = cache.key_valid
-        if key_valid is not None and key_valid.shape[-1] != key.shape[2]:
-            key_valid = key_valid[:, -key.shape[2]:]
+        key_valid = self._key_valid(cache, key.shape[2])
         pruner = self.pruner
         repeat = pruner.cache_rows(query.shape[1], key.shape[1]) // key.shape[1]
         if repeat != 1:
@@ -480,6 +516,14 @@ class KVCompressor:
             keep, self.layer_quantizer(plan), self.storage_dtype_for(key.dtype), self.backend_for(key, bits), tokens,
             order=order,
         )
+
+    @staticmethod
+    def _key_valid(cache: QPrunedCache, seq: int) -> torch.Tensor | None:
+        """The cache's real-token mask for a layer of ``seq`` tokens (its last ``seq`` positions)."""
+        key_valid = cache.key_valid
+        if key_valid is not None and key_valid.shape[-1] != seq:
+            key_valid = key_valid[:, -seq:]
+        return key_valid
 
     def backend_for(self, key: torch.Tensor, bits: int | None = None) -> Backend:
         """The attention a layer with these keys runs after compression (:mod:`qpruning.backends`): the fused

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from qpruning.attention import ForwardContext
+from qpruning.attention import ForwardContext, LayerCapture
 from qpruning.cache.cache import QPrunedCache
 from qpruning.cache.layer import LayerPrefill
 from qpruning.compressor import KVCompressor
@@ -45,41 +45,6 @@ def queries_needed(compressors) -> int | None:
     their pruners reads (:attr:`~qpruning.pruners.base.Pruner.queries_read`); ``None`` when one reads them all."""
     reads = [compressor.pruner.queries_read for compressor in compressors]
     return None if any(n is None for n in reads) else max(reads, default=0)
-
-
-@dataclass(frozen=True)
-class LayerCapture:
-    """What :meth:`KVCompressor.compress_layer` is given for one layer at the end of prefill, with the query cut to
-    its last ``query_tail.shape[2]`` positions (``queries``, :func:`queries_needed`).
-
-    Args:
-        query_tail: the last queries ``[batch, q_heads, kept, head_dim]`` (all of them when nothing was cut).
-        key: the layer's keys ``[batch, kv_heads, seq, head_dim]`` (post-RoPE).
-        value: the layer's values.
-        scaling: the attention's scaling.
-    """
-
-    query_tail: torch.Tensor
-    key: torch.Tensor
-    value: torch.Tensor
-    scaling: float
-
-    @classmethod
-    def keep(cls, query, key, value, scaling: float, queries: int | None) -> LayerCapture:
-        seq = query.shape[2]
-        if queries is not None and queries < seq:
-            # a copy: the full query (the prefill's) is then freed
-            query = query[:, :, seq - queries:].clone() if queries else query[:, :, :0].clone()
-        return cls(query, key, value, float(scaling))
-
-    def query(self) -> torch.Tensor:
-        """The query at full length ``[batch, q_heads, seq, head_dim]``: zeros before the kept tail."""
-        seq, tail = self.key.shape[2], self.query_tail
-        if tail.shape[2] == seq:
-            return tail
-        full = tail.new_zeros(*tail.shape[:2], seq, tail.shape[3])
-        full[:, :, seq - tail.shape[2]:] = tail
-        return full
 
 
 @dataclass

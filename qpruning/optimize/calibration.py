@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from qpruning.attention import ForwardContext
 from qpruning.cache.cache import QPrunedCache
 from qpruning.compressor import KVCompressor
 from qpruning.transformers_api import cache_kwargs
@@ -71,11 +72,11 @@ def reference_answer(model, input_ids: torch.Tensor, generation_kwargs: dict) ->
 def build_cache(model, compressor: KVCompressor, prompt: RecordedPrompt) -> QPrunedCache:
     """The compressed cache ``compressor`` makes of ``prompt``'s prefill, without running the prefill again."""
     cache = compressor.new_cache(model)
-    layer_tokens = compressor.layer_tokens(cache.plans, prompt.length)
+    context = ForwardContext(compressor, cache)  # as the forward does: CAKE compresses after the last layer
     with torch.inference_mode():
         for layer_idx, (query, key, value, scaling) in enumerate(prompt.layers):
             cache.layers[layer_idx].update(key, value)
-            compressor.compress_layer(cache, layer_idx, query, key, value, scaling, layer_tokens)
+            context.compress_layer(layer_idx, query, key, value, scaling)
     return cache
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from qpruning.errors import ConfigError, check_params
 from qpruning.pruners.adakv import AdaKV
 from qpruning.pruners.base import NoPruner, Pruner, select_tokens
+from qpruning.pruners.cake import CAKE
 from qpruning.pruners.chunkkv import ChunkKV
 from qpruning.pruners.h2o import H2O
 from qpruning.pruners.headkv import HeadKV, HeadScores, load_head_scores
@@ -15,7 +16,7 @@ from qpruning.pruners.streamingllm import StreamingLLM
 from qpruning.pruners.tova import TOVA
 
 PRUNERS: dict[str, type[Pruner]] = {
-    cls.name: cls for cls in (NoPruner, StreamingLLM, H2O, SnapKV, PyramidKV, AdaKV, HeadKV, TOVA, KNorm, ChunkKV)
+    cls.name: cls for cls in (NoPruner, StreamingLLM, H2O, SnapKV, PyramidKV, AdaKV, HeadKV, TOVA, KNorm, ChunkKV, CAKE)
 }
 
 
@@ -31,6 +32,7 @@ __all__ = [
     "PRUNERS",
     "H2O",
     "TOVA",
+    "CAKE",
     "AdaKV",
     "ChunkKV",
     "HeadKV",

@@ -4,7 +4,8 @@ A pruner looks at one layer at the end of prefill and decides which tokens each 
 into three steps so that methods differ only where they really differ:
 
 1. :meth:`Pruner.layer_tokens` turns the per-layer kept-token counts of the plan into the counts this method
-   uses (PyramidKV reshapes them into a pyramid; the others keep them);
+   uses (PyramidKV reshapes them into a pyramid, CAKE spreads them by each layer's :meth:`Pruner.layer_statistic`;
+   the others keep them);
 2. :meth:`Pruner.score` rates every token of every KV head (higher = more worth keeping), from the layer's
    full-precision queries and keys: pruning sees unquantized states and runs before quantization;
 3. :meth:`Pruner.allocate` splits a layer's kept tokens among its heads (uniform here; Ada-KV and HeadKV give
@@ -73,10 +74,26 @@ class Pruner(ABC):
         these."""
         return None
 
-    def layer_tokens(self, tokens: Sequence[int], seq_len: int) -> list[int]:
+    def layer_tokens(
+        self, tokens: Sequence[int], seq_len: int, statistics: Sequence[float] | None = None
+    ) -> list[int]:
         """Kept tokens per layer (and KV head) for a prompt of ``seq_len`` tokens, from the plan's ``tokens``
-        (identity here)."""
+        (identity here). ``statistics``: each layer's :meth:`layer_statistic`, given when :attr:`needs_every_layer`
+        (``None`` otherwise)."""
         return list(tokens)
+
+    @property
+    def needs_every_layer(self) -> bool:
+        """Whether :meth:`layer_tokens` needs every layer's :meth:`layer_statistic`: the compressor then compresses
+        the layers once the last one's prefill is done (CAKE), instead of each as soon as its own is."""
+        return False
+
+    def layer_statistic(
+        self, query: torch.Tensor, key: torch.Tensor, key_valid: torch.Tensor | None, scaling: float
+    ) -> float | None:
+        """One number describing a layer's attention (same arguments as :meth:`score`), read by
+        :meth:`layer_tokens` when :attr:`needs_every_layer`; ``None`` here."""
+        return None
 
     def validate_geometry(self, num_layers: int, q_heads: int, kv_heads: int) -> None:
         """Raise unless this pruner's own per-layer or per-head data fit the model (HeadKV's head scores);

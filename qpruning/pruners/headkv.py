@@ -295,7 +295,7 @@ class HeadKV(SnapKV):
 
     # -- budgets ---------------------------------------------------------------------------------------------
 
-    def layer_tokens(self, tokens, seq_len):
+    def layer_tokens(self, tokens, seq_len, statistics=None):
         """The plan's kept tokens per layer, unchanged (they decide which layers are compressed at all); remembered so that
         the pool can be formed over all layers when the first layer is allocated."""
         self._plan = (list(tokens), seq_len)

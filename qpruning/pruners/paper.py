@@ -163,7 +163,9 @@ class PaperPyramidKV(PaperMode, PyramidKV):
         window = min(self.window, key.shape[2])
         return paper_window_votes(query, key, key_valid, scaling, window, self.kernel_size, self.pooling)
 
-    def layer_tokens(self, tokens: Sequence[int], seq_len: int) -> list[int]:
+    def layer_tokens(
+        self, tokens: Sequence[int], seq_len: int, statistics: Sequence[float] | None = None
+    ) -> list[int]:
         """The layer budgets of the code: with ``S = C - window``, a prompt shorter than ``C`` is kept whole, one
         shorter than ``2S`` keeps ``C`` in every layer; otherwise the top layer selects ``lo = S // beta``, the
         bottom ``hi = 2S - lo`` (capped at ``seq_len - window``, ``lo = 2S - hi``), and layer ``l`` selects

@@ -74,7 +74,9 @@ class PyramidKV(SnapKV):
         raw = [bottom - layer * step for layer in range(num_layers)]
         return largest_remainder_round(raw, selected * num_layers), mode
 
-    def layer_tokens(self, tokens: Sequence[int], seq_len: int) -> list[int]:
+    def layer_tokens(
+        self, tokens: Sequence[int], seq_len: int, statistics: Sequence[float] | None = None
+    ) -> list[int]:
         num_layers = len(tokens)
         window = min(self.window, seq_len)
         mean_tokens = sum(tokens) / num_layers

@@ -13,7 +13,7 @@ from fractions import Fraction
 from typing import Any
 
 PRUNER_ORDER: tuple[str, ...] = (
-    "none", "streamingllm", "h2o", "snapkv", "pyramidkv", "adakv", "headkv", "tova", "knorm", "chunkkv",
+    "none", "streamingllm", "h2o", "snapkv", "pyramidkv", "adakv", "headkv", "tova", "knorm", "chunkkv", "cake",
 )
 PRUNER_LABELS: dict[str, str] = {
     "none": "No pruning",
@@ -26,6 +26,7 @@ PRUNER_LABELS: dict[str, str] = {
     "tova": "TOVA",
     "knorm": "KNorm",
     "chunkkv": "ChunkKV",
+    "cake": "CAKE",
 }
 QUANT_ORDER: tuple[str, ...] = (
     "flexgen",
