@@ -216,12 +216,13 @@ def summary_line(metrics: dict[str, Any], output_dir: Path) -> str:
     ratio = metrics.get("kv_ratio")
     score = metrics.get("score")
     global_ratio = metrics.get("kv_ratio_global")
+    tiers = f" tiers {metrics['tiers']}" if metrics.get("tiers") else ""
     # a hybrid model: the global layers' ratio is the one the budget sets; the whole cache holds the windows too
     globals_only = (f" (global layers {100 * global_ratio:.1f}%)"
                     if global_ratio is not None and ratio is not None and abs(global_ratio - ratio) > 1e-9 else "")
     return (
         f"[qpruning] {metrics['benchmark']} | {metrics['model']} | {metrics['pruner']} + {metrics['quant']} "
-        f"{metrics['bits']}-bit g{metrics['group_size']} {budget} | score {score:.2f}"
+        f"{metrics['bits']}-bit g{metrics['group_size']}{tiers} {budget} | score {score:.2f}"
         if score is not None
         else f"[qpruning] {metrics['benchmark']} | {metrics['model']} | score n/a"
     ) + (

@@ -49,6 +49,9 @@ def mode_classes(
     if pruner.name not in PAPER_PRUNERS:
         raise ConfigError(f"pruner={pruner.name} is not in the paper's code, so compat=paper cannot run it",
                           f"allowed with compat=paper: {', '.join(PAPER_PRUNERS)}; or compat=methods")
+    if quantizer.tier_plan:
+        raise ConfigError("quant.tiers has no compat=paper counterpart (the paper's code stored one precision)",
+                          "allowed with compat=paper: quant.tiers=null; or compat=methods")
     if any(o.rotate for o in layers):
         raise ConfigError("layers: rotate=true has no compat=paper counterpart (the paper's code never rotated)",
                           "allowed with compat=paper: rotate=false or left out; or compat=methods")

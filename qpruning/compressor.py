@@ -54,6 +54,7 @@ from qpruning.cache.cache import QPrunedCache
 from qpruning.cache.context import reset_active_forward, set_active_forward
 from qpruning.cache.layer import CompressedLayer, LayerPrefill
 from qpruning.cache.quantizers import KIVI, KVQuantizer
+from qpruning.cache.tiers import split_tiers
 from qpruning.compat import check_sliding_model, mode_classes
 from qpruning.errors import ConfigError, check_choice, check_int, check_real
 from qpruning.pruners.base import NoPruner, Pruner
@@ -197,9 +198,25 @@ class KVCompressor:
         elif self.tokens is not None or self.budget is not None:
             logger.warning("pruner=none keeps every token: tokens/budget are ignored")
             self.tokens = self.budget = None
+        if self.quantizer.tier_plan:
+            self._check_tiers()
         if any(o.tokens is None for o in self.layers) and self.budget is None and self.pruner.prunes:
             raise ConfigError("layers: an override without tokens needs budget= to derive its tokens from its bits",
                               "allowed: give each override its tokens, or use budget= instead of tokens=")
+
+    def _check_tiers(self) -> None:
+        """Refuse what precision per token (``quant.tiers``) cannot run with."""
+        if not self.pruner.prunes:
+            raise ConfigError(
+                "quant.tiers ranks the kept tokens by the pruner's scores, and pruner=none scores none",
+                "allowed: quant.tiers with a pruner (e.g. pruner=snapkv), or quant.tiers=null",
+            )
+        if self.layers:
+            raise ConfigError(
+                "quant.tiers sets the precision of every global layer's kept tokens, so layers=/allocation= "
+                "(bits per layer) cannot be used with it",
+                "allowed: quant.tiers or layer-wise bits, not both",
+            )
 
     # -- planning and validation --------------------------------------------------------------------------
 
@@ -495,7 +512,7 @@ class KVCompressor:
         batch, heads, seq, _ = key.shape
         plan = cache.plans[layer_idx]
         bits = plan.bits
-        order = None
+        order = scores = None
         longest = seq if key_valid is None else int(key_valid.sum(-1).max())
         if plan.window is not None:
             # a quantized sliding-window layer keeps what the model's own keeps: the last window - 1 positions
@@ -504,17 +521,26 @@ class KVCompressor:
             if key_valid is not None:
                 keep &= key_valid.unsqueeze(1)
         elif tokens is None or pruner.keeps_all(tokens, longest):
-            if bits == 16 and key_valid is None and pruner.keeps_uncut_layers:
+            if bits == 16 and key_valid is None and pruner.keeps_uncut_layers and not self.quantizer.tier_plan:
                 # nothing to remove, nothing to quantize: the layer stays exactly as the model made it
                 return layer.finish_prefill(tokens)
             keep = torch.ones(batch, heads, seq, dtype=torch.bool, device=key.device)
             if key_valid is not None:
                 keep &= key_valid.unsqueeze(1)
         else:
-            keep, order = pruner.choose(query, key, key_valid, scaling, tokens, layer_idx)
+            selection = pruner.choose(query, key, key_valid, scaling, tokens, layer_idx)
+            keep, order, scores = selection.keep, selection.order, selection.scores
+        quantizer = self.layer_quantizer(plan)
+        tiers = None
+        if self.quantizer.tier_plan and plan.window is None:
+            # precision per token: the kept tokens ranked by the pruner's scores, a quantizer per tier
+            if scores is None:
+                scores = pruner.score(query, key, key_valid, scaling)
+            masks = split_tiers(keep, scores, self.quantizer.tier_plan)
+            tiers = [(mask, quantizer.untiered(tier.bits)) for mask, tier in zip(masks, self.quantizer.tier_plan)]
         return layer.compress(
-            keep, self.layer_quantizer(plan), self.storage_dtype_for(key.dtype), self.backend_for(key, bits), tokens,
-            order=order,
+            keep, quantizer, self.storage_dtype_for(key.dtype), self.backend_for(key, bits), tokens,
+            order=order, tiers=tiers,
         )
 
     @staticmethod

@@ -49,6 +49,7 @@ class RunLabels:
     budget: float | None = None
     budget_mode: str = "nominal"
     layer_config: str | None = None
+    tiers: str | None = None
     compat: str = "methods"
     experiment: str | None = field(default=None, metadata={"key": False})
     benchmark_variant: str | None = field(default=None, metadata={"key": False})
@@ -67,7 +68,8 @@ class RunLabels:
         return cls(
             benchmark=type(benchmark).name, model=model.name, pruner=pruner.name, quant=quantizer.label,
             bits=quantizer.bits, group_size=quantizer.group_size, tokens=compressor.tokens, budget=compressor.budget,
-            budget_mode=compressor.budget_mode, layer_config=layer_config, compat=compressor.compat,
+            budget_mode=compressor.budget_mode, layer_config=layer_config, tiers=quantizer.tiers_label,
+            compat=compressor.compat,
             experiment=experiment, benchmark_variant=benchmark_variant,
         )
 
@@ -200,7 +202,7 @@ def input_files(config: Mapping[str, Any]) -> dict[str, str]:
 
 
 # Keys added after runs existed, at the value those runs had: left out of the identity when at that value.
-DEFAULTS_LEFT_OUT = {"compat": DEFAULT_COMPAT, "sliding": "keep"}
+DEFAULTS_LEFT_OUT: dict[str, Any] = {"compat": DEFAULT_COMPAT, "sliding": "keep", "quant.tiers": None}
 
 PAPER_REVISION = 2
 """Revision of ``compat=paper``'s port of the paper's code, part of a paper run's identity. 2: the selection calls
@@ -214,9 +216,9 @@ def run_identity(config: Mapping[str, Any]) -> dict[str, Any]:
     for dotted in RUN_CONTROL_KEYS:
         _drop(identity, dotted)
     for key, default in DEFAULTS_LEFT_OUT.items():
-        if identity.get(key) == default:
+        if _get(identity, key) == default:
             # a default is left out, so runs keep the folders they had before the key existed
-            identity.pop(key)
+            _drop(identity, key)
     if identity.get("compat") == "paper":
         identity["paper_revision"] = PAPER_REVISION
     files = input_files(config)

@@ -40,6 +40,8 @@ RESULT_AFFECTING = [
     ["pruner.kernel_size=5"],
     ["quant=flexgen"],
     ["quant.residual_length=32"],
+    ["quant.tiers=[[0.5,8],[0.5,2]]"],
+    ["quant.tiers=[[0.5,8],[0.5,4]]"],
     ["benchmark=ruler_small"],
     ["benchmark.lengths=[500]"],
     ["benchmark.max_new_tokens=20"],
@@ -168,3 +170,10 @@ def test_a_paper_run_names_the_revision_of_the_port_that_computed_it():
 
     before = hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[: len(run_hash(paper))]
     assert run_hash(paper) != before
+
+
+def test_a_key_added_at_the_value_earlier_runs_had_leaves_their_folders_alone():
+    """quant.tiers (precision per token) came after runs existed: at null it is not part of the identity."""
+    base = {"model": {"name": "m"}, "quant": {"name": "kivi", "bits": 4}}
+    assert run_hash({**base, "quant": {"name": "kivi", "bits": 4, "tiers": None}}) == run_hash(base)
+    assert run_hash({**base, "quant": {"name": "kivi", "bits": 4, "tiers": [[0.5, 8], [0.5, 2]]}}) != run_hash(base)

@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass
 
 from qpruning.cache.quantizers import ALLOWED_BITS, KVQuantizer
+from qpruning.cache.tiers import mean_bits, tier_counts_of
 from qpruning.errors import ConfigError, check_choice, check_int, is_int
 
 BUDGET_MODES = ("nominal", "exact")
@@ -153,20 +154,36 @@ def expected_outlier_bytes(tokens: int, bits: int, quantizer: KVQuantizer, head_
     return 2 * fraction * quantized * head_dim * OUTLIER_BYTES
 
 
+def tiered_row_bytes(tokens: int, quantizer: KVQuantizer, head_dim: int) -> float:
+    """:func:`row_bytes` plus expected outliers of a row of ``tokens`` kept tokens stored in ``quantizer``'s tiers
+    (:mod:`qpruning.cache.tiers`): each tier's tokens at its own bits."""
+    total = 0.0
+    for count, tier in zip(tier_counts_of(tokens, quantizer.tier_plan), quantizer.tier_plan):
+        total += row_bytes(count, tier.bits, quantizer, head_dim)
+        total += expected_outlier_bytes(count, tier.bits, quantizer, head_dim)
+    return total
+
+
 def tokens_for_budget(
     budget: float, full_tokens: int, bits: int, quantizer: KVQuantizer, head_dim: int, mode: str = "nominal"
 ) -> int:
-    """Kept tokens per layer and head that spend ``budget`` of a 16-bit cache of ``full_tokens`` tokens."""
+    """Kept tokens per layer and head that spend ``budget`` of a 16-bit cache of ``full_tokens`` tokens (for a
+    tiered quantizer, :attr:`KVQuantizer.tier_plan`, at its tiers' bits: ``bits`` is then its decoded tokens')."""
     check_choice("budget_mode", mode, BUDGET_MODES)
+    tiers = quantizer.tier_plan
+    nominal_bits = mean_bits(tiers) if tiers else bits
+    # Every token costs at least its packed codes, so the nominal count is an upper bound.
+    tokens = int(math.floor(budget * full_tokens * 16 / nominal_bits + 1e-9))
     if mode == "nominal":
-        return int(math.floor(budget * full_tokens * 16 / bits + 1e-9))
+        return tokens
     allowance = budget * 2 * full_tokens * head_dim * SIXTEEN_BIT_BYTES
-    # Every token costs at least its packed codes, so the nominal count is an upper bound. Bytes are not
-    # monotonic in tokens (a token that completes a per-channel group moves the group's 16-bit tail into
-    # packed codes), so scan down from the bound instead of bisecting.
-    tokens = int(math.floor(budget * full_tokens * 16 / bits + 1e-9))
+    # Bytes are not monotonic in tokens (a token that completes a per-channel group moves the group's 16-bit
+    # tail into packed codes), so scan down from the bound instead of bisecting.
     while tokens > 0:
-        cost = row_bytes(tokens, bits, quantizer, head_dim) + expected_outlier_bytes(tokens, bits, quantizer, head_dim)
+        if tiers:
+            cost = tiered_row_bytes(tokens, quantizer, head_dim)
+        else:
+            cost = row_bytes(tokens, bits, quantizer, head_dim) + expected_outlier_bytes(tokens, bits, quantizer, head_dim)
         if cost <= allowance:
             break
         tokens -= 1

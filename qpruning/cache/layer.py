@@ -32,7 +32,7 @@ and the residual. With ``sliding=keep`` it is a :class:`SlidingLayer`: transform
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -228,6 +228,7 @@ class CompressedLayer(CacheLayerMixin):
         backend: AttentionBackend | None = None,
         tokens: int | None = None,
         order: torch.Tensor | None = None,
+        tiers: Sequence[tuple[torch.Tensor, KVQuantizer]] | None = None,
     ) -> LayerPrefill:
         """Keep the tokens of ``keep`` (``[batch, kv_heads, seq]`` bool) and quantize what fills whole groups.
 
@@ -238,18 +239,49 @@ class CompressedLayer(CacheLayerMixin):
         (``compat=paper``): the kept positions in the order the paper's code caches them (top-k order, then the
         window), used when every row keeps the same count and every kept token is quantized: the HQQ cache's groups
         along axis 0 depend on the order. Attention does not.
+
+        ``tiers`` (precision per token, :mod:`qpruning.cache.tiers`): ``keep`` split into masks, each stored as its
+        own segments by its own quantizer (as ``keep`` alone would be by ``quantizer``); ``quantizer`` then
+        quantizes only the tokens added later.
         """
         assert self.keys is not None and self.values is not None  # a plain layer's, compressed now
         batch, heads, seq, head_dim = self.keys.shape
         if keep.shape != (batch, heads, seq):
             raise ValueError(f"keep mask of shape {tuple(keep.shape)} does not match the cache {(batch, heads, seq)}")
+        if tiers is not None and not torch.equal(torch.stack([m for m, _ in tiers]).sum(0), keep.long()):
+            raise ValueError("tiers: the masks must split the keep mask, each kept token in exactly one tier")
         self.quantizer = quantizer
         self.storage_dtype = storage_dtype
         self.rotation = Rotation.for_layer(head_dim, self.layer_idx) if quantizer.rotate else None
-        stored = self._stored
         lengths = keep.sum(-1)  # [batch, heads]
         self._kept_positions = _positions(keep, lengths)
         self.kept_per_row = lengths.reshape(-1).to(torch.int32)
+        segments: list[Segment] = []
+        for mask, part_quantizer in tiers if tiers is not None else [(keep, quantizer)]:
+            segments += self._segments(mask, part_quantizer, storage_dtype, order if tiers is None else None)
+        self.prefix = segments
+        self.decoded = None
+        self.residual_keys = self.keys.new_empty(batch, heads, 0, head_dim, dtype=storage_dtype)
+        self.residual_values = self.residual_keys.clone()
+        if self.window is not None and not quantizer.enabled and len(segments) == 1 and segments[0].uniform_length:
+            # a 16-bit sliding window of equally long rows is one residual that slides (flush), as the model's own
+            assert isinstance(segments[0].keys, torch.Tensor) and isinstance(segments[0].values, torch.Tensor)
+            self.residual_keys = segments[0].keys.view(batch, heads, -1, head_dim)
+            self.residual_values = segments[0].values.view(batch, heads, -1, head_dim)
+            self.prefix = []
+        self.keys = self.values = None
+        self.compressed = True
+        self.backend = backend
+        return self.finish_prefill(tokens)
+
+    def _segments(
+        self, keep: torch.Tensor, quantizer: KVQuantizer, storage_dtype: torch.dtype, order: torch.Tensor | None
+    ) -> list[Segment]:
+        """The segments that store the tokens of ``keep`` with ``quantizer``: the whole groups quantized (in
+        blocks: :meth:`_blocks`), the rest of each row in 16 bits."""
+        assert self.keys is not None and self.values is not None  # compress's
+        stored = self._stored
+        lengths = keep.sum(-1)  # [batch, heads]
         segments: list[Segment] = []
         if quantizer.enabled:
             quantized = quantizer.quantizable(lengths)
@@ -286,20 +318,7 @@ class CompressedLayer(CacheLayerMixin):
                     lengths.reshape(-1),
                 )
             )
-        self.prefix = segments
-        self.decoded = None
-        self.residual_keys = self.keys.new_empty(batch, heads, 0, head_dim, dtype=storage_dtype)
-        self.residual_values = self.residual_keys.clone()
-        if self.window is not None and not quantizer.enabled and len(segments) == 1 and segments[0].uniform_length:
-            # a 16-bit sliding window of equally long rows is one residual that slides (flush), as the model's own
-            assert isinstance(segments[0].keys, torch.Tensor) and isinstance(segments[0].values, torch.Tensor)
-            self.residual_keys = segments[0].keys.view(batch, heads, -1, head_dim)
-            self.residual_values = segments[0].values.view(batch, heads, -1, head_dim)
-            self.prefix = []
-        self.keys = self.values = None
-        self.compressed = True
-        self.backend = backend
-        return self.finish_prefill(tokens)
+        return segments
 
     def _blocks(self, keys: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor):
         """The kept tokens to quantize (``[n, head_dim]``, row by row) as one run, or, in a sliding-window layer

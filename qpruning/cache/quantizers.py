@@ -16,6 +16,7 @@ import torch
 
 from qpruning.cache.quantized import GroupAxis, OutlierFilter, QuantizedTensor, check_groupable, quantize
 from qpruning.cache.rotation import check_rotatable
+from qpruning.cache.tiers import Tier, parse_tiers, tier_label
 from qpruning.errors import ConfigError, check_bool, check_int, check_params
 
 ALLOWED_BITS = (2, 4, 8, 16)
@@ -35,6 +36,9 @@ class KVQuantizer:
         rotate: store keys and values rotated by a fixed randomized Hadamard matrix per layer (QuaRot-style,
             :mod:`qpruning.cache.rotation`), which spreads outlier channels before quantizing; needs a head_dim
             that is a power of two. ``quant=kivi_rot`` / ``flexgen_rot`` set it.
+        tiers: precision per token (:mod:`qpruning.cache.tiers`): ``[[share, bits], ...]`` from the best-scored
+            kept tokens down, e.g. ``[[0.1, 8], [0.4, 4], [0.5, 2]]``; ``bits`` is then the precision of the
+            tokens added after prefill. ``None``: every kept token at ``bits``.
     """
 
     name: ClassVar[str] = "minmax"
@@ -46,9 +50,11 @@ class KVQuantizer:
     residual_length: int | None = None
     outliers: OutlierFilter | None = None
     rotate: bool = False
+    tiers: list[list[float]] | None = None
 
     def __post_init__(self) -> None:
         check_int("bits", self.bits, choices=ALLOWED_BITS, meaning="16 = no quantization")
+        self.tier_plan: tuple[Tier, ...] = () if self.tiers is None else parse_tiers(self.tiers, ALLOWED_BITS)
         check_bool("quant.rotate", self.rotate)
         check_int("group_size", self.group_size, choices=ALLOWED_GROUP_SIZES)
         if self.residual_length is None:
@@ -76,6 +82,10 @@ class KVQuantizer:
         """The same method at another precision (layer-wise token-precision configurations use this)."""
         return dataclasses.replace(self, bits=bits)
 
+    def untiered(self, bits: int) -> KVQuantizer:
+        """The same method at ``bits`` for every token (one tier's quantizer)."""
+        return dataclasses.replace(self, bits=bits, tiers=None)
+
     def with_rotate(self, rotate: bool) -> KVQuantizer:
         """The same method with or without the Hadamard rotation (layer-wise configurations use this)."""
         return dataclasses.replace(self, rotate=rotate)
@@ -84,7 +94,7 @@ class KVQuantizer:
         """Raise if this quantizer cannot group (or rotate) a head of ``head_dim`` channels."""
         if self.rotate:
             check_rotatable(head_dim)
-        if not self.enabled:
+        if not self.enabled and all(t.bits == 16 for t in self.tier_plan):
             return
         for axis in (self.key_axis, self.value_axis):
             check_groupable(self.group_size, head_dim, self.group_size, axis)
@@ -124,8 +134,14 @@ class KVQuantizer:
         was set on a quantizer that does not rotate by name (``quant=kivi quant.rotate=true`` -> ``kivi_rot``)."""
         return f"{self.name}_rot" if self.rotate and not self.name.endswith("_rot") else self.name
 
+    @property
+    def tiers_label(self) -> str | None:
+        """How runs name the tiers (``tiers`` in metrics.json): ``0.1x8+0.4x4+0.5x2``, or ``None`` without."""
+        return tier_label(self.tier_plan) if self.tier_plan else None
+
     def describe(self) -> str:
-        return f"{self.name} {self.bits}-bit g{self.group_size}" + (" rot" if self.rotate else "")
+        tiers = f" tiers {tier_label(self.tier_plan)}" if self.tier_plan else ""
+        return f"{self.name} {self.bits}-bit g{self.group_size}" + (" rot" if self.rotate else "") + tiers
 
 
 @dataclass

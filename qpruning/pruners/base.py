@@ -36,11 +36,14 @@ SCORE_BLOCK_NUMBERS = 1 << 22
 
 
 class Selection(NamedTuple):
-    """What a pruner chose in one layer: ``keep`` ``[batch, rows, seq]`` (bool), and ``order`` (``None``, or the
-    kept positions ``[batch, rows, >= kept]`` in the order the cache stores them; ``None``: position order)."""
+    """What a pruner chose in one layer: ``keep`` ``[batch, rows, seq]`` (bool), ``order`` (``None``, or the
+    kept positions ``[batch, rows, >= kept]`` in the order the cache stores them; ``None``: position order), and
+    the ``scores`` ``[batch, rows, seq]`` it chose by (``None`` where a pruner does not say; precision per token,
+    :mod:`qpruning.cache.tiers`, ranks the kept tokens by them)."""
 
     keep: torch.Tensor
     order: torch.Tensor | None = None
+    scores: torch.Tensor | None = None
 
 
 @dataclass
@@ -133,7 +136,7 @@ class Pruner(ABC):
         with the last ``window`` tokens always kept. ``key`` has :meth:`cache_rows` heads."""
         scores = self.score(query, key, key_valid, scaling)
         counts = self.allocate(scores, tokens, key_valid, layer_idx)
-        return self.select(scores, counts, key_valid, min(self.window, key.shape[2]))
+        return self.select(scores, counts, key_valid, min(self.window, key.shape[2]))._replace(scores=scores)
 
     def select(
         self, scores: torch.Tensor, counts: torch.Tensor, key_valid: torch.Tensor | None, window: int

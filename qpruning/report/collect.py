@@ -62,7 +62,7 @@ RESULT_FIELDS: tuple[str, ...] = (
 
 _INT_FIELDS = ("benchmark_length", "bits", "group_size", "samples", "failed")
 _FLOAT_FIELDS = ("tokens", "budget", "tokens_effective", "score", "kv_bytes", "kv_bytes_full", "seconds")
-_STR_FIELDS = ("benchmark", "model", "pruner", "quant", "budget_mode", "layer_config", "compat", "experiment")
+_STR_FIELDS = ("benchmark", "model", "pruner", "quant", "budget_mode", "layer_config", "tiers", "compat", "experiment")
 _DICT_FIELDS = ("task_scores", "category_scores", "length_scores", "config")
 _SKIP_DIRS = {"wandb", "__pycache__", "node_modules"}
 

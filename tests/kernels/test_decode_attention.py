@@ -357,3 +357,22 @@ def test_interpreter_flag_set_after_triton_was_imported_is_refused_clearly():
     done = run_without_interpreter_flag(code)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "set after Triton was imported" in done.stdout, done.stdout + done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("method", ["kivi", "flexgen"])
+def test_tiered_segments_at_several_bits_in_one_layer_match_reference_exactly(method):
+    """Precision per token (quant.tiers): one layer holds segments at 8, 4 and 2 bits (and 16-bit tails)."""
+    from qpruning.cache.tiers import split_tiers
+
+    quantizer = QUANTIZERS[method](bits=4, group_size=32, tiers=[[0.2, 8], [0.3, 4], [0.5, 2]])
+    g = torch.Generator().manual_seed(7)
+    batch, kv_heads, seq = 2, 2, 300
+    layer = CompressedLayer()
+    layer.update(torch.randn(batch, kv_heads, seq, HEAD_DIM, generator=g).to(DEVICE),
+                 torch.randn(batch, kv_heads, seq, HEAD_DIM, generator=g).to(DEVICE))
+    keep = torch.rand(batch, kv_heads, seq, generator=g) < 0.7
+    masks = split_tiers(keep, torch.randn(batch, kv_heads, seq, generator=g), quantizer.tier_plan)
+    parts = [(m.to(DEVICE), quantizer.untiered(t.bits)) for m, t in zip(masks, quantizer.tier_plan)]
+    layer.compress(keep.to(DEVICE), quantizer, torch.float16, tiers=parts)
+    assert {s.keys.bits for s in layer.segments() if s.quantized} == {8, 4, 2}
+    check(layer, group=3, tol=EXACT, dot="fp32")
