@@ -52,6 +52,11 @@ TABLE_NEEDS: dict[str, tuple[str, str]] = {
         "runs of a rotated quantizer (`quant=kivi_rot`, any `X_rot`) beside runs of `X` with the same pruner and "
         "budget (or tokens), at 16 / 8 / 4 / 2 bits.",
     ),
+    "tiers": (
+        "Precision per token against one precision at equal memory",
+        "runs with `quant.tiers` beside runs of the same pruner, quantizer and budget at 16 / 8 / 4 bits, with "
+        "bootstrap intervals.",
+    ),
 }
 FIGURE_NEEDS: dict[str, tuple[str, str]] = {
     "fig1": (

@@ -2,7 +2,7 @@
 
 Everything takes the kept complete runs (``Collection.runs``, one row per configuration) or a part of them:
 
-- masks: :func:`without_layer_config`, :func:`paper_quantizer_or_16bit`; :func:`budget_runs` combines them;
+- masks: :func:`one_precision`, :func:`paper_quantizer_or_16bit`; :func:`budget_runs` combines them;
 - :func:`pick_runs`: one run per cell, by preference (the one place where 16-bit runs under different ``quant``
   names are merged);
 - keys: :func:`cell_key` (a cell's normalized key, numbers as float) and :func:`key_tuples` (rows as tuples,
@@ -65,9 +65,11 @@ def rows_in(df: pd.DataFrame, wanted: Sequence[tuple], keys: Sequence[str]) -> p
 
 
 # ----------------------------------------------------------------------------------------------- masks
-def without_layer_config(runs: pd.DataFrame) -> pd.Series:
-    """Runs without a layer-wise configuration (every layer keeps the same tokens and bits)."""
-    return runs["layer_config"].isna()
+def one_precision(runs: pd.DataFrame) -> pd.Series:
+    """Runs that store every kept token at the run's bits: no layer-wise configuration (every layer keeps the same
+    tokens and bits) and no precision per token (``tiers``)."""
+    mask = runs["layer_config"].isna()
+    return mask & runs["tiers"].isna() if "tiers" in runs else mask
 
 
 def paper_quantizer_or_16bit(runs: pd.DataFrame, quant: str | None = None) -> pd.Series:
@@ -90,7 +92,7 @@ def budget_runs(runs: pd.DataFrame) -> pd.DataFrame:
         runs["budget"].notna()
         & runs["pruner"].notna()
         & (runs["pruner"] != "none")
-        & without_layer_config(runs)
+        & one_precision(runs)
     ]
     return c[paper_quantizer_or_16bit(c)] if len(c) else c
 

@@ -24,10 +24,10 @@ from .selection import (
     cell_key,
     key_tuples,
     norm_value,
+    one_precision,
     paper_quantizer_or_16bit,
     pick_runs,
     sorted_unique,
-    without_layer_config,
 )
 
 logger = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ def table1(runs: pd.DataFrame, paper: PaperNumbers | None = None) -> ReportTable
             & runs["pruner"].notna()
             & (runs["pruner"] != "none")
             & runs["tokens"].notna()
-            & without_layer_config(runs)
+            & one_precision(runs)
         )
         if len(runs)
         else pd.Series(dtype=bool)
@@ -182,7 +182,7 @@ def table2(
     """
     if not len(runs):
         return None
-    base = runs[runs["budget"].notna() & runs["pruner"].isin(list(pruners)) & without_layer_config(runs)]
+    base = runs[runs["budget"].notna() & runs["pruner"].isin(list(pruners)) & one_precision(runs)]
     base = base[paper_quantizer_or_16bit(base)] if len(base) else base
     lb = base[(base["family"] == "longbench")]
     ruler = base[(base["family"] == "ruler") & (base["length_label"] == "8k")]
@@ -272,7 +272,7 @@ def table3(runs: pd.DataFrame, paper: PaperNumbers | None = None, quant: str = "
         & (runs["quant"] == quant)
         & (runs["bits"] < 16)
         & runs["group_size"].notna()
-        & without_layer_config(runs)
+        & one_precision(runs)
     ]
     row_keys, col_keys = ["model", "benchmark", "pruner", "tokens", "bits"], ["group_size"]
     if cands.empty:
@@ -404,7 +404,7 @@ def _accuracy_cells(cells: pd.DataFrame, runs: pd.DataFrame, published: dict[tup
                 & (runs["benchmark"] == family)
                 & (runs["tokens"] == tokens)
                 & (runs["bits"] == bits)
-                & without_layer_config(runs)
+                & one_precision(runs)
             ]
             if quant is not None:
                 match = match[(match["quant"] == quant) & (match["group_size"] == labels.DEFAULT_GROUP_SIZE)]
@@ -668,6 +668,94 @@ def rotation(runs: pd.DataFrame) -> ReportTable | None:
     return table
 
 
+TIER_STATS = {"score": "score", "low": "95% low", "high": "95% high"}
+
+
+def _precision(tiers: Any, bits: Any) -> str:
+    """A run's precision as a row label: ``4x4`` (one precision at equal memory) or ``tiers 0.1x8+0.4x4+0.5x2``."""
+    return labels.setting_label(bits) if is_missing(tiers) else f"tiers {tiers}"
+
+
+def tiers(runs: pd.DataFrame) -> ReportTable | None:
+    """Precision per token (``quant.tiers``) against one precision at the same budget (equal bytes): per benchmark,
+    each setting's score and its 95 % bootstrap interval (:func:`~qpruning.report.uncertainty.run_interval`), rows
+    per (model, pruner, quantizer, budget): the uniform 1x16 / 2x8 / 4x4 and each tiering. The notes say, per row
+    group and benchmark, whether a tiering beats the best uniform point beyond the intervals.
+
+    Built when a tiered run exists; None otherwise."""
+    from .uncertainty import run_interval
+
+    if not len(runs) or "tiers" not in runs or not runs["tiers"].notna().any():
+        return None
+    c = runs[runs["score"].notna() & runs["budget"].notna() & runs["layer_config"].isna()].copy()
+    c["precision"] = [_precision(t, b) for t, b in zip(c["tiers"], c["bits"])]
+    point_keys = ["model", "pruner", "quant", "compat", "budget", *_EXTRA_KEYS]
+    tiered_points = {cell_key(r, point_keys) for _, r in c[c["tiers"].notna()].iterrows()}
+    c = c[[cell_key(r, point_keys) in tiered_points for _, r in c.iterrows()]]
+    c = c.assign(bench=[labels.benchmark_label(b, n) for b, n in zip(c["benchmark"], c["benchmark_length"])])
+    group_keys = _shown_keys(
+        c, ["model", "pruner", "quant", "compat", "budget", *_EXTRA_KEYS], ("model", "pruner", "quant", "budget")
+    )
+    row_keys = [*group_keys, "precision"]
+    picked = pick_runs(c, [*row_keys, "bench"])
+    records, found = [], {}
+    for _, run in picked.iterrows():
+        interval = run_interval(run["run_dir"])
+        key = tuple(norm_value(run[k]) for k in row_keys)
+        found[(key, run["bench"])] = (float(run["score"]), interval.low, interval.high)
+        for stat, value in (("score", run["score"]), ("low", interval.low), ("high", interval.high)):
+            records.append({**dict(zip(row_keys, key)), "bench": run["bench"], "stat": stat, **_run_cell(run, value)})
+    cells = _cells_frame(records, [*row_keys, "bench", "stat"])
+    columns = sorted(dict.fromkeys(c["bench"]))
+    table = ReportTable(
+        name="tiers",
+        title="Precision per token against one precision at equal memory",
+        caption=(
+            "Score per benchmark and its 95 % bootstrap interval (samples resampled within tasks, 1000 resamples, "
+            "seed 0) at each budget: one precision for every kept token (1x16, 2x8, 4x4: the tokens the budget buys "
+            "at 16, 8 and 4 bits) and precision per token (`quant.tiers`: the pruner's best-scored kept tokens at "
+            "the first tier's bits, and so on; the budget buys tokens at the tiers' mean bits)."
+        ),
+        cells=cells,
+        row_keys=row_keys,
+        col_keys=["bench", "stat"],
+        row_order=sorted_unique((cell_key(r, row_keys) for _, r in cells.iterrows()), row_keys),
+        col_order=[(b, stat) for b in columns for stat in TIER_STATS],
+        label_fn=_side_by_side_label(TIER_STATS, row_keys),
+        key_titles={**_KEY_TITLES, "precision": "Precision"},
+        info_cols={(b, stat) for b in columns for stat in ("low", "high")},
+        decimals=2,
+    )
+    table.missing = []
+    table.notes = [*_tier_verdicts(found, len(group_keys)), *_chosen_notes(picked)]
+    return table
+
+
+def _tier_verdicts(found: dict[tuple, tuple[float, float, float]], groups: int) -> list[str]:
+    """Per row group and benchmark: each tiering against the best uniform point (the highest score)."""
+    notes = []
+    points = sorted({(key[:groups], bench) for key, bench in found})
+    for group, bench in points:
+        here = {key[groups]: value for (key, b), value in found.items() if key[:groups] == group and b == bench}
+        uniform = {name: v for name, v in here.items() if not name.startswith("tiers ")}
+        if not uniform:
+            continue
+        best_name, (best, _, best_high) = max(uniform.items(), key=lambda item: item[1][0])
+        where = ", ".join(str(v) for v in group)
+        for name, (score, low, _) in sorted(here.items()):
+            if name in uniform:
+                continue
+            if not is_missing(low) and not is_missing(best_high) and low > best_high:
+                verdict = "beats it beyond the intervals"
+            elif score > best:
+                verdict = "scores above it, within the intervals"
+            else:
+                verdict = "does not score above it"
+            notes.append(f"{bench}, {where}: {name} ({score:.2f}) against the best uniform point {best_name} "
+                         f"({best:.2f}): {verdict}.")
+    return notes
+
+
 _KEY_TITLES = {
     "model": "Model",
     "benchmark": "Benchmark",
@@ -695,4 +783,5 @@ def build_tables(
         "table4": table4(throughput if throughput is not None else pd.DataFrame(), runs, paper),
         "compat_modes": compat_modes(runs),
         "rotation": rotation(runs),
+        "tiers": tiers(runs),
     }

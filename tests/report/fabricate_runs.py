@@ -123,6 +123,7 @@ class RunSpec:
     budget_mode: str = "nominal"
     benchmark_length: int | None = None
     layer_config: str | None = None
+    tiers: str | None = None
     compat: str = "methods"
     score_from_samples: bool = False
     """True: metrics' score is the mean of the per-task mean sample scores, as the runner computes it."""
@@ -318,6 +319,7 @@ def write_run(
         "budget_mode": spec.budget_mode,
         "tokens_effective": spec.tokens_effective,
         "layer_config": spec.layer_config,
+        "tiers": spec.tiers,
         "compat": spec.compat,
         "experiment": spec.experiment,
         "score": score,
@@ -612,6 +614,9 @@ def fabricate_sweep(
         side.add(
             RunSpec("passkey", model="smollm2_135m", quant=quant, budget=1 / 32, bits=bits, samples=samples)
         )
+    # precision per token (quant.tiers) beside one precision at the same budget
+    side.add(RunSpec("passkey", model="smollm2_135m", budget=1 / 32, bits=4, tiers="0.2x8+0.4x4+0.4x2",
+                     samples=samples))
     if partial:
         extra = Sweep(root / "machine_b", date="2025-05-03", time="08-00-00")
         info["partial"] = extra.add(

@@ -17,7 +17,7 @@ from matplotlib.patches import Patch
 from .. import labels
 from ..paper import PaperNumbers
 from ..plotting import FULL_PRECISION_COLOR, QUANT_COLORS, FigureResult, bar_group
-from ..selection import key_tuples, pick_runs, sorted_unique, without_layer_config
+from ..selection import key_tuples, one_precision, pick_runs, sorted_unique
 from .spec import Drawn, FigureSpec, Layout, Panel, Selection, first, render
 
 PANEL_KEYS = ["model", "benchmark", "tokens", "bits"]
@@ -32,7 +32,7 @@ def select(runs: pd.DataFrame, paper: PaperNumbers | None = None) -> Selection |
         & runs["quant"].notna()
         & runs["pruner"].notna()
         & (runs["pruner"] != "none")
-        & without_layer_config(runs)
+        & one_precision(runs)
         & runs["score"].notna()
     ]
     if c.empty:
@@ -44,7 +44,7 @@ def select(runs: pd.DataFrame, paper: PaperNumbers | None = None) -> Selection |
     picked = picked[strategies > 1]
     if picked.empty:
         return None
-    full = runs[(runs["bits"] == 16) & runs["tokens"].notna() & without_layer_config(runs)]
+    full = runs[(runs["bits"] == 16) & runs["tokens"].notna() & one_precision(runs)]
     panels = sorted_unique(key_tuples(picked, PANEL_KEYS), PANEL_KEYS)
     return Selection(picked, PANEL_KEYS, panels, context={"full": full})
 

@@ -17,7 +17,7 @@ from .. import labels
 from ..labels import is_missing
 from ..paper import PaperNumbers
 from ..plotting import FAMILY_COLORS, FigureResult
-from ..selection import key_tuples, match_key, pick_runs, sorted_unique, without_layer_config
+from ..selection import key_tuples, match_key, one_precision, pick_runs, sorted_unique
 from .spec import FigureSpec, Layout, Panel, Selection, first, render
 
 PANEL_KEYS = ["model", "benchmark", "benchmark_length"]
@@ -35,7 +35,7 @@ def select(runs: pd.DataFrame, paper: PaperNumbers | None = None) -> Selection |
         (runs["family"] == "crossentropy")
         & runs["compression"].notna()
         & runs["score"].notna()
-        & without_layer_config(runs)
+        & one_precision(runs)
     ]
     if c.empty:
         return None

@@ -24,10 +24,10 @@ from ..plotting import KAMRADT_CMAP, SCORE_LABEL, FigureResult
 from ..selection import (
     key_tuples,
     match_key,
+    one_precision,
     paper_quantizer_or_16bit,
     pick_runs,
     sorted_unique,
-    without_layer_config,
 )
 from .spec import Drawn, FigureSpec, Layout, Panel, Selection, render
 
@@ -117,7 +117,7 @@ def _group(d: pd.DataFrame, group: dict[str, Any]) -> Selection | None:
 
 def select(runs: pd.DataFrame, paper: PaperNumbers | None = None) -> list[Selection]:
     """One selection per (model, pruner, benchmark, budget or tokens given[, compat]) with a NIAH grid."""
-    c = runs[(runs["family"] == "niah") & runs["pruner"].notna() & without_layer_config(runs)]
+    c = runs[(runs["family"] == "niah") & runs["pruner"].notna() & one_precision(runs)]
     if c.empty:
         return []
     c = c.copy()
