@@ -120,14 +120,17 @@ class ForwardContext:
 
         With a compressor that :attr:`~LayerCompressor.needs_every_layer`, a global layer's tensors are kept (the
         last queries its pruner reads, and references to the keys and values the layer holds anyway) and ``None``
-        is returned, until no layer's compression is pending: then every kept layer is compressed at once
+        is returned, until no global layer's compression is pending: then every kept layer is compressed at once
         (:meth:`LayerCompressor.compress_layers`), in layer order."""
         if not self.compressor.needs_every_layer or self.cache.plans[layer_idx].window is not None:
             return self.compressor.compress_layer(
                 self.cache, layer_idx, query, key, value, scaling, layer_tokens=self.layer_tokens(key.shape[2])
             )
         self._waiting[layer_idx] = LayerCapture.keep(query, key, value, scaling, self.compressor.pruner.queries_read)
-        if any(layer.compression_pending and index not in self._waiting
+        plans = self.cache.plans
+        # the global layers still to come (a sliding-window layer is compressed in line: it may come after the
+        # last global layer, as in Gemma 3, and must not hold the global layers back)
+        if any(layer.compression_pending and index not in self._waiting and plans[index].window is None
                for index, layer in enumerate(self.cache.layers)):
             return None
         waiting, self._waiting = self._waiting, {}

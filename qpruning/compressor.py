@@ -536,6 +536,8 @@ class KVCompressor:
             # precision per token: the kept tokens ranked by the pruner's scores, a quantizer per tier
             if scores is None:
                 scores = pruner.score(query, key, key_valid, scaling)
+            scores = scores.float().clone()
+            scores[..., max(seq - pruner.window, 0):] = torch.inf  # the always-kept window: the first tier
             masks = split_tiers(keep, scores, self.quantizer.tier_plan)
             tiers = [(mask, quantizer.untiered(tier.bits)) for mask, tier in zip(masks, self.quantizer.tier_plan)]
         return layer.compress(

@@ -121,9 +121,12 @@ class CAKE(Pruner):
         """The layer's preference ``H ** (1 / tau1) * V ** (1 / tau2)`` (summed over the batch, as the official
         code's)."""
         probs, _ = self._window_probs(query, key, key_valid, scaling)
-        entropy = -(probs * torch.log(probs + 1e-10)).sum()
-        variance = self._variance(probs).sum()
-        return float(entropy.clamp(min=0) ** (1 / self.tau1) * variance.clamp(min=0) ** (1 / self.tau2))
+        entropy = float((-(probs * torch.log(probs + 1e-10)).sum()).clamp(min=0))
+        variance = float(self._variance(probs).sum().clamp(min=0))
+        try:  # in float64: a small temperature must not overflow to inf or underflow to 0 in float32
+            return entropy ** (1 / self.tau1) * variance ** (1 / self.tau2)
+        except OverflowError:
+            return math.inf
 
     def layer_tokens(
         self, tokens: Sequence[int], seq_len: int, statistics: Sequence[float] | None = None
@@ -138,6 +141,8 @@ class CAKE(Pruner):
         if len(statistics) != len(tokens):
             raise ValueError(f"cake: {len(statistics)} layer preferences for {len(tokens)} layers")
         selected = [max(t - window, 0) for t in tokens]
+        if any(math.isinf(p) and p > 0 for p in statistics):  # overflowed: those layers share what they want
+            statistics = [1.0 if math.isinf(p) and p > 0 else 0.0 for p in statistics]
         prefs = [p if math.isfinite(p) and p > 0 else 0.0 for p in statistics]
         mean_pref = sum(prefs) / len(prefs)
         if mean_pref <= 0:

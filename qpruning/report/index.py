@@ -53,7 +53,7 @@ TABLE_NEEDS: dict[str, tuple[str, str]] = {
         "budget (or tokens), at 16 / 8 / 4 / 2 bits.",
     ),
     "tiers": (
-        "Precision per token against one precision at equal memory",
+        "Precision per token against one precision at the same budget",
         "runs with `quant.tiers` beside runs of the same pruner, quantizer and budget at 16 / 8 / 4 bits, with "
         "bootstrap intervals.",
     ),

@@ -173,3 +173,22 @@ def test_through_a_model_every_layer_keeps_its_tiers_and_decodes(tiny_models):
         model(ids, **cache_kwargs(model, plain), logits_to_keep=1)
     for tiered_layer_, plain_layer in zip(cache.layers, plain.layers):
         assert torch.equal(tiered_layer_.kept_positions(), plain_layer.kept_positions())  # tiers do not change what is kept
+
+
+def test_the_always_kept_window_is_in_the_first_tier_whatever_the_pruner_scores_it(rng):
+    """StreamingLLM scores recent tokens lowest (its score is minus the position); the window it always keeps must
+    still be stored in the first tier (here 16 bits: the window's keys exactly as they came)."""
+    from qpruning import StreamingLLM
+    from qpruning.cache.cache import QPrunedCache
+
+    geometry = ModelGeometry("llama", 1, 2, 4, DIM, 4096)
+    quantizer = FlexGen(bits=4, tiers=[[0.25, 16], [0.75, 4]])
+    compressor = KVCompressor(pruner=StreamingLLM(window=8), quantizer=quantizer, tokens=32)
+    cache = QPrunedCache(1, plans=compressor.plan(geometry))
+    query, key = torch.randn(1, 4, SEQ, DIM, generator=rng), torch.randn(1, 2, SEQ, DIM, generator=rng)
+    cache.layers[0].update(key, key.clone())
+    compressor.compress_layer(cache, 0, query, key, key.clone(), DIM**-0.5)
+    plain = [s for s in cache.layers[0].prefix if not isinstance(s.keys, QuantizedTensor)]
+    assert len(plain) == 1 and plain[0].num_tokens == 2 * 8
+    stored = plain[0].keys.view(2, 8, DIM).float()
+    torch.testing.assert_close(stored, key[0, :, -8:].to(stored.dtype).float(), rtol=1e-3, atol=1e-3)

@@ -195,3 +195,32 @@ def test_cake_through_a_model_spreads_the_layers_as_the_reference_pipeline_on_ev
         for cache in (inline, shared, calibration):
             kept = cache.kept_positions(layer)[0]
             assert kept.shape[-1] == tokens and torch.equal(kept, positions)
+
+
+def test_cake_compresses_every_global_layer_when_sliding_window_layers_come_last(rng):
+    """Gemma 3's last layers are sliding-window layers: they are compressed in line and must not hold back the
+    global layers' joint compression (which would otherwise wait for the first decode step)."""
+    from qpruning.attention import ForwardContext
+    from qpruning.cache.cache import QPrunedCache
+    from qpruning.compressor import ModelGeometry
+
+    geometry = ModelGeometry("gemma3_text", 4, 2, 6, 16, 4096, sliding_layers=(1, 3), sliding_window=16)
+    compressor = KVCompressor(pruner=CAKE(window=8), quantizer=KIVI(bits=16), tokens=40)  # head_dim 16: no groups
+    plans = compressor.plan(geometry)
+    cache = QPrunedCache(4, plans=plans)
+    context = ForwardContext(compressor, cache)
+    layers = [random_inputs(rng)[:2] for _ in range(4)]
+    for index, (query, key) in enumerate(layers):
+        query, key = query[:1], key[:1]
+        cache.layers[index].update(key, key.clone())
+        context.compress_layer(index, query, key, key.clone(), SCALE)
+    assert not any(layer.compression_pending for layer in cache.layers)
+    assert cache.layers[0].compressed and cache.layers[2].compressed
+    statistics = [pruner_statistic(layers[i], compressor.pruner) for i in (0, 2)]
+    spread = compressor.pruner.layer_tokens([40, 40], SEQ, statistics)
+    assert [cache.kept_positions(i).shape[-1] for i in (0, 2)] == spread and spread[0] != spread[1]
+
+
+def pruner_statistic(layer, pruner):
+    query, key = layer
+    return pruner.layer_statistic(query[:1], key[:1], None, SCALE)

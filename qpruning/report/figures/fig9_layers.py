@@ -19,7 +19,7 @@ from .. import labels
 from ..labels import is_missing
 from ..paper import PaperNumbers
 from ..plotting import FigureResult, bar_group
-from ..selection import key_tuples, match_key, pick_runs, sorted_unique
+from ..selection import key_tuples, match_key, one_precision, pick_runs, sorted_unique
 from .spec import Drawn, FigureSpec, Layout, Panel, Selection, first, render
 
 LAYER_CONFIG = re.compile(r"^(\d+)bit@(\d+)-(\d+)$")
@@ -65,7 +65,7 @@ def select(runs: pd.DataFrame, paper: PaperNumbers | None = None) -> Selection |
     layered = _layered(runs)
     if layered.empty:
         return None
-    base_cands = runs[runs["layer_config"].isna() & (runs["bits"] == 4) & runs["score"].notna()]
+    base_cands = runs[one_precision(runs) & (runs["bits"] == 4) & runs["score"].notna()]
     baselines = pick_runs(base_cands, MATCH_KEYS) if len(base_cands) else base_cands
     rows, notes = [], []
     for _, run in layered.iterrows():
