@@ -21,6 +21,7 @@ _EXPORTS = {
     "KIVIOutlier": "qpruning.cache",
     "KIVIRot": "qpruning.cache",
     "FlexGenRot": "qpruning.cache",
+    "KVQuant": "qpruning.cache",
     "KVQuantizer": "qpruning.cache",
     "OutlierFilter": "qpruning.cache",
     "QPrunedCache": "qpruning.cache",

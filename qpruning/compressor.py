@@ -54,6 +54,7 @@ from qpruning.cache.cache import QPrunedCache
 from qpruning.cache.context import reset_active_forward, set_active_forward
 from qpruning.cache.layer import CompressedLayer, LayerPrefill
 from qpruning.cache.quantizers import KIVI, KVQuantizer
+from qpruning.cache.rope import check_rope_config, key_rotaries
 from qpruning.cache.tiers import split_tiers
 from qpruning.compat import check_sliding_model, mode_classes
 from qpruning.errors import ConfigError, check_choice, check_int, check_real
@@ -98,6 +99,11 @@ class ModelGeometry:
     @property
     def global_layers(self) -> tuple[int, ...]:
         return tuple(i for i in range(self.num_layers) if i not in set(self.sliding_layers))
+
+
+@functools.lru_cache(maxsize=16)
+def _log_once(message: str) -> None:
+    logger.info(message)
 
 
 def _ranges(layers: list[int]) -> str:
@@ -227,6 +233,8 @@ class KVCompressor:
         """
         if not isinstance(config, ModelGeometry):
             check_supported(config)  # by capability: one line naming what the model lacks
+            if self.quantizer.keys_pre_rope:
+                check_rope_config(config)  # RoPE this package can remove and re-apply
         geometry = config if isinstance(config, ModelGeometry) else ModelGeometry.from_config(config)
         if geometry.q_heads % geometry.kv_heads:
             raise ConfigError(f"{geometry.q_heads} query heads are not a multiple of {geometry.kv_heads} KV heads",
@@ -354,7 +362,10 @@ class KVCompressor:
 
     def new_cache(self, model) -> QPrunedCache:
         """An empty compressed cache for ``model`` (validated against its config)."""
-        return QPrunedCache(model.config.num_hidden_layers, plans=self.plan(model.config))
+        cache = QPrunedCache(model.config.num_hidden_layers, plans=self.plan(model.config))
+        if self.quantizer.keys_pre_rope:
+            cache.use_rotaries(key_rotaries(model))
+        return cache
 
     @contextlib.contextmanager
     def attach(self, model, context: Callable[[QPrunedCache], object] | None = None) -> Iterator[Attached]:
@@ -366,6 +377,10 @@ class KVCompressor:
         make_context = context or functools.partial(attention.ForwardContext, self)
         plans = self.plan(model.config)
         check_model(model)
+        rotaries = key_rotaries(model) if self.quantizer.keys_pre_rope else None
+        if rotaries is not None and self.kernel != "off":
+            _log_once(f"quant={self.quantizer.name}: keys are stored before RoPE and read through dequantization (RoPE "
+                      "re-applied), so compressed layers run the PyTorch reference attention, not the fused kernel")
         config = model.config
         previous = config._attn_implementation
         name = attention.register(previous)
@@ -393,6 +408,8 @@ class KVCompressor:
                     "cache or compressor.new_cache(model)"
                 )
             cache.use_plans(plans)
+            if rotaries is not None:
+                cache.use_rotaries(rotaries)
             cache.record_attention_mask(kwargs.get("attention_mask"))
             context_tokens.append(set_active_forward(make_context(cache)))
             attached.saw(cache)
@@ -540,9 +557,17 @@ class KVCompressor:
             scores[..., max(seq - pruner.window, 0):] = torch.inf  # the always-kept window: the first tier
             masks = split_tiers(keep, scores, self.quantizer.tier_plan)
             tiers = [(mask, quantizer.untiered(tier.bits)) for mask, tier in zip(masks, self.quantizer.tier_plan)]
+        rotary = None
+        if quantizer.keys_pre_rope:
+            if cache.rotaries is None:
+                raise RuntimeError(
+                    f"quant={quantizer.name} quantizes keys before RoPE and needs the model's: make the cache with "
+                    "compressor.new_cache(model), or let compressor.attach(model) make it"
+                )
+            rotary = cache.rotaries[layer_idx]
         return layer.compress(
             keep, quantizer, self.storage_dtype_for(key.dtype), self.backend_for(key, bits), tokens,
-            order=order, tiers=tiers,
+            order=order, tiers=tiers, rotary=rotary, position_offset=cache.position_offset(),
         )
 
     @staticmethod

@@ -12,6 +12,7 @@ from qpruning.cache.quantizers import (
     FlexGenRot,
     KIVIOutlier,
     KIVIRot,
+    KVQuant,
     KVQuantizer,
     get_quantizer,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "GroupAxis",
     "KIVIOutlier",
     "KIVIRot",
+    "KVQuant",
     "KVQuantizer",
     "LayerPrefill",
     "OutlierFilter",

@@ -10,6 +10,7 @@ from transformers.cache_utils import Cache
 
 from qpruning.cache.budget import LayerPlan
 from qpruning.cache.layer import BYTE_KINDS, FULL_CACHE_BYTES_PER_NUMBER, CompressedLayer, SlidingLayer
+from qpruning.cache.rope import KeyRotary
 
 __all__ = ["FULL_CACHE_BYTES_PER_NUMBER", "PrefillResult", "QPrunedCache"]
 
@@ -85,6 +86,23 @@ class QPrunedCache(Cache):
         self.plans: tuple[LayerPlan, ...] = plans
         # [batch, seq] bool of real (non-padding) prompt tokens, recorded from the first forward's 2-D mask.
         self.key_valid: torch.Tensor | None = None
+        # quant=kvquant: each layer's RoPE (qpruning.cache.rope.key_rotaries), given by the compressor
+        self.rotaries: tuple[KeyRotary, ...] | None = None
+
+    def use_rotaries(self, rotaries: Sequence[KeyRotary]) -> None:
+        """Take the model's per-layer RoPE, which a quantizer of keys before RoPE (KVQuant) needs; a cache keeps
+        the first it is given."""
+        if len(rotaries) != len(self.layers):
+            raise ValueError(f"QPrunedCache.use_rotaries: {len(rotaries)} rotaries for {len(self.layers)} layers")
+        if self.rotaries is None:
+            self.rotaries = tuple(rotaries)
+
+    def position_offset(self) -> torch.Tensor | None:
+        """Per batch item, how far a cache index exceeds its RoPE position: the left padding (transformers'
+        ``generate`` numbers a padded row's positions from its first real token), ``None`` without padding."""
+        if self.key_valid is None:
+            return None
+        return (~self.key_valid).sum(-1)
 
     def use_plans(self, plans: Sequence[LayerPlan]) -> None:
         """Take ``plans`` if the cache was made without any (``QPrunedCache(n)`` handed to an attached model);

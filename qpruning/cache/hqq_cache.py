@@ -29,6 +29,7 @@ import torch
 from qpruning.cache.packing import pack, unpack
 from qpruning.cache.quantized import GroupAxis, QuantizedTensor
 from qpruning.cache.quantizers import HQQ, KVQuantizer
+from qpruning.cache.rope import KeyRope
 from qpruning.errors import ConfigError, check_choice
 
 NEVER = 1 << 40  # residual_length: generated tokens are never quantized (the paper's residual = max_new_tokens)
@@ -115,7 +116,9 @@ class HQQCache(KVQuantizer):
             raise ValueError(f"head_dim={head_dim}: HQQ's groups of {self.group_size} need a head_dim that divides "
                              "or is divided by the group size")
 
-    def quantize_keys(self, x: torch.Tensor, scale_dtype: torch.dtype) -> QuantizedTensor:
+    def quantize_keys(
+        self, x: torch.Tensor, scale_dtype: torch.dtype, rope: KeyRope | None = None
+    ) -> QuantizedTensor:
         return self.quantize_layer(x, self.hqq_key_axis)
 
     def quantize_values(self, x: torch.Tensor, scale_dtype: torch.dtype) -> QuantizedTensor:

@@ -40,6 +40,7 @@ from transformers.cache_utils import CacheLayerMixin, DynamicSlidingWindowLayer
 
 from qpruning.cache.context import active_forward
 from qpruning.cache.quantizers import KVQuantizer
+from qpruning.cache.rope import KeyRope, KeyRotary
 from qpruning.cache.rotation import Rotation
 from qpruning.cache.segments import Segment
 from qpruning.cache.terms import PLAIN, AttentionTerms
@@ -97,6 +98,10 @@ class CompressedLayer(CacheLayerMixin):
         # compat=paper: each KV head repeated to the query heads that read it (the cache holds q_heads rows)
         self.head_repeat = 1
         self._kept_positions: torch.Tensor | None = None
+        # quant=kvquant: the layer's RoPE, and per batch item what its cache index exceeds its RoPE position by
+        # (the left padding), from compress on
+        self.rotary: KeyRotary | None = None
+        self.position_offset: torch.Tensor | None = None
 
     # -- transformers' layer interface -------------------------------------------------------------------
 
@@ -229,6 +234,8 @@ class CompressedLayer(CacheLayerMixin):
         tokens: int | None = None,
         order: torch.Tensor | None = None,
         tiers: Sequence[tuple[torch.Tensor, KVQuantizer]] | None = None,
+        rotary: KeyRotary | None = None,
+        position_offset: torch.Tensor | None = None,
     ) -> LayerPrefill:
         """Keep the tokens of ``keep`` (``[batch, kv_heads, seq]`` bool) and quantize what fills whole groups.
 
@@ -243,6 +250,12 @@ class CompressedLayer(CacheLayerMixin):
         ``tiers`` (precision per token, :mod:`qpruning.cache.tiers`): ``keep`` split into masks, each stored as its
         own segments by its own quantizer (as ``keep`` alone would be by ``quantizer``); ``quantizer`` then
         quantizes only the tokens added later.
+
+        ``rotary`` (the layer's RoPE) is needed by a quantizer that quantizes keys before RoPE (``keys_pre_rope``:
+        KVQuant); the key at cache index ``i`` of batch item ``b`` was rotated at position
+        ``i - position_offset[b]`` (``[batch]``, default 0: the left padding when the prompt is padded). Only
+        the quality of the quantization depends on the positions: dequantization re-applies RoPE at the position
+        it was removed at.
         """
         assert self.keys is not None and self.values is not None  # a plain layer's, compressed now
         batch, heads, seq, head_dim = self.keys.shape
@@ -253,6 +266,11 @@ class CompressedLayer(CacheLayerMixin):
         self.quantizer = quantizer
         self.storage_dtype = storage_dtype
         self.rotation = Rotation.for_layer(head_dim, self.layer_idx) if quantizer.rotate else None
+        if quantizer.keys_pre_rope and rotary is None:
+            raise ValueError(f"quant={quantizer.name} quantizes keys before RoPE: compress needs the layer's rotary")
+        self.rotary = rotary if quantizer.keys_pre_rope else None
+        offset = torch.zeros(batch, dtype=torch.long) if position_offset is None else position_offset.long()
+        self.position_offset = offset.to(self.keys.device)
         lengths = keep.sum(-1)  # [batch, heads]
         self._kept_positions = _positions(keep, lengths)
         self.kept_per_row = lengths.reshape(-1).to(torch.int32)
@@ -291,13 +309,19 @@ class CompressedLayer(CacheLayerMixin):
             in_full = keep & ~in_quantized
             if int(quantized.sum()):
                 scale_dtype = storage_dtype
-                keys, values = self._in_order(order, lengths, quantized, keep)
+                index = torch.arange(keep.shape[-1], device=keep.device).expand_as(keep)
+                keys, values, positions = self._in_order(order, lengths, quantized, keep)
                 if keys is None:
                     keys, values = self.keys[in_quantized], self.values[in_quantized]
-                for block_keys, block_values, block_lengths in self._blocks(keys, values, quantized.reshape(-1)):
+                    positions = index[in_quantized]
+                assert positions is not None  # set with the keys
+                for block_keys, block_values, block_index, block_lengths in self._blocks(
+                    keys, values, positions, quantized.reshape(-1)
+                ):
                     segments.append(
                         Segment.build(
-                            quantizer.quantize_keys(stored(block_keys), scale_dtype),
+                            quantizer.quantize_keys(stored(block_keys), scale_dtype,
+                                                    self._rope(block_index, block_lengths)),
                             quantizer.quantize_values(stored(block_values), scale_dtype),
                             block_lengths,
                         )
@@ -320,26 +344,38 @@ class CompressedLayer(CacheLayerMixin):
             )
         return segments
 
-    def _blocks(self, keys: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor):
-        """The kept tokens to quantize (``[n, head_dim]``, row by row) as one run, or, in a sliding-window layer
-        whose rows are equally long, as blocks of ``residual_length`` tokens per row, oldest first (so that the
-        blocks that slide out of the window can be freed: :meth:`_evict`)."""
+    def _blocks(self, keys: torch.Tensor, values: torch.Tensor, index: torch.Tensor, lengths: torch.Tensor):
+        """The kept tokens to quantize (``[n, head_dim]``, row by row, with their cache indices ``[n]``) as one
+        run, or, in a sliding-window layer whose rows are equally long, as blocks of ``residual_length`` tokens per
+        row, oldest first (so that the blocks that slide out of the window can be freed: :meth:`_evict`)."""
         first = int(lengths[0]) if lengths.numel() else 0
         assert self.quantizer is not None  # set by compress
         block = self.quantizer.residual_length
         assert block is not None  # KVQuantizer.__post_init__: group_size by default
         if self.window is None or not bool((lengths == first).all()) or first <= block:
-            return [(keys, values, lengths)]
+            return [(keys, values, index, lengths)]
         rows, head_dim = lengths.numel(), keys.shape[-1]
         keys, values = keys.view(rows, first, head_dim), values.view(rows, first, head_dim)
+        index = index.view(rows, first)
         # the first block takes the remainder, so that every later one is a whole block of the residual's size
         starts = [0, *range(first % block or block, first, block)]
         ends = [*starts[1:], first]
         return [
-            (keys[:, a:b].reshape(-1, head_dim), values[:, a:b].reshape(-1, head_dim),
+            (keys[:, a:b].reshape(-1, head_dim), values[:, a:b].reshape(-1, head_dim), index[:, a:b].reshape(-1),
              torch.full_like(lengths, b - a))
             for a, b in zip(starts, ends)
         ]
+
+    def _rope(self, index: torch.Tensor, lengths: torch.Tensor) -> KeyRope | None:
+        """The :class:`KeyRope` of keys at cache indices ``index`` ``[n]`` laid row by row (``lengths`` ``[rows]``),
+        or ``None`` for a layer that does not quantize keys before RoPE."""
+        if self.rotary is None:
+            return None
+        assert self.position_offset is not None and self.shape is not None  # set by compress
+        batch = self.position_offset.numel()
+        row_batch = torch.arange(self.rows, device=index.device) // (self.rows // batch)
+        offset = self.position_offset[row_batch].repeat_interleave(lengths.long().to(index.device))
+        return KeyRope(self.rotary, index - offset)
 
     def _evict(self) -> None:
         """Free the oldest segments of a sliding-window layer that no later query can see: the next query sees
@@ -360,18 +396,21 @@ class CompressedLayer(CacheLayerMixin):
         return x if self.rotation is None else self.rotation.rotate(x)
 
     def _in_order(self, order, lengths, quantized, keep):
-        """The kept keys and values ``[n, head_dim]`` in ``order``'s order, or ``(None, None)`` when it does not
-        apply (no order, rows of different lengths, or tokens left in 16 bits)."""
+        """The kept keys, values ``[n, head_dim]`` and cache indices ``[n]`` in ``order``'s order, or
+        ``(None, None, None)`` when it does not apply (no order, rows of different lengths, or tokens left in 16
+        bits)."""
         if order is None or not bool((quantized == lengths).all()) or int(lengths.min()) != int(lengths.max()):
-            return None, None
+            return None, None, None
         count = int(lengths.max())
         assert self.keys is not None and self.values is not None  # a plain layer's, being compressed
         index = order[..., :count]
         if not bool(keep.gather(-1, index).all()):
             raise ValueError("compress: order names positions that keep does not keep")
+        positions = index.reshape(-1)
         index = index.unsqueeze(-1).expand(-1, -1, -1, self.keys.shape[-1])
         head_dim = self.keys.shape[-1]
-        return self.keys.gather(2, index).reshape(-1, head_dim), self.values.gather(2, index).reshape(-1, head_dim)
+        return (self.keys.gather(2, index).reshape(-1, head_dim), self.values.gather(2, index).reshape(-1, head_dim),
+                positions)
 
     def flush(self) -> None:
         """Quantize the residual window, a block of ``residual_length`` tokens per row at a time (a 16-bit
@@ -398,8 +437,11 @@ class CompressedLayer(CacheLayerMixin):
         keys = self.residual_keys[:, :, :n].reshape(-1, head_dim)
         values = self.residual_values[:, :, :n].reshape(-1, head_dim)
         lengths = torch.full((batch * heads,), n, dtype=torch.int32, device=keys.device)
+        # cache indices of the residual's first n tokens: the last `pending` seen
+        first = self.seen_tokens - pending
+        index = torch.arange(first, first + n, device=keys.device).repeat(batch * heads)
         new = Segment.build(
-            self.quantizer.quantize_keys(keys, self.storage_dtype),
+            self.quantizer.quantize_keys(keys, self.storage_dtype, self._rope(index, lengths)),
             self.quantizer.quantize_values(values, self.storage_dtype),
             lengths,
         )

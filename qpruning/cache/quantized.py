@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from qpruning.cache.packing import pack, unpack
-from qpruning.errors import ConfigError, check_real
+from qpruning.errors import ConfigError, check_choice, check_real
 
 
 class GroupAxis(str, enum.Enum):
@@ -38,16 +38,26 @@ class GroupAxis(str, enum.Enum):
     CHANNELS = "channels"
 
 
+OUTLIER_SCOPES = ("tensor", "vector")  # what OutlierFilter.fraction is a fraction of
+
+
 @dataclass(frozen=True)
 class OutlierFilter:
     """Numbers kept exactly, out of the quantization groups.
 
-    Exactly one of ``fraction`` (the largest-magnitude fraction of each quantized tensor, e.g. 0.01) and
-    ``threshold`` (every number with ``|x| > threshold``; the paper's Appendix B uses 6) is set.
+    Exactly one of ``fraction`` and ``threshold`` (every number with ``|x| > threshold``; the paper's Appendix B
+    uses 6) is set. ``per`` says what ``fraction`` is a fraction of:
+
+    - ``tensor``: the largest-magnitude ``fraction`` of each quantized tensor, e.g. 0.01 (the paper's Sec. 7.3);
+    - ``vector``: per vector, its ``ceil(fraction * length)`` numbers farthest from the vector's median (either
+      side): a token's channels for per-token groups, a channel's tokens within one group for per-channel groups
+      (KVQuant's per-vector dense-and-sparse quantization, Hooper et al. 2024, Sec. 3.4, with the vectors cut at
+      the groups and the outliers chosen online, not from calibrated thresholds).
     """
 
     fraction: float | None = 0.01
     threshold: float | None = None
+    per: str = "tensor"
 
     def __post_init__(self) -> None:
         if (self.fraction is None) == (self.threshold is None):
@@ -59,12 +69,20 @@ class OutlierFilter:
                 raise ConfigError("quant.outliers.fraction=1.0 keeps every number", "allowed: a fraction in (0, 1)")
         if self.threshold is not None:
             check_real("quant.outliers.threshold", self.threshold, low=0.0)
+        check_choice("quant.outliers.per", self.per, OUTLIER_SCOPES)
+        if self.per == "vector" and self.fraction is None:
+            raise ConfigError("quant.outliers.per=vector takes the fraction of each vector, and fraction is null",
+                              "allowed: per=vector with a fraction (e.g. 0.01), or per=tensor with a threshold")
 
-    def mask(self, x: torch.Tensor) -> torch.Tensor:
+    def mask(self, x: torch.Tensor, axis: GroupAxis = GroupAxis.CHANNELS, group_size: int = 1) -> torch.Tensor:
+        """The outliers of ``x`` ``[n, d]`` (bool, same shape), quantized in groups of ``group_size`` along
+        ``axis``."""
         magnitude = x.abs()
         if self.threshold is not None:
             return magnitude > self.threshold
         assert self.fraction is not None  # __post_init__: exactly one of fraction and threshold is set
+        if self.per == "vector":
+            return _vector_outliers(x.float(), self.fraction, axis, group_size)
         k = math.ceil(self.fraction * x.numel())
         if k == 0:
             return torch.zeros_like(x, dtype=torch.bool)
@@ -73,6 +91,22 @@ class OutlierFilter:
         mask = torch.zeros_like(flat, dtype=torch.bool)
         mask[top] = True
         return mask.view_as(x)
+
+
+
+def _vector_outliers(x: torch.Tensor, fraction: float, axis: GroupAxis, group_size: int) -> torch.Tensor:
+    """Per vector, the ``ceil(fraction * length)`` numbers of ``x`` ``[n, d]`` farthest from the vector's median.
+    A vector is a token's ``d`` channels for per-token groups (CHANNELS), and a channel's ``group_size`` tokens of
+    one group for per-channel groups (TOKENS: a group never spans two rows, so neither does a vector, and what a row
+    keeps does not depend on the rows quantized with it)."""
+    n, d = x.shape
+    vectors = x.view(n // group_size, group_size, d).transpose(1, 2) if axis is GroupAxis.TOKENS else x
+    k = math.ceil(fraction * vectors.shape[-1])
+    mask = torch.zeros_like(vectors, dtype=torch.bool)
+    if k and vectors.numel():
+        deviation = (vectors - vectors.median(dim=-1, keepdim=True).values).abs()
+        mask.scatter_(-1, torch.topk(deviation, k, dim=-1, sorted=False).indices, True)
+    return mask.transpose(1, 2).reshape(n, d) if axis is GroupAxis.TOKENS else mask
 
 
 def round_toward(x: torch.Tensor, dtype: torch.dtype, down: bool) -> torch.Tensor:
@@ -179,6 +213,11 @@ class QuantizedTensor:
             "outliers": outliers,
         }
 
+    def cat_fields(self, parts: list[QuantizedTensor], rows: int) -> dict:
+        """The fields beyond the base class's of :func:`cat_rows`' result, for a subclass that has some (parts
+        of ``rows`` equal-length rows each, concatenated row by row)."""
+        return {}
+
     @property
     def num_outliers(self) -> int:
         return 0 if self.outlier_index is None else int(self.outlier_index.numel())
@@ -209,7 +248,7 @@ def quantize(
     levels = (1 << bits) - 1
     xf = x.float()
 
-    outlier_mask = outliers.mask(xf) if outliers is not None else None
+    outlier_mask = outliers.mask(xf, axis, group_size) if outliers is not None else None
     grouped = _grouped(xf, group_size, axis)
     if scale_zero is None:
         if outlier_mask is not None:
@@ -278,6 +317,7 @@ def cat_rows(parts: list[QuantizedTensor], rows: int) -> QuantizedTensor:
             offset += length
         outlier_index = torch.cat(indices).to(torch.int32)
         outlier_value = torch.cat(values)
-    return QuantizedTensor(
-        packed, scale, zero, first.bits, first.group_size, first.axis, d, outlier_index, outlier_value
+    return type(first)(
+        packed, scale, zero, first.bits, first.group_size, first.axis, d, outlier_index, outlier_value,
+        **first.cat_fields(parts, rows),
     )

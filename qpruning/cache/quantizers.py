@@ -15,6 +15,7 @@ from typing import ClassVar, overload
 import torch
 
 from qpruning.cache.quantized import GroupAxis, OutlierFilter, QuantizedTensor, check_groupable, quantize
+from qpruning.cache.rope import KeyRope, PreRopeKeys
 from qpruning.cache.rotation import check_rotatable
 from qpruning.cache.tiers import Tier, parse_tiers, tier_label
 from qpruning.errors import ConfigError, check_bool, check_int, check_params
@@ -44,6 +45,8 @@ class KVQuantizer:
     name: ClassVar[str] = "minmax"
     key_axis: ClassVar[GroupAxis] = GroupAxis.CHANNELS
     value_axis: ClassVar[GroupAxis] = GroupAxis.CHANNELS
+    # whether keys are quantized before RoPE (KVQuant): the layer then hands quantize_keys their positions
+    keys_pre_rope: ClassVar[bool] = False
 
     bits: int = 4
     group_size: int = 64
@@ -119,7 +122,11 @@ class KVQuantizer:
             return num_tokens - num_tokens % self.group_size
         return num_tokens
 
-    def quantize_keys(self, x: torch.Tensor, scale_dtype: torch.dtype) -> QuantizedTensor:
+    def quantize_keys(
+        self, x: torch.Tensor, scale_dtype: torch.dtype, rope: KeyRope | None = None
+    ) -> QuantizedTensor:
+        """Quantize post-RoPE keys ``x`` ``[n, head_dim]``; ``rope`` (their rotary and positions) is read by a
+        quantizer that :attr:`keys_pre_rope` only."""
         return self._quantize(x, self.key_axis, scale_dtype)
 
     def quantize_values(self, x: torch.Tensor, scale_dtype: torch.dtype) -> QuantizedTensor:
@@ -270,8 +277,52 @@ class HQQ(KVQuantizer):
         return quantize(x, self.bits, self.group_size, axis, scale_dtype, scale_zero=(scale, zero))
 
 
+@dataclass
+class KVQuant(KVQuantizer):
+    """KVQuant-style: keys per channel *before* RoPE, values per token, per-vector dense-and-sparse outliers.
+
+    Hooper et al., "KVQuant: Towards 10 Million Context Length LLM Inference with KV Cache Quantization",
+    NeurIPS 2024. Of its components this quantizer has pre-RoPE per-channel key quantization (Sec. 3.2: the
+    rotation mixes each pre-RoPE channel, whose outlier range is stable over tokens, with its partner at a
+    position-dependent angle; :mod:`qpruning.cache.rope` un-rotates the keys the model hands over, keeps each
+    key's position, and re-applies RoPE when dequantizing) and per-vector outliers (Sec. 3.4: the numbers of each
+    key channel and each value token farthest from its median kept exactly in 16 bits, ``ceil(1% * length)`` per
+    vector by default). It quantizes on KIVI's uniform min-max grid, not KVQuant's sensitivity-weighted
+    non-uniform datatype (nuq), and chooses outliers online instead of from calibrated per-channel thresholds.
+    Its codes are read through dequantization: layers run the PyTorch reference attention.
+    """
+
+    name: ClassVar[str] = "kvquant"
+    key_axis: ClassVar[GroupAxis] = GroupAxis.TOKENS
+    value_axis: ClassVar[GroupAxis] = GroupAxis.CHANNELS
+    keys_pre_rope: ClassVar[bool] = True
+    outliers: OutlierFilter | None = field(default_factory=lambda: OutlierFilter(fraction=0.01, per="vector"))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.rotate:
+            raise ConfigError(
+                "quant=kvquant quantizes keys before RoPE, and quant.rotate (a Hadamard rotation of the stored keys) "
+                "does not combine with it",
+                "allowed: quant=kvquant with quant.rotate=false, or quant=kivi_rot / flexgen_rot",
+            )
+
+    def needs_reference_attention(self, bits: int) -> bool:
+        return bits < 16  # pre-RoPE codes: read through dequantize (RoPE re-applied), by the reference path
+
+    def quantize_keys(
+        self, x: torch.Tensor, scale_dtype: torch.dtype, rope: KeyRope | None = None
+    ) -> QuantizedTensor:
+        if rope is None:
+            raise ValueError("quant=kvquant quantizes keys before RoPE and needs their rotary and positions")
+        pre = rope.rotary.remove(x, rope.positions)
+        q = self._quantize(pre, self.key_axis, scale_dtype)
+        fields = {f.name: getattr(q, f.name) for f in dataclasses.fields(q)}
+        return PreRopeKeys(**fields, rotary=rope.rotary, positions=rope.positions.to(torch.int32))
+
+
 QUANTIZERS: dict[str, type[KVQuantizer]] = {
-    cls.name: cls for cls in (KIVI, FlexGen, KIVIOutlier, FlexGenOutlier, HQQ, KIVIRot, FlexGenRot)
+    cls.name: cls for cls in (KIVI, FlexGen, KIVIOutlier, FlexGenOutlier, HQQ, KIVIRot, FlexGenRot, KVQuant)
 }
 
 

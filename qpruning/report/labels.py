@@ -35,6 +35,7 @@ QUANT_ORDER: tuple[str, ...] = (
     "kivi",
     "kivi_outlier",
     "kivi_rot",
+    "kvquant",
     "hqq",
 )
 QUANT_LABELS: dict[str, str] = {
@@ -42,6 +43,7 @@ QUANT_LABELS: dict[str, str] = {
     "flexgen_outlier": "FlexGen+Outlier 1%",
     "kivi": "KIVI",
     "kivi_outlier": "KIVI+Outlier 1%",
+    "kvquant": "KVQuant-style",
     "hqq": "HQQ",
     "none": "none",
 }

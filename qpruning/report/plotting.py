@@ -52,6 +52,7 @@ QUANT_COLORS = {
     "flexgen_outlier": "#0072B2",
     "kivi": "#E69F00",
     "kivi_outlier": "#D55E00",
+    "kvquant": "#CC79A7",
     "hqq": "#999999",
 }
 FULL_PRECISION_COLOR = "#9E9E9E"
