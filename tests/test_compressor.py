@@ -16,6 +16,7 @@ from qpruning import (
     FlexGenOutlier,
     KIVIOutlier,
     KVCompressor,
+    KVQuant,
     LayerOverride,
     NoPruner,
     SnapKV,
@@ -26,7 +27,7 @@ from qpruning.transformers_api import cache_kwargs, output_cache
 from tests.default_pruners import MODEL_FREE_PRUNERS
 
 PRUNERS = MODEL_FREE_PRUNERS  # every registered pruner that runs on any model (qpruning.pruners.PRUNERS)
-QUANTIZERS = [KIVI, FlexGen, KIVIOutlier, FlexGenOutlier, HQQ]
+QUANTIZERS = [KIVI, FlexGen, KIVIOutlier, FlexGenOutlier, HQQ, KVQuant]
 ARCHITECTURES = ["llama", "mistral", "qwen2"]
 DTYPES = ["float32", "bfloat16", "float16"]
 ATTENTION = ["sdpa", "eager"]  # eager: every modeling file's own fallback
