@@ -57,6 +57,11 @@ TABLE_NEEDS: dict[str, tuple[str, str]] = {
         "runs with `quant.tiers` beside runs of the same pruner, quantizer and budget at 16 / 8 / 4 bits, with "
         "bootstrap intervals.",
     ),
+    "quantizers": (
+        "Quantizers beyond the paper's against KIVI at the same budget",
+        "runs of a quantizer outside the paper's (e.g. `quant=kvquant`) beside runs of other quantizers with the same "
+        "pruner and budget (`budget_mode=exact`: the same bytes), with bootstrap intervals.",
+    ),
 }
 FIGURE_NEEDS: dict[str, tuple[str, str]] = {
     "fig1": (

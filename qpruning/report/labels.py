@@ -47,6 +47,8 @@ QUANT_LABELS: dict[str, str] = {
     "hqq": "HQQ",
     "none": "none",
 }
+PAPER_QUANTS: tuple[str, ...] = ("flexgen", "flexgen_outlier", "kivi", "kivi_outlier", "hqq")
+"""The quantizers the paper studies (HQQ: its code's cache); the ``quantizers`` table compares the others with KIVI."""
 ROTATED_SUFFIX = "_rot"
 """A quantizer ``X_rot`` is ``X`` applied after a rotation of the keys and values (``kivi_rot``, ``flexgen_rot``)."""
 MODEL_LABELS: dict[str, str] = {

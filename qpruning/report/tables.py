@@ -668,6 +668,45 @@ def rotation(runs: pd.DataFrame) -> ReportTable | None:
     return table
 
 
+def _interval_table(
+    picked: pd.DataFrame, row_keys: list[str], stats: dict[str, str], name: str, title: str, caption: str,
+    key_titles: dict[str, str],
+) -> tuple[ReportTable, dict[tuple, tuple[float, float, float]]]:
+    """A table of ``picked`` runs (rows ``row_keys``, one column group per benchmark ``bench``) with each run's
+    score, its 95 % bootstrap interval (``low``, ``high``) and, when ``stats`` names it, the KV KiB held (``kib``);
+    and the ``(score, low, high)`` found per ``(row key, bench)``, which the verdicts read."""
+    from .uncertainty import run_interval
+
+    records, found = [], {}
+    for _, run in picked.iterrows():
+        interval = run_interval(run["run_dir"])
+        key = tuple(norm_value(run[k]) for k in row_keys)
+        found[(key, run["bench"])] = (float(run["score"]), interval.low, interval.high)
+        values = {"score": run["score"], "low": interval.low, "high": interval.high}
+        if "kib" in stats:
+            values["kib"] = float(run["kv_bytes"]) / 1024 if not is_missing(run["kv_bytes"]) else math.nan
+        for stat, value in values.items():
+            records.append({**dict(zip(row_keys, key)), "bench": run["bench"], "stat": stat, **_run_cell(run, value)})
+    cells = _cells_frame(records, [*row_keys, "bench", "stat"])
+    columns = sorted(dict.fromkeys(picked["bench"]))
+    table = ReportTable(
+        name=name,
+        title=title,
+        caption=caption,
+        cells=cells,
+        row_keys=row_keys,
+        col_keys=["bench", "stat"],
+        row_order=sorted_unique((cell_key(r, row_keys) for _, r in cells.iterrows()), row_keys),
+        col_order=[(b, stat) for b in columns for stat in stats],
+        label_fn=_side_by_side_label(stats, row_keys),
+        key_titles=key_titles,
+        info_cols={(b, stat) for b in columns for stat in stats if stat != "score"},
+        decimals=2,
+    )
+    table.missing = []
+    return table, found
+
+
 TIER_STATS = {"score": "score", "low": "95% low", "high": "95% high"}
 
 
@@ -683,7 +722,6 @@ def tiers(runs: pd.DataFrame) -> ReportTable | None:
     group and benchmark, whether a tiering beats the best uniform point beyond the intervals.
 
     Built when a tiered run exists; None otherwise."""
-    from .uncertainty import run_interval
 
     if not len(runs) or "tiers" not in runs or not runs["tiers"].notna().any():
         return None
@@ -698,16 +736,8 @@ def tiers(runs: pd.DataFrame) -> ReportTable | None:
     )
     row_keys = [*group_keys, "precision"]
     picked = pick_runs(c, [*row_keys, "bench"])
-    records, found = [], {}
-    for _, run in picked.iterrows():
-        interval = run_interval(run["run_dir"])
-        key = tuple(norm_value(run[k]) for k in row_keys)
-        found[(key, run["bench"])] = (float(run["score"]), interval.low, interval.high)
-        for stat, value in (("score", run["score"]), ("low", interval.low), ("high", interval.high)):
-            records.append({**dict(zip(row_keys, key)), "bench": run["bench"], "stat": stat, **_run_cell(run, value)})
-    cells = _cells_frame(records, [*row_keys, "bench", "stat"])
-    columns = sorted(dict.fromkeys(c["bench"]))
-    table = ReportTable(
+    table, found = _interval_table(
+        picked, row_keys, TIER_STATS,
         name="tiers",
         title="Precision per token against one precision at the same budget",
         caption=(
@@ -718,19 +748,24 @@ def tiers(runs: pd.DataFrame) -> ReportTable | None:
             "same budget is not the same bytes: each tier of a row keeps its own 16-bit remainder of a group, so a "
             "tiered cache holds more (runs.csv: kv_bytes)."
         ),
-        cells=cells,
-        row_keys=row_keys,
-        col_keys=["bench", "stat"],
-        row_order=sorted_unique((cell_key(r, row_keys) for _, r in cells.iterrows()), row_keys),
-        col_order=[(b, stat) for b in columns for stat in TIER_STATS],
-        label_fn=_side_by_side_label(TIER_STATS, row_keys),
         key_titles={**_KEY_TITLES, "precision": "Precision"},
-        info_cols={(b, stat) for b in columns for stat in ("low", "high")},
-        decimals=2,
     )
-    table.missing = []
     table.notes = [*_tier_verdicts(found, len(group_keys)), *_chosen_notes(picked)]
     return table
+
+
+def _verdict(point: tuple[float, float, float], best: tuple[float, float, float]) -> str:
+    """``point`` ``(score, low, high)`` against ``best``: beyond its interval above (or below: only when ``point``'s
+    ``high`` is known), above it within the intervals, or not above it."""
+    score, low, high = point
+    best_score, best_low, best_high = best
+    if not is_missing(low) and not is_missing(best_high) and low > best_high:
+        return "beats it beyond the intervals"
+    if score > best_score:
+        return "scores above it, within the intervals"
+    if not is_missing(high) and not is_missing(best_low) and high < best_low:
+        return "falls below it beyond the intervals"
+    return "does not score above it"
 
 
 def _tier_verdicts(found: dict[tuple, tuple[float, float, float]], groups: int) -> list[str]:
@@ -747,14 +782,71 @@ def _tier_verdicts(found: dict[tuple, tuple[float, float, float]], groups: int) 
         for name, (score, low, _) in sorted(here.items()):
             if name in uniform:
                 continue
-            if not is_missing(low) and not is_missing(best_high) and low > best_high:
-                verdict = "beats it beyond the intervals"
-            elif score > best:
-                verdict = "scores above it, within the intervals"
-            else:
-                verdict = "does not score above it"
+            verdict = _verdict((score, low, math.nan), uniform[best_name])
             notes.append(f"{bench}, {where}: {name} ({score:.2f}) against the best uniform point {best_name} "
                          f"({best:.2f}): {verdict}.")
+    return notes
+
+
+QUANT_STATS = {"score": "score", "low": "95% low", "high": "95% high", "kib": "KV KiB"}
+
+
+def quantizers(runs: pd.DataFrame) -> ReportTable | None:
+    """Quantizers beyond the paper's (:data:`labels.PAPER_QUANTS`: e.g. ``kvquant``) beside the others run at the
+    same budget: per benchmark, each run's score, its 95 % bootstrap interval and the KV bytes it held (mean per
+    sample, KiB), rows per (model, pruner, budget, budget mode, bits, quantizer). With ``budget_mode=exact`` a
+    budget is the same bytes for every quantizer (outliers, positions, scales counted). The notes compare, per
+    budget and benchmark, each new quantizer with the best run of KIVI at that budget (any bits).
+
+    Built when a run of a quantizer outside the paper's exists at a budget where another quantizer has a run; None
+    otherwise."""
+
+    if not len(runs):
+        return None
+    c = runs[runs["score"].notna() & runs["budget"].notna() & runs["quant"].notna() & one_precision(runs)].copy()
+    c = c[[labels.rotated_base(q) is None and q != "none" for q in c["quant"]]]
+    group_keys_all = ["model", "pruner", "compat", "budget", *_EXTRA_KEYS]
+    new_points = {cell_key(r, group_keys_all) for _, r in c[~c["quant"].isin(labels.PAPER_QUANTS)].iterrows()}
+    c = c[[cell_key(r, group_keys_all) in new_points for _, r in c.iterrows()]]
+    if c.empty or c["quant"].nunique() < 2:
+        return None
+    c = c.assign(bench=[labels.benchmark_label(b, n) for b, n in zip(c["benchmark"], c["benchmark_length"])])
+    group_keys = _shown_keys(c, group_keys_all, ("model", "pruner", "budget", "budget_mode"))
+    row_keys = [*group_keys, "bits", "quant"]
+    picked = pick_runs(c, [*row_keys, "bench"])
+    table, found = _interval_table(
+        picked, row_keys, QUANT_STATS,
+        name="quantizers",
+        title="Quantizers beyond the paper's against KIVI at the same budget",
+        caption=(
+            "Score per benchmark, its 95 % bootstrap interval (samples resampled within tasks, 1000 resamples, seed "
+            "0) and the KV cache held (KiB, mean per sample, measured from the tensors) for each quantizer and "
+            "precision at one budget. With `budget_mode=exact` every quantizer spends the same bytes (its scales, "
+            "zeros, outliers and positions counted), so the bits trade precision against kept tokens."
+        ),
+        key_titles=_KEY_TITLES,
+    )
+    table.notes = [*_quantizer_verdicts(found, len(group_keys)), *_chosen_notes(picked)]
+    return table
+
+
+def _quantizer_verdicts(found: dict[tuple, tuple[float, float, float]], groups: int) -> list[str]:
+    """Per budget (row group) and benchmark: each run of a quantizer beyond the paper's against the best KIVI run
+    there (any bits). Keys are ``(*group, bits, quant)``."""
+    notes = []
+    for group, bench in sorted({(key[:groups], bench) for key, bench in found}):
+        here = {key[groups:]: v for (key, b), v in found.items() if key[:groups] == group and b == bench}
+        kivi = {bits: v for (bits, quant), v in here.items() if quant == "kivi"}
+        if not kivi:
+            continue
+        best_bits, (best, _, best_high) = max(kivi.items(), key=lambda item: item[1][0])
+        where = ", ".join(str(v) for v in group)
+        for (bits, quant), (score, low, high) in sorted(here.items()):
+            if quant in labels.PAPER_QUANTS:
+                continue
+            verdict = _verdict((score, low, high), kivi[best_bits])
+            notes.append(f"{bench}, {where}: {quant} {int(bits)}-bit ({score:.2f}) against the best KIVI run, "
+                         f"{int(best_bits)}-bit ({best:.2f}): {verdict}.")
     return notes
 
 
@@ -786,4 +878,5 @@ def build_tables(
         "compat_modes": compat_modes(runs),
         "rotation": rotation(runs),
         "tiers": tiers(runs),
+        "quantizers": quantizers(runs),
     }

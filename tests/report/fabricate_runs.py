@@ -617,6 +617,8 @@ def fabricate_sweep(
     # precision per token (quant.tiers) beside one precision at the same budget
     side.add(RunSpec("passkey", model="smollm2_135m", budget=1 / 32, bits=4, tiers="0.2x8+0.4x4+0.4x2",
                      samples=samples))
+    # a quantizer beyond the paper's (the quantizers table) at the budget of KIVI's runs above
+    side.add(RunSpec("passkey", model="smollm2_135m", quant="kvquant", budget=1 / 32, bits=2, samples=samples))
     if partial:
         extra = Sweep(root / "machine_b", date="2025-05-03", time="08-00-00")
         info["partial"] = extra.add(
