@@ -36,8 +36,9 @@ from qpruning.errors import ConfigError, UserError, check_int, check_real, check
 from qpruning.identity import DEFAULT_COMPAT, RUN_CONTROL_KEYS, RunLabels, budget_label, run_hash
 from qpruning.loggers import NullLogger
 from qpruning.optimize.allocation import Allocation, Geometry, Precision
-from qpruning.optimize.driver import OptimizeSetup, run_optimize
+from qpruning.optimize.driver import OptimizeSetup, run_optimize, tier_space
 from qpruning.optimize.subsets import BenchmarkSubset
+from qpruning.optimize.tiers import check_search, check_tier_bits, grid_steps
 from qpruning.runner import Runner
 
 logger = logging.getLogger(__name__)
@@ -253,9 +254,19 @@ def optimize_setup(cfg) -> OptimizeSetup:
     from qpruning.cache.quantizers import ALLOWED_BITS
 
     spec = build(cfg, "model")
+    search = check_search(cfg.get("search"))
+    tier_bits, _ = check_tier_bits(plain_value(cfg.get("tier_bits"))), grid_steps(cfg.get("tier_step"))
     if cfg.get("budget") is None:
         raise ConfigError("budget=null: the search needs a budget", "allowed: a fraction in (0, 1], e.g. 0.03125")
-    base = compressor_from_config(cfg, spec, budget=cfg.budget, budget_mode="exact")
+    pruner = build(cfg, "pruner")
+    if search == "tiers" and not pruner.prunes:
+        raise ConfigError("search=tiers ranks the kept tokens by the pruner's scores, and pruner=none scores none",
+                          "allowed: search=tiers with a pruner (e.g. pruner=snapkv), or search=layers")
+    base = compressor_from_config(cfg, spec, pruner=pruner, budget=cfg.budget, budget_mode="exact")
+    if base.quantizer.tier_plan:
+        raise ConfigError(f"quant.tiers is set ({base.quantizer.tiers_label}), and the search chooses the "
+                          + ("tiers itself" if search == "tiers" else "bits of every layer group"),
+                          "allowed: quant.tiers=null (search=tiers searches the tiers' shares)")
     choices = cfg.get("bits_choices")
     choices = list(choices) if OmegaConf.is_list(choices) else choices
     if not isinstance(choices, list):
@@ -280,6 +291,8 @@ def optimize_setup(cfg) -> OptimizeSetup:
         raise ConfigError(f"groups={cfg.groups} is more than the model's {layers} layers",
                           f"allowed: 1 to {layers}")
     base.plan(model_config)
+    if search == "tiers":
+        _check_tier_search(base, model_config, tier_bits, cfg.tier_step)
     for precision in precisions:  # a rotated choice needs a quantizer that rotates and a head_dim it can rotate
         if precision.rotate:
             quantizer = base.quantizer.with_bits(precision.bits).with_rotate(True)
@@ -291,6 +304,29 @@ def optimize_setup(cfg) -> OptimizeSetup:
     return OptimizeSetup(spec, base, model_config, calibration, heldout)
 
 
+def plain_value(value: Any) -> Any:
+    """A list config value as a plain list (anything else as it is)."""
+    return list(value) if OmegaConf.is_list(value) else value
+
+
+def _check_tier_search(base: KVCompressor, model_config, tier_bits: tuple[int, ...], tier_step: float) -> None:
+    """search=tiers: some uniform state fits the budget, and the compressor takes the tiers (every bit width)."""
+    space = tier_space(model_config, base, tier_bits, tier_step)
+    uniform = space.uniform_states()
+    if not uniform:
+        raise ConfigError(f"budget={base.budget:g} keeps fewer than {base.pruner.name}'s window of "
+                          f"{base.pruner.min_tokens()} tokens at every bit width of tier_bits={list(tier_bits)}",
+                          "allowed: a larger budget, lower tier_bits, or a smaller pruner.window")
+    for state in uniform.values():
+        space.allocation(state).compressor(base).plan(model_config)
+
+
+def optimize_overrides() -> tuple[str, ...]:
+    """The job's ``model.*``, ``pruner.*`` and ``quant.*`` overrides, which a run needs to do as the search did."""
+    overrides = HydraConfig.get().overrides.task
+    return tuple(o for o in overrides if o.lstrip("+~").split("=", 1)[0].startswith(("model.", "pruner.", "quant.")))
+
+
 def run_optimize_job(cfg) -> float:
     """What ``qpruning optimize`` does with its Hydra config (``conf/optimize.yaml``)."""
     output_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -298,4 +334,6 @@ def run_optimize_job(cfg) -> float:
     return run_optimize(
         setup, output_dir, groups=cfg.groups, bits_choices=tuple(cfg.bits_choices),
         transfer_fraction=cfg.transfer_fraction, max_evaluations=cfg.max_evaluations, seed=cfg.seed,
+        search=cfg.search, tier_bits=tuple(cfg.tier_bits), tier_step=cfg.tier_step,
+        run_overrides=optimize_overrides(),
     )

@@ -202,7 +202,12 @@ def input_files(config: Mapping[str, Any]) -> dict[str, str]:
 
 
 # Keys added after runs existed, at the value those runs had: left out of the identity when at that value.
-DEFAULTS_LEFT_OUT: dict[str, Any] = {"compat": DEFAULT_COMPAT, "sliding": "keep", "quant.tiers": None}
+DEFAULTS_LEFT_OUT: dict[str, Any] = {"compat": DEFAULT_COMPAT, "sliding": "keep", "quant.tiers": None,
+                                     "search": "layers"}
+
+# Keys read only when another key has a value (``qpruning optimize``'s tier_bits and tier_step: search=tiers):
+# left out otherwise, so they never split the folders of the searches that ignore them.
+READ_ONLY_WHEN: dict[str, tuple[str, Any]] = {"tier_bits": ("search", "tiers"), "tier_step": ("search", "tiers")}
 
 PAPER_REVISION = 2
 """Revision of ``compat=paper``'s port of the paper's code, part of a paper run's identity. 2: the selection calls
@@ -218,6 +223,9 @@ def run_identity(config: Mapping[str, Any]) -> dict[str, Any]:
     for key, default in DEFAULTS_LEFT_OUT.items():
         if _get(identity, key) == default:
             # a default is left out, so runs keep the folders they had before the key existed
+            _drop(identity, key)
+    for key, (condition, value) in READ_ONLY_WHEN.items():
+        if _get(config, condition) != value:
             _drop(identity, key)
     if identity.get("compat") == "paper":
         identity["paper_revision"] = PAPER_REVISION

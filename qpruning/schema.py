@@ -134,10 +134,13 @@ class RunConfig(CommonConfig):
 class OptimizeConfig(CommonConfig):
     """The top-level keys of ``conf/optimize.yaml`` (``qpruning optimize``), besides its groups."""
 
+    search: str = owned("the search (qpruning.app.optimize_setup)")
     groups: int = owned("the search (qpruning.app.optimize_setup)")
     bits_choices: Any = owned("the search")
     transfer_fraction: float = owned("the search")
     max_evaluations: int = owned("the search")
+    tier_bits: Any = owned("the search (search=tiers)")
+    tier_step: float = owned("the search (search=tiers)")
     calibration: Any = owned("the search")
     heldout: Any = owned("the search")
 

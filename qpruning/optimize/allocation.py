@@ -17,14 +17,19 @@ without ``rotate`` (every allocation written before) follows the run's quantizer
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from qpruning.cache.budget import LayerOverride, check_disjoint, row_bytes
 from qpruning.cache.quantizers import ALLOWED_BITS, KVQuantizer
 from qpruning.errors import ConfigError, MissingFileError, is_int
+
+if TYPE_CHECKING:
+    from qpruning.compressor import KVCompressor
 
 # Per (layer, row): kept-tokens count (int32) and the row lengths of at most two prefill segments (int32 each).
 INDEX_BYTES_PER_ROW = 4 * 3
@@ -144,6 +149,15 @@ class Allocation:
 
     def overrides(self) -> list[LayerOverride]:
         return [LayerOverride.from_mapping(g.entry()) for g in self.groups]
+
+    def records(self) -> list[dict]:
+        """The groups as the evaluation cache records them."""
+        return [vars(g) for g in self.groups]
+
+    def compressor(self, base: KVCompressor) -> KVCompressor:
+        """``base`` (kernel, compat, storage... kept) with this allocation's layers, in exact accounting: what the
+        search evaluates and the held-out comparison runs."""
+        return dataclasses.replace(base, tokens=None, budget_mode="exact", layers=self.overrides())
 
     def configuration(self) -> LayerConfiguration:
         """What a run uses of this allocation: its layer overrides, its name and the budget it was found for."""

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -11,7 +11,7 @@ import pandas as pd
 from qpruning.compressor import KVCompressor
 from qpruning.identity import RunLabels
 from qpruning.models import ModelSpec
-from qpruning.optimize.allocation import Allocation
+from qpruning.optimize.search import Candidate
 from qpruning.optimize.subsets import BenchmarkSubset
 from qpruning.runner import Runner
 
@@ -22,19 +22,20 @@ def heldout_comparison(
     spec: ModelSpec,
     loaded,
     base: KVCompressor,
-    allocations: dict[str, Allocation],
+    allocations: Mapping[str, Candidate],
     subsets: list[BenchmarkSubset],
     output_dir: Path,
+    found: str = "allocation",
 ) -> pd.DataFrame:
-    """Run every allocation on every held-out subset (resumable run folders under ``output_dir/heldout``) and
-    write ``comparison.csv``, ``comparison.md`` and ``comparison.png``. Returns the score table."""
+    """Run every allocation (search=tiers: every tiering, ``found="tiering"``) on every held-out subset
+    (resumable run folders under ``output_dir/heldout``) and write ``comparison.csv``, ``comparison.md`` and
+    ``comparison.png``. Returns the score table."""
     from qpruning.optimize import plots
 
     scores: dict[str, dict[str, float]] = {}
     kv: dict[str, float] = {}
     for label, allocation in allocations.items():
-        # the base compressor (kernel, compat, storage... kept) with the allocation's layers, exact accounting
-        compressor = dataclasses.replace(base, tokens=None, budget_mode="exact", layers=allocation.overrides())
+        compressor = allocation.compressor(base)  # the base with only the allocation (or tiering) changed
         for subset in subsets:
             bench = subset.build()
             runner = Runner(
@@ -56,7 +57,7 @@ def heldout_comparison(
     lines = [
         f"# Held-out comparison: {spec.name}, {base.pruner.name} + {base.quantizer.name}, budget {base.budget:g}",
         "",
-        "Scores (0-100) on held-out samples, never used by the search. Uniform points and the optimized allocation "
+        f"Scores (0-100) on held-out samples, never used by the search. Uniform points and the optimized {found} "
         "spend the same budget in exact byte accounting (scales, zeros and 16-bit tails counted).",
         "",
         "| configuration | " + " | ".join(table.columns) + " | KV bytes |",
@@ -67,7 +68,7 @@ def heldout_comparison(
         lines.append(f"| {label} | {cells} | {kv[label]:,.0f} |")
     optimized = table.loc[[k for k in table.index if not k.startswith("uniform")], "mean"]
     verdict = "matches or beats" if (optimized >= best_uniform - 1e-9).all() else "does NOT beat"
-    lines += ["", f"The optimized allocation {verdict} the best uniform point on the held-out mean "
+    lines += ["", f"The optimized {found} {verdict} the best uniform point on the held-out mean "
               f"({optimized.iloc[0]:.1f} vs {best_uniform:.1f})."]
     (output_dir / "comparison.md").write_text("\n".join(lines) + "\n")
     plots.comparison_plot(table.drop(columns=["mean"]), output_dir / "comparison.png",

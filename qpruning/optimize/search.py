@@ -12,15 +12,19 @@ order, two kinds of moves and takes the first that lowers the objective:
 It stops when no move improves, or after ``max_evaluations``. Every evaluation is appended to a JSONL cache keyed
 by the allocation, so a stopped search, run again, replays the same decisions from the cache and goes on where it
 stopped; with the same seed it makes the same decisions.
+
+The same search runs over tier shares (``search=tiers``, :mod:`qpruning.optimize.tiers`): any :class:`Space`
+whose states give :class:`Candidate` s with keys of their own.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 from qpruning.cache.quantizers import KVQuantizer
 from qpruning.optimize.allocation import (
@@ -33,6 +37,9 @@ from qpruning.optimize.allocation import (
     tokens_for_bytes,
 )
 from qpruning.records import append_jsonl, read_jsonl
+
+if TYPE_CHECKING:
+    from qpruning.compressor import KVCompressor
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +131,9 @@ class SearchSpace:
             settings.append(GroupSetting(first, last, precision.bits, tokens, precision.rotate))
         return Allocation(settings, name=name)
 
+    def nbytes(self, allocation: Allocation) -> int:
+        return allocation.nbytes(self.geometry, self.quantizer)
+
     def fits(self, state: State) -> bool:
         allocation = self.allocation(state)
         if any(g.tokens < self.min_tokens for g in allocation.groups):
@@ -159,26 +169,61 @@ class SearchSpace:
         return [s for s in out if self.fits(s)]
 
 
+class Candidate(Protocol):
+    """What the search evaluates: an :class:`Allocation` (search=layers) or a tiering (search=tiers,
+    :class:`qpruning.optimize.tiers.Tiering`)."""
+
+    name: str
+    meta: dict
+
+    def key(self) -> str: ...
+
+    def records(self) -> list[dict]: ...
+
+    def describe(self) -> str: ...
+
+    def compressor(self, base: KVCompressor) -> KVCompressor: ...
+
+
+StateT = TypeVar("StateT", bound=Hashable)
+CandidateT = TypeVar("CandidateT", bound=Candidate)
+
+
+class Space(Protocol[StateT, CandidateT]):
+    """A search space: :class:`SearchSpace` (layer groups) or :class:`qpruning.optimize.tiers.TierSpace`."""
+
+    @property
+    def budget_bytes(self) -> float: ...
+
+    def allocation(self, state: StateT, name: str = ...) -> CandidateT: ...
+
+    def nbytes(self, allocation: CandidateT) -> int: ...
+
+    def uniform_states(self) -> dict[str, StateT]: ...
+
+    def moves(self, state: StateT) -> list[StateT]: ...
+
+
 @dataclass
-class SearchResult:
-    best: Allocation
+class SearchResult(Generic[CandidateT]):
+    best: CandidateT
     best_evaluation: Evaluation
     history: list[Evaluation]
     uniform: dict[str, Evaluation]
 
 
 def greedy_search(
-    space: SearchSpace,
-    objective: Callable[[Allocation], tuple[float, int | None, list[float]]],
+    space: Space[StateT, CandidateT],
+    objective: Callable[[CandidateT], tuple[float, int | None, list[float]]],
     cache: EvaluationCache,
     max_evaluations: int = 60,
     seed: int = 0,
     tolerance: float = 1e-4,
-) -> SearchResult:
+) -> SearchResult[CandidateT]:
     """Minimize ``objective(allocation) -> (value, measured_bytes, per_prompt)`` over ``space``."""
     history: list[Evaluation] = []
 
-    def evaluate(state: State, kind: str, name: str = "allocation") -> Evaluation:
+    def evaluate(state: StateT, kind: str, name: str = "allocation") -> Evaluation:
         allocation = space.allocation(state, name)
         key = allocation.key()
         cached = cache.get(key)
@@ -187,8 +232,8 @@ def greedy_search(
             cached = Evaluation(
                 key=key,
                 objective=value,
-                allocation=[vars(g) for g in allocation.groups],
-                nbytes=allocation.nbytes(space.geometry, space.quantizer),
+                allocation=allocation.records(),
+                nbytes=space.nbytes(allocation),
                 measured_bytes=measured,
                 per_prompt=per_prompt,
                 kind=kind,

@@ -71,18 +71,28 @@ def test_the_search_is_deterministic_for_a_seed(tmp_path):
     assert [e.key for e in other.history] != results[0][0]
 
 
+def stopped_and_resumed(make_space, make_objective, folder, *, stop, total, seed=1, between=None):
+    """A search of ``total`` evaluations run whole, and the same stopped after ``stop``, then (after
+    ``between(cache_path)``) resumed from its cache: ``(whole, whole_calls, first_calls, resumed, resumed_calls)``."""
+    whole_calls, first_calls, resumed_calls = [], [], []
+    whole = greedy_search(make_space(), make_objective(whole_calls), EvaluationCache(folder / "whole.jsonl"),
+                          max_evaluations=total, seed=seed)
+    path = folder / "stopped.jsonl"
+    greedy_search(make_space(), make_objective(first_calls), EvaluationCache(path), max_evaluations=stop, seed=seed)
+    if between is not None:
+        between(path)
+    resumed = greedy_search(make_space(), make_objective(resumed_calls), EvaluationCache(path),
+                            max_evaluations=total, seed=seed)
+    return whole, whole_calls, first_calls, resumed, resumed_calls
+
+
 def test_a_stopped_search_resumes_from_its_cache_and_ends_where_an_uninterrupted_one_does(tmp_path):
-    whole_calls = []
-    whole = greedy_search(space(), synthetic_objective(whole_calls), EvaluationCache(tmp_path / "whole.jsonl"),
-                          max_evaluations=20, seed=1)
-    path = tmp_path / "stopped.jsonl"
-    first_calls = []
-    greedy_search(space(), synthetic_objective(first_calls), EvaluationCache(path), max_evaluations=9, seed=1)
-    with path.open("a") as handle:
-        handle.write('{"key": "cut-by-a-ki')  # a kill in the middle of a line
-    resumed_calls = []
-    resumed = greedy_search(space(), synthetic_objective(resumed_calls), EvaluationCache(path), max_evaluations=20,
-                            seed=1)
+    def kill(path):
+        with path.open("a") as handle:
+            handle.write('{"key": "cut-by-a-ki')  # a kill in the middle of a line
+
+    whole, whole_calls, first_calls, resumed, resumed_calls = stopped_and_resumed(
+        space, synthetic_objective, tmp_path, stop=9, total=20, between=kill)
     assert not set(resumed_calls) & set(first_calls)  # nothing evaluated twice
     assert len(first_calls) + len(resumed_calls) == len(whole_calls)
     assert resumed.best.key() == whole.best.key()
