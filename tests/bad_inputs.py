@@ -206,7 +206,7 @@ GROUPS: dict[str, list[Case]] = {
                  mentions="threshold"),
         run_case("outlier-key-typo", "quant=kivi_outlier", "+quant.outliers.fractoin=0.1",
                  mentions="quant.outliers.fraction"),
-        run_case("kvquant-rotate", "quant=kvquant", "quant.rotate=true", mentions="quant.rotate"),
+        run_case("kvquant-rotate", "quant=kvquant", "+quant.rotate=true", mentions="before RoPE"),
         run_case("kvquant-outliers-per", "quant=kvquant", "quant.outliers.per=row", mentions="quant.outliers.per"),
         run_case("kvquant-per-vector-threshold", "quant=kvquant", "quant.outliers.fraction=null",
                  "quant.outliers.threshold=6", mentions="per=vector"),
