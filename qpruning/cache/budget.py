@@ -24,8 +24,6 @@ from qpruning.errors import ConfigError, check_choice, check_int, is_int
 
 BUDGET_MODES = ("nominal", "exact")
 SIXTEEN_BIT_BYTES = 2
-OUTLIER_BYTES = 4 + 2  # int32 position + 16-bit value
-THRESHOLD_OUTLIER_ESTIMATE = 0.01  # the paper: |x| > 6 is "roughly the top 1%"
 
 
 @dataclass
@@ -147,11 +145,12 @@ def row_bytes(tokens: int, bits: int, quantizer: KVQuantizer, head_dim: int) -> 
 
 
 def expected_outlier_bytes(tokens: int, bits: int, quantizer: KVQuantizer, head_dim: int) -> float:
-    if bits == 16 or quantizer.outliers is None:
+    """Bytes beyond codes, scales and zeros of a row of ``tokens`` kept tokens at ``bits``: the quantizer's
+    :meth:`~qpruning.cache.quantizers.KVQuantizer.side_bytes` (expected outliers; KVQuant's positions too)."""
+    if bits == 16:
         return 0.0
-    fraction = quantizer.outliers.fraction or THRESHOLD_OUTLIER_ESTIMATE
-    quantized = quantizer.with_bits(bits).quantizable(tokens)
-    return 2 * fraction * quantized * head_dim * OUTLIER_BYTES
+    at_bits = quantizer.with_bits(bits)
+    return at_bits.side_bytes(at_bits.quantizable(tokens), head_dim)
 
 
 def tiered_row_bytes(tokens: int, quantizer: KVQuantizer, head_dim: int) -> float:

@@ -39,6 +39,8 @@ class GroupAxis(str, enum.Enum):
 
 
 OUTLIER_SCOPES = ("tensor", "vector")  # what OutlierFilter.fraction is a fraction of
+OUTLIER_BYTES = 4 + 2  # an outlier's int32 position and 16-bit value
+THRESHOLD_OUTLIER_ESTIMATE = 0.01  # the paper: |x| > 6 is "roughly the top 1%"
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,19 @@ class OutlierFilter:
         if self.per == "vector" and self.fraction is None:
             raise ConfigError("quant.outliers.per=vector takes the fraction of each vector, and fraction is null",
                               "allowed: per=vector with a fraction (e.g. 0.01), or per=tensor with a threshold")
+
+    def expected_count(self, n: int, d: int, group_size: int, axis: GroupAxis) -> float:
+        """How many numbers of a ``[n, d]`` tensor quantized in groups of ``group_size`` along ``axis`` this filter
+        keeps: exactly, per vector; ``fraction * n * d`` per tensor; an estimate (:data:`THRESHOLD_OUTLIER_ESTIMATE`)
+        for a threshold. What exact budgets count (:func:`qpruning.cache.budget.tokens_for_budget`)."""
+        if self.threshold is not None:
+            return THRESHOLD_OUTLIER_ESTIMATE * n * d
+        assert self.fraction is not None  # __post_init__: exactly one of fraction and threshold is set
+        if self.per == "vector":
+            if axis is GroupAxis.TOKENS:
+                return (n // group_size) * d * math.ceil(self.fraction * group_size)
+            return n * math.ceil(self.fraction * d)
+        return self.fraction * n * d
 
     def mask(self, x: torch.Tensor, axis: GroupAxis = GroupAxis.CHANNELS, group_size: int = 1) -> torch.Tensor:
         """The outliers of ``x`` ``[n, d]`` (bool, same shape), quantized in groups of ``group_size`` along

@@ -14,7 +14,14 @@ from typing import ClassVar, overload
 
 import torch
 
-from qpruning.cache.quantized import GroupAxis, OutlierFilter, QuantizedTensor, check_groupable, quantize
+from qpruning.cache.quantized import (
+    OUTLIER_BYTES,
+    GroupAxis,
+    OutlierFilter,
+    QuantizedTensor,
+    check_groupable,
+    quantize,
+)
 from qpruning.cache.rope import KeyRope, PreRopeKeys
 from qpruning.cache.rotation import check_rotatable
 from qpruning.cache.tiers import Tier, parse_tiers, tier_label
@@ -22,6 +29,7 @@ from qpruning.errors import ConfigError, check_bool, check_int, check_params
 
 ALLOWED_BITS = (2, 4, 8, 16)
 ALLOWED_GROUP_SIZES = (32, 64, 128)
+POSITION_BYTES = 4  # KVQuant: each quantized key's RoPE position, int32
 
 
 @dataclass
@@ -121,6 +129,15 @@ class KVQuantizer:
         if GroupAxis.TOKENS in (self.key_axis, self.value_axis):
             return num_tokens - num_tokens % self.group_size
         return num_tokens
+
+    def side_bytes(self, quantized: int, head_dim: int) -> float:
+        """Bytes beyond packed codes, scales and zeros that ``quantized`` quantized tokens of one row hold, keys and
+        values together: their outliers (expected, :meth:`OutlierFilter.expected_count`)."""
+        if not self.enabled or self.outliers is None:
+            return 0.0
+        count = sum(self.outliers.expected_count(quantized, head_dim, self.group_size, axis)
+                    for axis in (self.key_axis, self.value_axis))
+        return count * OUTLIER_BYTES
 
     def quantize_keys(
         self, x: torch.Tensor, scale_dtype: torch.dtype, rope: KeyRope | None = None
@@ -309,6 +326,10 @@ class KVQuant(KVQuantizer):
 
     def needs_reference_attention(self, bits: int) -> bool:
         return bits < 16  # pre-RoPE codes: read through dequantize (RoPE re-applied), by the reference path
+
+    def side_bytes(self, quantized: int, head_dim: int) -> float:
+        """The outliers, and each quantized key's int32 position."""
+        return super().side_bytes(quantized, head_dim) + (POSITION_BYTES * quantized if self.enabled else 0)
 
     def quantize_keys(
         self, x: torch.Tensor, scale_dtype: torch.dtype, rope: KeyRope | None = None

@@ -291,3 +291,27 @@ def test_gemma3s_sliding_layers_take_the_local_rope_and_its_global_layers_the_gl
         theta = model.config.rope_parameters[kind]["rope_theta"]
         expected = 1.0 / theta ** (torch.arange(0, head_dim, 2).float() / head_dim)
         torch.testing.assert_close(torch.tensor(next(iter(found))), expected)
+
+
+@pytest.mark.parametrize("kept", [100, 128, 200])
+@pytest.mark.parametrize("bits", [2, 4])
+def test_exact_budgets_count_kvquants_outliers_and_positions_as_the_layer_holds_them(kept, bits, rng):
+    """The byte formula that exact budgets spend (codes, scales, zeros, the 16-bit tail, per-vector outliers and one
+    int32 position per quantized key) equals what a compressed KVQuant layer holds, row for row."""
+    from qpruning.cache.budget import expected_outlier_bytes, row_bytes, tokens_for_budget
+
+    quantizer = KVQuant(bits=bits, group_size=32)
+    keys, values = (torch.randn(1, KV_HEADS, SEQ + 100, DIM, generator=rng) for _ in range(2))
+    keep = torch.zeros(1, KV_HEADS, SEQ + 100, dtype=torch.bool)
+    for h in range(KV_HEADS):
+        keep[0, h, torch.randperm(SEQ + 100, generator=rng)[:kept]] = True
+    layer = CompressedLayer()
+    layer.update(keys, values)
+    layer.compress(keep, quantizer, STORAGE, rotary=KeyRotary.from_module(rotary_module()))
+    held = layer.nbytes()
+    bookkeeping = 4 * KV_HEADS * (len(layer.prefix) + 1)  # each segment's row lengths, and the kept count per row
+    expected = KV_HEADS * (row_bytes(kept, bits, quantizer, DIM) + expected_outlier_bytes(kept, bits, quantizer, DIM))
+    assert sum(held.values()) - bookkeeping == expected
+    # so that a budget buys KVQuant fewer tokens than KIVI: its outliers and positions are paid for
+    assert tokens_for_budget(1 / 32, 8192, bits, quantizer, DIM, "exact") < tokens_for_budget(
+        1 / 32, 8192, bits, KIVI(bits=bits, group_size=32), DIM, "exact")
