@@ -804,11 +804,14 @@ def quantizers(runs: pd.DataFrame) -> ReportTable | None:
     if not len(runs):
         return None
     c = runs[runs["score"].notna() & runs["budget"].notna() & runs["quant"].notna() & one_precision(runs)].copy()
-    c = c[[labels.rotated_base(q) is None and q != "none" for q in c["quant"]]]
+    # masks as Series: a list mask of an empty frame would select columns, not rows
+    c = c[c["quant"].map(lambda q: labels.rotated_base(q) is None and q != "none").astype(bool)]
     group_keys_all = ["model", "pruner", "compat", "budget", *_EXTRA_KEYS]
     new_points = {cell_key(r, group_keys_all) for _, r in c[~c["quant"].isin(labels.PAPER_QUANTS)].iterrows()}
-    c = c[[cell_key(r, group_keys_all) in new_points for _, r in c.iterrows()]]
-    if c.empty or c["quant"].nunique() < 2:
+    if not new_points:
+        return None
+    c = c[pd.Series([cell_key(r, group_keys_all) in new_points for _, r in c.iterrows()], index=c.index, dtype=bool)]
+    if c["quant"].nunique() < 2:
         return None
     c = c.assign(bench=[labels.benchmark_label(b, n) for b, n in zip(c["benchmark"], c["benchmark_length"])])
     group_keys = _shown_keys(c, group_keys_all, ("model", "pruner", "budget", "budget_mode"))

@@ -60,3 +60,11 @@ def test_quantizer_verdicts_compare_with_kivis_best_run_and_its_interval():
     assert verdicts["kvquant 4-bit"].endswith("scores above it, within the intervals.")
     assert verdicts["kvquant 8-bit"].endswith("falls below it beyond the intervals.")
     assert verdicts["kvquant 16-bit"].endswith("does not score above it.")
+
+
+def test_runs_that_all_drop_out_of_the_quantizers_table_give_no_table_and_no_error(tmp_path):
+    # no run has a budget (tokens given): nothing left to compare (a list mask of the empty frame once selected
+    # columns, not rows, and the report ended in a KeyError)
+    for name, quant in (("kivi", "kivi"), ("kvq", "kvquant")):
+        write_run(tmp_path / name, RunSpec("niah", model="smollm2_135m", tokens=128, bits=4, quant=quant, samples=4))
+    assert quantizers(collect_runs([tmp_path]).runs) is None
